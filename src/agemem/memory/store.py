@@ -1,0 +1,205 @@
+"""The long-term memory (LTM) contract: entries, scopes, history, and the `MemoryStore` interface.
+
+Backends implement `MemoryStore`; the embedded default is `SQLiteStore` (`agemem.memory.sqlite`).
+Everything above this layer (tools, the `Memory` API, episodes) talks only to this interface.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+DEFAULT_MEMORY_TYPE = "semantic"  # AgeMem leaves memory_type free-form; Mem0 calls plain facts "semantic".
+
+SearchMode = Literal["hybrid", "dense", "bm25"]
+HistoryEventKind = Literal["ADD", "UPDATE", "DELETE"]
+
+
+class StoreError(Exception):
+    """Base class of store errors; the message names the problem and the fix."""
+
+
+class MemoryNotFound(StoreError, KeyError):
+    def __init__(self, memory_id: str):
+        super().__init__(memory_id)
+        self.memory_id = memory_id
+
+    def __str__(self) -> str:
+        return f"no memory with id {self.memory_id!r}; retrieve first and copy an id shown there"
+
+
+class EmbedderMismatch(StoreError):
+    """The store file was built with another embedder (vectors would not be comparable)."""
+
+
+def new_memory_id() -> str:
+    """`mem_` + 8 hex digits, the id shape AgeMem's prompts show (e.g. `mem_a5b40d65`)."""
+    return "mem_" + secrets.token_hex(4)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who an entry belongs to. A `None` field matches anything when searching."""
+
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass
+class MemoryItem:
+    id: str
+    content: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    memory_type: str = DEFAULT_MEMORY_TYPE
+    scope: Scope = field(default_factory=Scope)
+    created_at: str = ""
+    updated_at: str = ""
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    score: float | None = None  # set by search: the fused (or single-method) relevance
+
+    def to_dict(self, with_embedding: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "content": self.content,
+            "metadata": self.metadata,
+            "memory_type": self.memory_type,
+            **self.scope.as_dict(),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+        if self.score is not None:
+            out["score"] = self.score
+        if with_embedding and self.embedding is not None:
+            out["embedding"] = [float(x) for x in self.embedding]
+        return out
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    """One entry to insert; `embedding` may be precomputed (benchmarks, imports)."""
+
+    content: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    memory_type: str = DEFAULT_MEMORY_TYPE
+    scope: Scope = field(default_factory=Scope)
+    embedding: np.ndarray | None = None
+
+
+@dataclass
+class AddResult:
+    """What an add did. When a near-duplicate blocked the insert, `item` is the existing entry."""
+
+    item: MemoryItem
+    added: bool
+    duplicate_of: MemoryItem | None = None
+    similarity: float | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    id: int
+    memory_id: str
+    event: HistoryEventKind
+    old_content: str | None
+    new_content: str | None
+    created_at: str
+
+
+class MemoryStore(ABC):
+    """Persistent long-term memory: add / get / update / delete / search, with per-entry history."""
+
+    @abstractmethod
+    def add(
+        self,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        memory_type: str = DEFAULT_MEMORY_TYPE,
+        scope: Scope = Scope(),
+        embedding: np.ndarray | None = None,
+        dedupe: bool = True,
+    ) -> AddResult: ...
+
+    @abstractmethod
+    def add_many(self, items: Sequence[NewMemory], *, dedupe: bool = True) -> list[AddResult]:
+        """Insert many entries in one transaction (embedding missing ones in batches)."""
+
+    @abstractmethod
+    def get(self, memory_id: str) -> MemoryItem:
+        """Raises `MemoryNotFound`."""
+
+    @abstractmethod
+    def get_all(
+        self,
+        *,
+        scope: Scope = Scope(),
+        filters: dict[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> list[MemoryItem]: ...
+
+    @abstractmethod
+    def update(
+        self,
+        memory_id: str,
+        content: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> MemoryItem:
+        """Replace content and/or metadata; raises `MemoryNotFound`."""
+
+    @abstractmethod
+    def delete(self, memory_id: str) -> MemoryItem:
+        """Remove an entry and return it as it was; raises `MemoryNotFound`."""
+
+    @abstractmethod
+    def search(
+        self,
+        query: str,
+        *,
+        top_k: int = 5,
+        mode: SearchMode = "hybrid",
+        scope: Scope = Scope(),
+        filters: dict[str, Any] | None = None,
+        query_embedding: np.ndarray | None = None,
+    ) -> list[MemoryItem]:
+        """Best `top_k` entries in `scope` matching `filters`, best first, each with `score`."""
+
+    @abstractmethod
+    def history(self, memory_id: str) -> list[HistoryEvent]: ...
+
+    @abstractmethod
+    def count(self, *, scope: Scope = Scope()) -> int: ...
+
+    @abstractmethod
+    def reset(self, *, scope: Scope = Scope()) -> int:
+        """Delete every entry in `scope` (all of them for an empty scope); returns how many."""
+
+    @abstractmethod
+    def export_jsonl(self, path: str | Path, *, scope: Scope = Scope()) -> int: ...
+
+    @abstractmethod
+    def import_jsonl(self, path: str | Path) -> int: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
