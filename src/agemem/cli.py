@@ -27,7 +27,9 @@ def _write_json(payload: dict, path: Path | None) -> None:
 
 @bench_app.command("store")
 def bench_store(
-    n: Annotated[int, typer.Option(help="Largest store size; 10k is always measured too.")] = 100_000,
+    n: Annotated[
+        int, typer.Option(help="Largest store size; 10k is always measured too.")
+    ] = 100_000,
     queries: Annotated[int, typer.Option(help="Search queries per size.")] = 200,
     seed: int = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
@@ -50,6 +52,18 @@ def bench_locomo_retrieval(
     from agemem.bench.locomo_retrieval import run_locomo_retrieval
 
     _write_json(run_locomo_retrieval(data), json_path)
+
+
+@app.command()
+def demo(
+    path: Annotated[Path, typer.Option(help="Store file (recreated).")] = Path(
+        "runs/demo/memory.db"
+    ),
+) -> None:
+    """A short walk through AgeMem's three stages on a real store and context."""
+    from agemem.demo import run_demo
+
+    run_demo(path)
 
 
 if __name__ == "__main__":

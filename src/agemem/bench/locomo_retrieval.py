@@ -72,7 +72,8 @@ def run_locomo_retrieval(path: str | Path | None = None) -> dict:
                         sums[mode][k] += evidence_recall(ids, question.evidence, k)
         store.close()
     methods = {
-        mode: {f"recall_at_{k}": sums[mode][k] / n_questions for k in KS} | {"questions": n_questions}
+        mode: {f"recall_at_{k}": total / n_questions for k, total in sums[mode].items()}
+        | {"questions": n_questions}
         for mode in MODES
     }
     _print_table(console, methods)

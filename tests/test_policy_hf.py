@@ -1,0 +1,145 @@
+"""HFPolicy on real models: the tiny in-process Llama for exactness, SmolLM2-135M for one short
+check on a real chat model (its checkpoint is converted once per machine, then cached)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agemem.policy.base import Policy
+from agemem.policy.hf import HFPolicy
+from agemem.policy.models import load_model
+from agemem.policy.tiny import build_tiny
+
+CORPUS = [
+    "Alice lives in Paris. Bob moved to Rome last year. Where does Alice live?",
+    "Remember this: the meeting is on Monday at noon.",
+]
+CONTEXTS = [
+    [{"role": "user", "content": "Where does Alice live?"}],
+    [
+        {"role": "system", "content": "Remember this: the meeting is on Monday."},
+        {"role": "user", "content": "Bob moved to Rome last year. Where does Bob live?"},
+    ],
+    [{"role": "user", "content": "Alice?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny(CORPUS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+def first_stop(tokenizer, ids: list[int], stops: list[str]) -> list[int]:
+    """The shortest prefix of `ids` whose text contains a stop string (all of `ids` if none)."""
+    for end in range(1, len(ids) + 1):
+        if any(s in tokenizer.decode(ids[:end]) for s in stops):
+            return ids[:end]
+    return ids
+
+
+def assert_logprobs_match_forward_pass(policy: HFPolicy, turns, tolerance: float) -> None:
+    for turn in turns:
+        assert turn.completion_ids and len(turn.logprobs) == len(turn.completion_ids)
+        recomputed = policy.logprobs_of(turn.prompt_ids, turn.completion_ids)
+        worst = max(abs(a - b) for a, b in zip(turn.logprobs, recomputed, strict=True))
+        assert worst < tolerance, worst
+
+
+def test_sampled_logprobs_equal_a_separate_forward_pass(tiny):
+    """Sampling warps the logits (temperature, top-k, top-p); the recorded logprobs must still be
+    the raw model's, i.e. what a plain forward pass over the same tokens gives."""
+    policy = HFPolicy(*tiny, max_new_tokens=24, temperature=0.7, top_k=20, top_p=0.9, seed=3)
+    turns = policy.act(CONTEXTS)
+    assert isinstance(policy, Policy)
+    assert [t.prompt_ids for t in turns] == [policy.encode_prompt(c) for c in CONTEXTS]
+    assert_logprobs_match_forward_pass(policy, turns, tolerance=1e-4)
+
+
+def test_same_seed_same_samples(tiny):
+    first = HFPolicy(*tiny, max_new_tokens=16, seed=7).act(CONTEXTS)
+    again = HFPolicy(*tiny, max_new_tokens=16, seed=7).act(CONTEXTS)
+    other = HFPolicy(*tiny, max_new_tokens=16, seed=8).act(CONTEXTS)
+    assert [t.completion_ids for t in first] == [t.completion_ids for t in again]
+    assert [t.completion_ids for t in first] != [t.completion_ids for t in other]
+
+
+def test_left_padded_batch_gives_the_unbatched_greedy_completions(tiny):
+    policy = HFPolicy(*tiny, max_new_tokens=20, temperature=0, stop=())
+    batched = policy.act(CONTEXTS)
+    assert len({len(t.prompt_ids) for t in batched}) == len(CONTEXTS)  # padding really happens
+    for context, turn in zip(CONTEXTS, batched, strict=True):
+        alone = policy.act([context])[0]
+        assert turn.completion_ids == alone.completion_ids
+        assert turn.text == alone.text
+
+
+def test_each_sequence_stops_at_its_own_first_stop_string(tiny):
+    model, tok = tiny
+    free = HFPolicy(model, tok, max_new_tokens=20, temperature=0, stop=()).act(CONTEXTS)
+    assert all(t.finish_reason == "length" and len(t.completion_ids) == 20 for t in free)
+    # A stop string that this untrained model emits early in the first completion.
+    stops = [tok.decode(free[0].completion_ids[2]).strip(), "</answer>"]
+    stopped = HFPolicy(model, tok, max_new_tokens=20, temperature=0, stop=stops).act(CONTEXTS)
+    for long, short in zip(free, stopped, strict=True):
+        expected = first_stop(tok, long.completion_ids, stops)
+        assert short.completion_ids == expected
+        assert short.finish_reason == ("stop" if len(expected) < 20 else "length")
+        assert any(s in short.text for s in stops) == (short.finish_reason == "stop")
+    assert len(stopped[0].completion_ids) <= 3
+
+
+def test_tools_reach_a_template_that_renders_them(tiny):
+    model, _ = tiny
+    _, tok = build_tiny(CORPUS, seed=0)  # a fresh tokenizer: the fixture's keeps its template
+    tok.chat_template = (
+        "{% if tools %}{{ tools[0]['function']['name'] }}\n{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    )
+    tools = [{"type": "function", "function": {"name": "Alice", "parameters": {}}}]
+    policy = HFPolicy(model, tok, max_new_tokens=2)
+    with_tools = tok.decode(policy.encode_prompt(CONTEXTS[0], tools))
+    assert with_tools == "Alice\nWhere does Alice live?\n"
+    assert tok.decode(policy.encode_prompt(CONTEXTS[0])) == "Where does Alice live?\n"
+
+
+def test_bad_input_is_a_clear_error(tiny):
+    policy = HFPolicy(*tiny, max_new_tokens=2)
+    assert policy.act([]) == []
+    with pytest.raises(ValueError, match="context 1 must be a non-empty list"):
+        policy.act([CONTEXTS[0], []])
+    with pytest.raises(ValueError, match="without a role"):
+        policy.act([[{"content": "hi"}]])
+    with pytest.raises(ValueError, match="at least one token"):
+        policy.logprobs_of([], [5])
+    for bad in ({"top_p": 0.0}, {"temperature": -1.0}, {"max_new_tokens": 0}, {"top_k": -2}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            HFPolicy(*tiny, **bad)
+
+
+def test_smollm2_batched_turns_are_exact(smollm2):
+    model, tok = smollm2
+    policy = HFPolicy(model, tok, max_new_tokens=12, temperature=1.0, seed=0)
+    turns = policy.act(CONTEXTS[:2])
+    assert_logprobs_match_forward_pass(policy, turns, tolerance=2e-4)
+    for turn in turns:
+        assert turn.text == tok.decode(turn.completion_ids, skip_special_tokens=True)
+        if turn.finish_reason == "length":
+            assert len(turn.completion_ids) == 12
+        else:
+            assert turn.completion_ids[-1] == tok.eos_token_id or "</" in turn.text
+
+
+def test_smollm2_stop_string_spanning_tokens(smollm2):
+    model, tok = smollm2
+    context = [{"role": "user", "content": "What is the capital of France?"}]
+    free = HFPolicy(model, tok, max_new_tokens=10, temperature=0, stop=()).act([context])[0]
+    ids = free.completion_ids
+    stop = tok.decode(ids[:5])[-1] + tok.decode(ids[5:7])  # ends inside token 7, starts in 5
+    stopped = HFPolicy(model, tok, max_new_tokens=10, temperature=0, stop=[stop]).act([context])
+    assert stopped[0].completion_ids == first_stop(tok, ids, [stop])
+    assert stopped[0].finish_reason == "stop" and stop in stopped[0].text

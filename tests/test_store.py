@@ -1,0 +1,449 @@
+"""SQLiteStore on a real file with the real embedder (all-MiniLM-L6-v2), in one process.
+
+Multi-process behaviour is in test_store_processes.py, the index internals in
+test_vector_index.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from agemem.memory.sqlite import ImportFileError, SQLiteStore, fts_match_query
+from agemem.memory.store import EmbedderMismatch, MemoryNotFound, NewMemory, Scope
+
+FACTS = [
+    "Alice lives in Paris and works as a nurse at the city hospital.",
+    "Bob's favourite food is sushi, especially salmon nigiri.",
+    "The dentist appointment is on Tuesday at 3pm.",
+    "Carol plays the violin in the Berlin symphony orchestra.",
+    "The office wifi password is hunter2.",
+    "Dave is allergic to peanuts and carries an epipen.",
+    "The project deadline moved to the end of March.",
+    "Erin adopted a golden retriever puppy named Biscuit.",
+]
+U1, U2 = Scope(user_id="u1"), Scope(user_id="u2")
+MODES = ("hybrid", "dense", "bm25")
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed (and optionally renamed)."""
+
+    def __init__(self, inner, name: str | None = None) -> None:
+        self.inner, self.name, self.dim, self.texts = inner, name or inner.name, inner.dim, 0
+
+    def embed(self, texts):
+        self.texts += len(texts)
+        return self.inner.embed(texts)
+
+
+@pytest.fixture
+def store(tmp_path, embedder):
+    with SQLiteStore(tmp_path / "mem.db", embedder) as s:
+        yield s
+
+
+@pytest.fixture
+def filled(store):
+    store.add_many([NewMemory(f, scope=U1) for f in FACTS])
+    return store
+
+
+# ---- retrieval ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("where does alice live?", 0),
+        ("what is the wifi password", 4),
+        ("what is Dave allergic to", 5),
+        ("what did Erin name her dog", 7),
+    ],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_finds_the_obvious_entry(filled, mode, query, expected):
+    hits = filled.search(query, top_k=3, mode=mode)
+    assert hits[0].content == FACTS[expected]
+    assert all(h.score is not None for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_dense_scores_are_cosines(filled, embedder):
+    hit = filled.search("alice nurse paris", mode="dense", top_k=1)[0]
+    q = embedder.embed(["alice nurse paris"])[0]
+    assert hit.score == pytest.approx(float(hit.embedding @ q), abs=1e-5)
+
+
+def test_hybrid_lifts_an_entry_both_retrievers_agree_on(filled):
+    hybrid = filled.search("nurse in Paris", mode="hybrid", top_k=len(FACTS))
+    assert hybrid[0].content == FACTS[0]
+    assert 0 < hybrid[-1].score < hybrid[0].score
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_users_search_never_returns_anothers_entries(store, mode):
+    store.add("Alice lives in Paris.", scope=U1)
+    store.add("Bob lives in Madrid.", scope=U1)
+    store.add("Alice lives in Paris and loves croissants.", scope=U2)  # best match for u2 only
+    hits = store.search("Alice Paris croissants", top_k=10, mode=mode, scope=U1)
+    assert hits and all(h.scope == U1 for h in hits)
+    assert {h.scope for h in store.search("Alice Paris croissants", top_k=10, mode=mode)} == {
+        U1,
+        U2,
+    }
+    assert store.search("Alice Paris", mode=mode, scope=Scope(user_id="nobody")) == []
+
+
+def test_scope_fields_combine(store):
+    store.add("Session note: buy milk", scope=Scope("u1", "agentA", "s1"))
+    store.add("Session note: buy eggs", scope=Scope("u1", "agentA", "s2"))
+    store.add("Session note: buy flour", scope=Scope("u1", "agentB", "s1"))
+    assert store.count(scope=Scope(user_id="u1")) == 3
+    assert store.count(scope=Scope(user_id="u1", agent_id="agentA")) == 2
+    hits = store.search("buy", top_k=10, scope=Scope(agent_id="agentA", session_id="s2"))
+    assert [h.content for h in hits] == ["Session note: buy eggs"]
+
+
+# ---- metadata filters --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tagged(store):
+    rows = [
+        ("Trip to Rome in May", {"kind": "travel", "year": 2023, "prio": 2.5, "done": True}),
+        ("Trip to Oslo in June", {"kind": "travel", "year": 2024, "prio": 1, "done": False}),
+        ("Buy a birthday gift", {"kind": "todo", "year": 2024, "day": "2024-03-01"}),
+        ("Call the plumber", {"kind": "todo", "year": "2024", "day": "2024-05-20", "note": None}),
+    ]
+    store.add_many([NewMemory(c, metadata=m) for c, m in rows])
+    return store
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"kind": "travel"}, {"Trip to Rome in May", "Trip to Oslo in June"}),
+        ({"year": 2024}, {"Trip to Oslo in June", "Buy a birthday gift"}),  # "2024" is a string
+        ({"year": "2024"}, {"Call the plumber"}),
+        ({"done": True}, {"Trip to Rome in May"}),
+        ({"note": None}, {"Call the plumber"}),
+        ({"kind": {"$in": ["todo", "other"]}}, {"Buy a birthday gift", "Call the plumber"}),
+        ({"kind": {"$in": []}}, set()),
+        ({"kind": {"$ne": "travel"}}, {"Buy a birthday gift", "Call the plumber"}),
+        (
+            {"done": {"$ne": True}},
+            {"Trip to Oslo in June", "Buy a birthday gift", "Call the plumber"},
+        ),
+        ({"year": {"$gt": 2023}}, {"Trip to Oslo in June", "Buy a birthday gift"}),
+        ({"year": {"$gte": 2023, "$lt": 2024}}, {"Trip to Rome in May"}),
+        ({"prio": {"$lte": 1}}, {"Trip to Oslo in June"}),
+        ({"day": {"$gte": "2024-04-01"}}, {"Call the plumber"}),
+        ({"kind": "todo", "day": {"$lt": "2024-04-01"}}, {"Buy a birthday gift"}),
+        ({"weird key. with \u00e9": "x"}, set()),
+    ],
+)
+def test_metadata_filters(tagged, filters, expected):
+    assert {m.content for m in tagged.get_all(filters=filters)} == expected
+    hits = tagged.search("trip gift plumber", top_k=10, filters=filters)
+    assert {h.content for h in hits} == expected
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ({"kind": {"$regex": "tr.*"}}, "'$regex'.*allowed: \\$eq, \\$ne, \\$in, \\$gt"),
+        ({"kind": {"$in": "travel"}}, "'\\$in' takes a list"),
+        ({"year": {"$gt": None}}, "compares numbers or strings"),
+        ({"kind": ["travel"]}, "use \\{'\\$in'"),
+        ({"kind": {}}, "empty dict"),
+        ({'a"b': 1}, "without"),
+        (["kind"], "must be a dict"),
+    ],
+)
+def test_bad_filters_name_the_problem(tagged, filters, message):
+    with pytest.raises(ValueError, match=message):
+        tagged.search("trip", filters=filters)
+
+
+def test_filter_keys_are_parameters_not_sql(tagged):
+    evil = {"x') OR 1=1 --": "y", "kind' OR '1'='1": "travel"}
+    assert tagged.get_all(filters=evil) == []
+    assert tagged.count() == 4
+
+
+# ---- adds, dedupe, updates, history ------------------------------------------------------------
+
+
+def test_near_duplicate_is_reported_not_inserted(store):
+    first = store.add("Alice lives in Paris.", scope=U1)
+    again = store.add("Alice resides in Paris", scope=U1)
+    assert first.added and not again.added
+    assert again.duplicate_of is not None and again.duplicate_of.id == first.item.id
+    assert again.item.id == first.item.id
+    assert 0.95 <= again.similarity < 1.0
+    assert store.count() == 1
+    assert store.add("Alice lives in Lyon.", scope=U1).added  # different fact (cosine ~0.8)
+    assert store.add("Alice resides in Paris", scope=U2).added  # other scope
+    assert store.add("Alice resides in Paris", scope=U1, dedupe=False).added
+    assert store.count() == 4
+
+
+def test_dedupe_threshold_is_a_store_option(tmp_path, embedder):
+    with SQLiteStore(tmp_path / "strict.db", embedder, dedupe_threshold=0.999) as strict:
+        strict.add("Alice lives in Paris.")
+        assert strict.add("Alice resides in Paris").added
+    with pytest.raises(ValueError, match="cosine"):
+        SQLiteStore(tmp_path / "bad.db", embedder, dedupe_threshold=1.5)
+
+
+def test_add_many_dedupes_within_the_batch_and_embeds_once(tmp_path, embedder):
+    counting = CountingEmbedder(embedder)
+    with SQLiteStore(tmp_path / "m.db", counting) as store:
+        given = embedder.embed(["Precomputed vector entry"])[0]
+        results = store.add_many(
+            [
+                NewMemory("The cat sleeps on the sofa."),
+                NewMemory("The cat sleeps on the sofa"),
+                NewMemory("Precomputed vector entry", embedding=given * 3.0),
+                NewMemory("Quarterly taxes are due in April."),
+            ]
+        )
+        assert counting.texts == 3  # the given embedding was not recomputed
+        assert [r.added for r in results] == [True, False, True, True]
+        assert results[1].duplicate_of.id == results[0].item.id
+        stored = store.get(results[2].item.id).embedding
+        assert np.linalg.norm(stored) == pytest.approx(1.0, abs=1e-5)  # normalised on the way in
+
+
+def test_add_many_is_all_or_nothing(store):
+    with pytest.raises(ValueError, match="non-empty string"):
+        store.add_many([NewMemory("fine entry"), NewMemory("   ")])
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        store.add_many([NewMemory("fine entry"), NewMemory("bad", embedding=np.ones(3))])
+    assert store.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"content": ""}, "non-empty string"),
+        ({"content": "x", "metadata": {"when": object()}}, "JSON-serialisable"),
+        ({"content": "x", "metadata": {"v": float("nan")}}, "NaN"),
+        ({"content": "x", "memory_type": ""}, "memory_type"),
+        ({"content": "x", "scope": Scope(user_id=3)}, "user_id"),
+        ({"content": "x", "embedding": np.zeros(384)}, "non-zero"),
+    ],
+)
+def test_bad_add_input_is_a_clear_error(store, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        store.add(**kwargs)
+    assert store.count() == 0
+
+
+def test_history_records_add_update_delete(store):
+    item = store.add("Alice lives in Paris.", metadata={"src": "chat"}).item
+    store.update(item.id, "Alice lives in Lyon.")
+    store.update(item.id, metadata={"src": "correction"})
+    removed = store.delete(item.id)
+    assert removed.content == "Alice lives in Lyon." and removed.metadata == {"src": "correction"}
+    events = store.history(item.id)
+    assert [(e.event, e.old_content, e.new_content) for e in events] == [
+        ("ADD", None, "Alice lives in Paris."),
+        ("UPDATE", "Alice lives in Paris.", "Alice lives in Lyon."),
+        ("UPDATE", "Alice lives in Lyon.", "Alice lives in Lyon."),
+        ("DELETE", "Alice lives in Lyon.", None),
+    ]
+    assert all(e.memory_id == item.id and e.created_at for e in events)
+    with pytest.raises(MemoryNotFound):
+        store.get(item.id)
+
+
+def test_update_reembeds_only_when_content_changes(tmp_path, embedder):
+    counting = CountingEmbedder(embedder)
+    with SQLiteStore(tmp_path / "m.db", counting) as store:
+        item = store.add("Alice lives in Paris.").item
+        counting.texts = 0
+        meta_only = store.update(item.id, metadata={"k": 1})
+        same = store.update(item.id, "Alice lives in Paris.")  # no change: nothing written
+        assert counting.texts == 0
+        assert np.array_equal(meta_only.embedding, item.embedding)
+        assert len(store.history(item.id)) == 2
+        moved = store.update(item.id, "Alice moved to Tokyo.")
+        assert counting.texts == 1
+        assert store.search("Tokyo", mode="dense", top_k=1)[0].id == item.id
+        assert same.content == "Alice lives in Paris." and moved.metadata == {"k": 1}
+        assert moved.updated_at > item.updated_at
+
+
+@pytest.mark.parametrize("call", ["get", "update", "delete", "history"])
+def test_unknown_ids_raise_memory_not_found(store, call):
+    args = ("mem_00000000", "x") if call == "update" else ("mem_00000000",)
+    with pytest.raises(MemoryNotFound, match="mem_00000000"):
+        getattr(store, call)(*args)
+
+
+def test_get_all_count_and_scoped_reset(filled, store):
+    store.add("A note for the other user.", scope=U2)
+    assert filled.count() == len(FACTS) + 1
+    assert [m.content for m in filled.get_all(scope=U1, limit=2)] == FACTS[:2]
+    assert filled.reset(scope=U2) == 1
+    assert filled.count() == len(FACTS)
+    assert filled.search("note for the other user", scope=U2) == []
+    assert filled.reset() == len(FACTS)
+    assert filled.count() == 0 and filled.search("Alice") == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"top_k": 0}, "top_k"), ({"mode": "fuzzy"}, "unknown search mode")],
+)
+def test_bad_search_arguments(filled, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        filled.search("alice", **kwargs)
+
+
+# ---- FTS query sanitising ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['"', "(", ")", "AND", "OR NOT", "*", "alice*", "NEAR(alice paris)", "content:alice",
+     "^alice", "it's", '"unterminated', "", "   ", "-", "a" * 500, "\u00e9t\u00e9 \u2603"],
+)  # fmt: skip
+@pytest.mark.parametrize("mode", ["bm25", "hybrid"])
+def test_user_text_never_breaks_fts(filled, query, mode):
+    hits = filled.search(query, top_k=3, mode=mode)
+    assert isinstance(hits, list)
+
+
+def test_fts_query_keeps_words_and_drops_syntax(filled):
+    assert fts_match_query("") is None and fts_match_query("*()") is None
+    assert fts_match_query('Alice "AND" (Paris)*') == '"alice" OR "and" OR "paris"'
+    assert filled.search('"Paris" AND (nurse', mode="bm25")[0].content == FACTS[0]
+
+
+def test_bm25_stems_words(filled):
+    assert filled.search("orchestras violins", mode="bm25", top_k=1)[0].content == FACTS[3]
+
+
+# ---- export / import ---------------------------------------------------------------------------
+
+
+def test_export_import_round_trip_keeps_everything(filled, tmp_path, embedder):
+    filled.add("Tagged entry", metadata={"tags": ["a", "b"], "n": 3}, memory_type="episodic")
+    path = tmp_path / "export.jsonl"
+    assert filled.export_jsonl(path) == len(FACTS) + 1
+    counting = CountingEmbedder(embedder)
+    with SQLiteStore(tmp_path / "copy.db", counting) as copy:
+        assert copy.import_jsonl(path) == len(FACTS) + 1
+        assert counting.texts == 0  # same embedder: stored vectors reused
+        original, restored = filled.get_all(), copy.get_all()
+        assert [m.to_dict() for m in restored] == [m.to_dict() for m in original]
+        for a, b in zip(original, restored, strict=True):
+            np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-7)
+        assert copy.search("where does alice live", top_k=1)[0].content == FACTS[0]
+        assert [e.event for e in copy.history(original[0].id)] == ["ADD"]
+
+
+def test_export_of_a_scope_and_import_with_another_embedder_reembeds(filled, tmp_path, embedder):
+    filled.add("Only for u2", scope=U2)
+    path = tmp_path / "u2.jsonl"
+    assert filled.export_jsonl(path, scope=U2) == 1
+    other = CountingEmbedder(embedder, name="minilm-renamed")
+    with SQLiteStore(tmp_path / "other.db", other) as copy:
+        assert copy.import_jsonl(path) == 1 and other.texts == 1
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ("{not json", "line 2: .*JSON"),
+        ('{"metadata": {}}', "line 2: content: Field required"),
+        ('{"content": "   "}', "line 2: content: .*non-empty"),
+        ('{"content": "x", "colour": "red"}', "line 2: colour: Extra inputs"),
+        ('{"content": "x", "id": "1234"}', "line 2: id: String should match"),
+        ('{"content": "x", "created_at": "yesterday"}', "line 2: created_at"),
+        ('{"content": "x", "embedder": "all-MiniLM-L6-v2", "embedding": [1, 2]}', "line 2: .*384"),
+        (
+            '{"content": "x", "id": "mem_0000aaaa"}',
+            "line 2: id mem_0000aaaa already appears on line 1",
+        ),
+    ],
+)
+def test_a_bad_import_line_changes_nothing(filled, tmp_path, bad_line, message):
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({"content": "A good line", "id": "mem_0000aaaa"})
+    path.write_text(good + "\n" + bad_line + "\n" + good.replace("aaaa", "bbbb") + "\n")
+    history_before = len(filled.get_all())
+    with pytest.raises(ImportFileError, match=message):
+        filled.import_jsonl(path)
+    assert filled.count() == history_before
+    with pytest.raises(MemoryNotFound):
+        filled.get("mem_0000aaaa")
+
+
+def test_import_refuses_ids_already_in_the_store(filled, tmp_path):
+    path = tmp_path / "again.jsonl"
+    filled.export_jsonl(path)
+    with pytest.raises(ImportFileError, match="line 1: id mem_.* already exists"):
+        filled.import_jsonl(path)
+    assert filled.count() == len(FACTS)
+
+
+# ---- the file ----------------------------------------------------------------------------------
+
+
+def test_reopening_with_another_embedder_is_refused(tmp_path, embedder):
+    path = tmp_path / "m.db"
+    SQLiteStore(path, embedder).close()
+    with pytest.raises(EmbedderMismatch) as err:
+        SQLiteStore(path, CountingEmbedder(embedder, name="other-model"))
+    message = str(err.value)
+    assert "'all-MiniLM-L6-v2'" in message and "'other-model'" in message
+    assert "export_jsonl" in message and "import_jsonl" in message
+
+
+def test_file_layout_wal_and_tables(filled, tmp_path):
+    conn = sqlite3.connect(tmp_path / "mem.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    assert meta["embedder_name"] == "all-MiniLM-L6-v2" and meta["embedder_dim"] == "384"
+    blob = conn.execute("SELECT embedding FROM memories LIMIT 1").fetchone()[0]
+    assert len(blob) == 384 * 4
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'violin'"
+        ).fetchone()[0]
+        == 1
+    )
+    conn.close()
+
+
+def test_two_handles_on_one_file_see_each_others_writes(tmp_path, embedder):
+    """Each handle has its own in-memory index, caught up from the history change feed."""
+    with (
+        SQLiteStore(tmp_path / "m.db", embedder) as a,
+        SQLiteStore(tmp_path / "m.db", embedder) as b,
+    ):
+        kept = a.add("The boat is moored in harbour seven.").item
+        gone = a.add("The spare key is under the flowerpot.").item
+        assert b.search("where is the boat", mode="dense", top_k=1)[0].id == kept.id
+        a.delete(gone.id)
+        a.update(kept.id, "The boat moved to harbour nine.")
+        hits = b.search("spare key flowerpot boat harbour", mode="dense", top_k=5)
+        assert [h.id for h in hits] == [kept.id]
+        assert hits[0].content == "The boat moved to harbour nine."
+        assert b.add("The boat moved to harbour nine!").duplicate_of.id == kept.id
+        a.reset()  # bumps the generation: b reloads in full
+        b.add("A fresh start.")
+        assert [h.content for h in a.search("fresh start", mode="dense")] == ["A fresh start."]
+
+
+def test_in_memory_store(embedder):
+    with SQLiteStore(":memory:", embedder) as store:
+        store.add("Ephemeral fact about comets.")
+        assert store.search("comets", top_k=1)[0].content == "Ephemeral fact about comets."
