@@ -4,9 +4,9 @@ store (all entries and their history) and the context (messages) stay exactly as
 from __future__ import annotations
 
 import pytest
-from agemem.memory.sqlite import SQLiteStore
 
 from agemem.context import Context
+from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import Scope
 from agemem.tools import (
     AGEMEM_TOOLS,
@@ -28,12 +28,21 @@ def store(tmp_path, embedder):
         yield s
 
 
+BOB_CODE = "Bob's locker code is 4412."
+
+
+@pytest.fixture(scope="module")
+def vectors(embedder):
+    """The two entries' real embeddings, computed once: each test then opens its store fast."""
+    return embedder.embed([MEETING, BOB_CODE])
+
+
 @pytest.fixture
-def ids(store):
+def ids(store, vectors):
     """Ann's entry and Bob's entry."""
     return {
-        "MEETING": store.add(MEETING, scope=ANN).item.id,
-        "BOB": store.add("Bob's locker code is 4412.", scope=Scope(user_id="bob")).item.id,
+        "MEETING": store.add(MEETING, scope=ANN, embedding=vectors[0]).item.id,
+        "BOB": store.add(BOB_CODE, scope=Scope(user_id="bob"), embedding=vectors[1]).item.id,
     }
 
 

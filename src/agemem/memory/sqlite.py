@@ -925,14 +925,16 @@ class SQLiteStore(MemoryStore):
 
     def _check_new_ids(self, path: str | Path, records: list[tuple[int, _ImportRecord]]) -> None:
         line_of = {rec.id: line for line, rec in records if rec.id is not None}
+        taken: list[str] = []
         for chunk in _chunks(list(line_of)):
-            sql = f"SELECT id FROM memories WHERE id IN ({_marks(len(chunk))}) LIMIT 1"
-            taken = self._conn.execute(sql, chunk).fetchone()
-            if taken is not None:
-                raise ImportFileError(
-                    path, line_of[taken[0]], f"id {taken[0]} already exists in {self.path}; "
-                    "delete it there first or import into a fresh store",
-                )  # fmt: skip
+            sql = f"SELECT id FROM memories WHERE id IN ({_marks(len(chunk))})"
+            taken += [row[0] for row in self._conn.execute(sql, chunk)]
+        if taken:
+            first = min(taken, key=line_of.__getitem__)
+            raise ImportFileError(
+                path, line_of[first], f"id {first} already exists in {self.path}; "
+                "delete it there first or import into a fresh store",
+            )  # fmt: skip
 
 
 def _split_sql(script: str) -> list[str]:

@@ -42,7 +42,7 @@ class AgentMemoryState:
     scope: Scope = field(default_factory=Scope)
     search_mode: SearchMode = "dense"
     filter_theta: float = DEFAULT_THETA
-    stats: ToolStats = field(default_factory=ToolStats)
+    stats: ToolStats = field(default_factory=ToolStats)  # a blocked duplicate add counts as run
     added_ids: list[str] = field(default_factory=list)  # entries Add_memory created, in order
     retrieved_ids: list[str] = field(default_factory=list)  # every id Retrieve_memory returned
 
@@ -82,7 +82,7 @@ class RetrieveMemoryArgs(ToolArgs):
 class SummaryContextArgs(ToolArgs):
     span: str = Field(
         pattern=r"^(all|[1-9][0-9]*)$",
-        description='"all", or "N" (e.g. "2") for the last N rounds',
+        description='"all", or "N" for the last N rounds, e.g. "2"',
     )
 
 
@@ -162,7 +162,8 @@ def retrieve_memory(state: AgentMemoryState, args: RetrieveMemoryArgs) -> str:
     if not items:
         return f"No memory matches {args.query!r}."
     lines = "\n".join(_entry_line(item) for item in items)
-    return f"{len(items)} memories for {args.query!r}, best first:\n{lines}"
+    found = "1 memory" if len(items) == 1 else f"{len(items)} memories"
+    return f"{found} for {args.query!r}, best first:\n{lines}"
 
 
 def summary_context(state: AgentMemoryState, args: SummaryContextArgs) -> str:
