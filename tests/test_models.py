@@ -4,6 +4,7 @@ word tokenizer, and the errors for what cannot be resolved."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -131,6 +132,27 @@ def test_interrupted_conversion_leaves_no_checkpoint(tmp_path):
         convert_gguf(bad, dest)
     assert not dest.exists()
     assert list(dest.parent.iterdir()) == []
+
+
+def test_stale_temp_dirs_of_killed_conversions_are_removed(tmp_path):
+    dest = tmp_path / "cache" / "broken"
+    stale, fresh = dest.parent / f".{dest.name}.tmp-old", dest.parent / f".{dest.name}.tmp-new"
+    for leftover in (stale, fresh):
+        leftover.mkdir(parents=True)
+        (leftover / "model.safetensors").write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ValueError, match="GGUF"):
+        convert_gguf(bad, dest)
+    assert not stale.exists() and fresh.exists()  # a concurrent conversion is left alone
+
+
+def test_unusable_cache_dir_names_the_fix(monkeypatch, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("AGEMEM_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(ModelNotAvailable, match="set AGEMEM_CACHE to a writable directory"):
+        resolve_preset("smollm2-135m")
 
 
 def test_hub_preset_offline_without_cache_fails_in_one_line(monkeypatch, tmp_path):

@@ -12,7 +12,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from agemem.memory.sqlite import ImportFileError, SQLiteStore, fts_match_query
+from agemem.memory.search import SearchConfig, resolve_search_config, rrf_fuse
+from agemem.memory.sqlite import ImportFileError, SQLiteStore, fts_terms
 from agemem.memory.store import EmbedderMismatch, MemoryNotFound, NewMemory, Scope
 
 FACTS = [
@@ -53,7 +54,9 @@ def fact_vectors(embedder):
 
 
 def _add_facts(store: SQLiteStore, vectors: np.ndarray) -> SQLiteStore:
-    store.add_many([NewMemory(f, scope=U1, embedding=v) for f, v in zip(FACTS, vectors)])
+    store.add_many(
+        [NewMemory(f, scope=U1, embedding=v) for f, v in zip(FACTS, vectors, strict=True)]
+    )
     return store
 
 
@@ -340,9 +343,28 @@ def test_user_text_never_breaks_fts(corpus, query, mode):
 
 
 def test_fts_query_keeps_words_and_drops_syntax(corpus):
-    assert fts_match_query("") is None and fts_match_query("*()") is None
-    assert fts_match_query('Alice "AND" (Paris)*') == '"alice" OR "and" OR "paris"'
+    assert fts_terms("") == [] and fts_terms("*()") == []
+    assert fts_terms('Alice "AND" (Paris)*') == ['"alice"', '"and"', '"paris"']
     assert corpus.search('"Paris" AND (nurse', mode="bm25")[0].content == FACTS[0]
+
+
+def test_bm25_leaves_out_words_most_entries_contain(corpus, embedder):
+    """'the' is in 5 of the 8 facts: above max_term_matches=3 it no longer drags them in."""
+    assert len(corpus.search("the violin", mode="bm25", top_k=8)) == 5
+    with SQLiteStore(corpus.path, embedder, search=SearchConfig(max_term_matches=3)) as pruned:
+        assert [h.content for h in pruned.search("the violin", mode="bm25", top_k=8)] == [FACTS[3]]
+        assert len(pruned.search("the", mode="bm25", top_k=8)) == 5  # all common: all kept
+
+
+def test_search_presets_and_fusion(corpus, embedder):
+    assert resolve_search_config("keyword").bm25_weight == 2.0
+    with pytest.raises(ValueError, match="unknown search preset 'nope'.*balanced"):
+        SQLiteStore(corpus.path, embedder, search="nope")
+    with pytest.raises(ValueError, match="pool"):
+        SearchConfig(pool=0)
+    fused = rrf_fuse([[1, 2, 3], [3, 4]], weights=[1.0, 1.0], rrf_k=60)
+    assert [key for key, _ in fused] == [3, 1, 2, 4]
+    assert fused[0][1] == pytest.approx(1 / 63 + 1 / 61)
 
 
 def test_bm25_stems_words(corpus):

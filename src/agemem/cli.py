@@ -54,6 +54,94 @@ def bench_locomo_retrieval(
     _write_json(run_locomo_retrieval(data), json_path)
 
 
+@bench_app.command("rollout")
+def bench_rollout(
+    preset: Annotated[str, typer.Option(help="Model preset or checkpoint directory.")] = (
+        "smollm2-135m"
+    ),
+    tasks: Annotated[int, typer.Option(help="Synthetic test tasks run on each side.")] = 8,
+    batch: Annotated[int, typer.Option(help="Episodes per batched act call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per model turn.")] = 32,
+    n_max: Annotated[int, typer.Option(help="Turn cap per episode.")] = 8,
+    seed: int = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Generated tokens/s and episodes/min, batched episodes against one at a time."""
+    from agemem.bench.rollout import run_rollout_bench
+
+    if tasks < 1 or batch < 1 or max_new_tokens < 1 or n_max < 1:
+        raise typer.BadParameter("--tasks, --batch, --max-new-tokens and --n-max must be >= 1")
+    payload = run_rollout_bench(
+        preset, n_tasks=tasks, batch=batch, max_new_tokens=max_new_tokens, n_max=n_max, seed=seed
+    )
+    typer.echo(json.dumps({k: v for k, v in payload.items() if not isinstance(v, dict)}))
+    _write_json(payload, json_path)
+
+
+@app.command()
+def show(
+    path: Annotated[Path, typer.Argument(help="Episode JSONL file.")],
+    episode: Annotated[
+        int | None, typer.Option(help="Which episode (0-based); default: the index.")
+    ] = None,
+    full: Annotated[bool, typer.Option(help="Do not shorten long messages.")] = False,
+) -> None:
+    """Render recorded episodes: each turn's new context, output and observations; the facts."""
+    from agemem.episode import EpisodeFileError
+    from agemem.show import show_file
+
+    try:
+        show_file(path, episode, full=full)
+    except (EpisodeFileError, IndexError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def chat(
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="Memory store file, kept between sessions [default: ~/.agemem/memory.db]"
+        ),
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Whose memories (default: login name).")] = (
+        None
+    ),
+    model: Annotated[
+        str, typer.Option(help="Preset or checkpoint dir; with --base-url the server's model.")
+    ] = "smollm2-135m",
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="Key for --base-url.")] = None,
+    scripted: Annotated[
+        str | None,
+        typer.Option(help="A scripted agent instead of a model: store-everything, no-memory."),
+    ] = None,
+    max_turns: Annotated[int, typer.Option(help="Agent turns per message.")] = 6,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.3,
+) -> None:
+    """Chat with the agent; it stores, updates and retrieves memories as it answers."""
+    from agemem.chat import open_chat
+
+    try:
+        store = store or Path.home() / ".agemem" / "memory.db"
+        open_chat(
+            store=store,
+            user=user,
+            model=model,
+            base_url=base_url,
+            api_key=api_key,
+            scripted=scripted,
+            max_turns=max_turns,
+            temperature=temperature,
+        )
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def demo(
     path: Annotated[Path, typer.Option(help="Store file (recreated).")] = Path(

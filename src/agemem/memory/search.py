@@ -29,18 +29,24 @@ class SearchConfig:
       deeper pools add latency (each candidate is fetched) and change the top 10 only rarely.
     - `dense_weight = bm25_weight = 1.0`: neither retriever is trusted more by default; the
       presets below tilt them.
+    - `max_term_matches = 2_000`: BM25 through FTS5 scores every entry a query term matches,
+      ~1 us per match (measured at 100k entries: 15 ms for queries carrying a word found in 77%
+      of entries, 0.15 ms without it). Query terms matching more entries than this are left out
+      of the BM25 query (all are kept if all are that common): their IDF is low (at 2% of 100k
+      entries, ln(50) against ~ln(10^4) for a rare word), so they barely move the ranking.
     """
 
     rrf_k: float = 60.0
     pool: int = 50
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
+    max_term_matches: int = 2_000
 
     def __post_init__(self) -> None:
         if self.rrf_k < 0:
             raise ValueError(f"rrf_k must be >= 0, got {self.rrf_k}")
-        if self.pool < 1:
-            raise ValueError(f"pool must be >= 1, got {self.pool}")
+        if self.pool < 1 or self.max_term_matches < 1:
+            raise ValueError(f"pool and max_term_matches must be >= 1: {self}")
         if self.dense_weight < 0 or self.bm25_weight < 0:
             raise ValueError("dense_weight and bm25_weight must be >= 0")
 

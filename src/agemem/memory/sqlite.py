@@ -11,6 +11,8 @@ Layout of the file:
   in-memory vector index in step with the file (rows with an id above the last one applied).
 - `meta`: schema version, embedder name and dimension, and a `generation` counter that reset
   and import bump to make every process reload its index in full.
+- `graph_cache`: the last HNSW graph a process built for a large store, with the state it
+  reflects, so that other processes restore it instead of rebuilding (see `vector_index`).
 
 Concurrency: WAL journal, `busy_timeout`, every write in `BEGIN IMMEDIATE` (so writers queue
 instead of failing half-way), every search in one read transaction (one consistent snapshot).
@@ -104,6 +106,15 @@ CREATE TABLE IF NOT EXISTS history (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_memory ON history (memory_id);
+-- The last HNSW graph a process built or brought up to date, with the state it reflects, so
+-- that a process opening a large store starts from it instead of rebuilding (see _reload).
+CREATE TABLE IF NOT EXISTS graph_cache (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL,
+    last_history INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    graph BLOB NOT NULL
+);
 CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
     content, content='memories', content_rowid='rowid',
     tokenize='porter unicode61 remove_diacritics 2'
@@ -143,18 +154,15 @@ class ImportFileError(StoreError, ValueError):
 # ---- query building -----------------------------------------------------------------------------
 
 
-def fts_match_query(text: str) -> str | None:
-    """Turn user text into a safe FTS5 query: its words, each quoted, OR-ed (None if no words).
+def fts_terms(text: str) -> list[str]:
+    """User text as safe FTS5 terms: its distinct words, each quoted (so every FTS5 operator --
+    `AND`, `NEAR`, `*`, `^`, `:`, parentheses, quotes -- is a plain word or gone).
 
-    Quoting makes every FTS5 operator (`AND`, `NEAR`, `*`, `^`, `:`, parentheses) a plain word,
-    and OR lets BM25 rank partial matches instead of demanding every word.
-
-    >>> fts_match_query('(alice AND "bob") OR *')
-    '"alice" OR "and" OR "bob" OR "or"'
+    >>> fts_terms('(alice AND "bob") OR *')
+    ['"alice"', '"and"', '"bob"', '"or"']
     """
     words = dict.fromkeys(w.lower() for w in re.findall(r"\w+", text))
-    terms = [f'"{w}"' for w in words][:MAX_FTS_TERMS]
-    return " OR ".join(terms) or None
+    return [f'"{w}"' for w in words][:MAX_FTS_TERMS]
 
 
 def _is_number(value: Any) -> bool:
@@ -454,9 +462,57 @@ class SQLiteStore(MemoryStore):
         self._last_history = conn.execute("SELECT coalesce(max(id), 0) FROM history").fetchone()[0]
         rows = conn.execute("SELECT rowid, id, embedding FROM memories").fetchall()
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        self._index.load(keys, self._vectors([r[2] for r in rows]))
         self._rowid_of = {r[1]: r[0] for r in rows}
+        vectors = self._vectors([r[2] for r in rows])
+        cached = (
+            self._cached_graph(generation)
+            if len(rows) >= self._index.config.exact_threshold
+            else None
+        )
+        try:
+            self._index.load(keys, vectors, **(cached or {}))
+        except (RuntimeError, ValueError):  # an unreadable cache only costs a rebuild
+            self._index.load(keys, vectors)
         self._generation = generation
+
+    def _graph_config(self) -> str:
+        cfg = self._index.config
+        return f"i8-cos dim={self.embedder.dim} M={cfg.connectivity} ef_add={cfg.expansion_add}"
+
+    def _cached_graph(self, generation: int) -> dict[str, Any] | None:
+        """The saved graph if it was built from this generation with this configuration, and
+        the rowids of entries changed since it was saved."""
+        row = self._conn.execute(
+            "SELECT generation, last_history, config, graph FROM graph_cache"
+        ).fetchone()
+        if row is None or (row[0], row[2]) != (generation, self._graph_config()):
+            return None
+        changed = self._conn.execute(
+            "SELECT DISTINCT memory_id FROM history WHERE id > ?", (row[1],)
+        ).fetchall()
+        rowids = [self._rowid_of[m] for (m,) in changed if m in self._rowid_of]
+        return {"graph": row[3], "changed": np.array(rowids, dtype=np.int64)}
+
+    def _save_graph(self) -> None:
+        """Store this process's graph for the next process to start from, once it holds enough
+        work: a fresh build, or edits to a tenth of it (replaying those costs a new process a
+        few seconds at 100k entries; writing the graph costs this one a fraction of a second)."""
+        index = self._index
+        with self._lock:
+            if self.path == ":memory:" or index.unsaved_changes < max(1_000, len(index) // 10):
+                return
+            state = (self._generation, self._last_history)
+            graph = index.graph_bytes()
+            if graph is None or self._generation is None:
+                return
+            with self._transaction(write=True) as conn:
+                saved = conn.execute("SELECT generation, last_history FROM graph_cache").fetchone()
+                if saved is not None and tuple(saved) >= state:
+                    return  # another process saved a fresher one
+                conn.execute(
+                    "INSERT OR REPLACE INTO graph_cache VALUES (1, ?, ?, ?, ?)",
+                    (*state, self._graph_config(), graph),
+                )
 
     def _apply(self, memory_ids: list[str]) -> None:
         found: dict[str, tuple[int, bytes]] = {}
@@ -491,6 +547,7 @@ class SQLiteStore(MemoryStore):
         with self._transaction(write=False):
             self._sync()
             self._index.prepare()
+        self._save_graph()
 
     # ---- embeddings --------------------------------------------------------------------------
 
@@ -622,6 +679,7 @@ class SQLiteStore(MemoryStore):
                 "session_id, created_at, updated_at, embedding) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [self._row(it) for it, _ in pending],
             )
+        self._save_graph()
         return results
 
     def _row(self, item: MemoryItem) -> tuple[Any, ...]:
@@ -711,6 +769,7 @@ class SQLiteStore(MemoryStore):
         self._conn.execute(
             "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
         )
+        self._conn.execute("DELETE FROM graph_cache")  # built for the old generation
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -785,7 +844,9 @@ class SQLiteStore(MemoryStore):
                     ranked = list(zip(*self._dense(vec, top_k, where, params), strict=True))
                 else:
                     ranked = self._hybrid(query, vec, top_k, where, params)
-            return self._items(ranked)
+            items = self._items(ranked)
+        self._save_graph()
+        return items
 
     def _dense(
         self, vec: np.ndarray, k: int, where: str, params: list[Any]
@@ -819,15 +880,24 @@ class SQLiteStore(MemoryStore):
         return np.fromiter((k in admitted for k in keys.tolist()), dtype=bool, count=len(keys))
 
     def _bm25(self, query: str, k: int, where: str, params: list[Any]) -> list[tuple[int, float]]:
-        match = fts_match_query(query)
-        if match is None:
+        """BM25 over the query's words, OR-ed so partial matches rank too (see
+        `SearchConfig.max_term_matches` for the words left out)."""
+        terms = fts_terms(query)
+        limit = self.search_config.max_term_matches
+        kept = [t for t in terms if self._term_matches(t, limit + 1) <= limit] or terms
+        if not kept:
             return []
         sql = (
             "SELECT m.rowid, -bm25(memories_fts) FROM memories_fts "
             "JOIN memories AS m ON m.rowid = memories_fts.rowid "
             f"WHERE memories_fts MATCH ? AND {where} ORDER BY bm25(memories_fts) LIMIT ?"
         )
-        return [tuple(r) for r in self._conn.execute(sql, [match, *params, k])]
+        return [tuple(r) for r in self._conn.execute(sql, [" OR ".join(kept), *params, k])]
+
+    def _term_matches(self, term: str, cap: int) -> int:
+        """How many entries contain `term`, counting no further than `cap` (cheap either way)."""
+        sql = "SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH ? LIMIT ?)"
+        return self._conn.execute(sql, (term, cap)).fetchone()[0]
 
     def _hybrid(
         self, query: str, vec: np.ndarray, k: int, where: str, params: list[Any]

@@ -3,29 +3,39 @@
 The SQLite file stays the source of truth; every process holds one `VectorIndex` and keeps it in
 step with the file (see `SQLiteStore`). Keys are the store's integer rowids.
 
-Measured on this project's 2-core machine (384-d clustered unit vectors resembling MiniLM
-sentence embeddings, see `agemem.bench.store`): an exact scan costs ~0.25 ms at 10k rows,
-~0.7 ms at 20k, ~3.5 ms at 50k and ~16 ms at 100k. The jump past 20k is the matrix leaving the
-CPU cache (20k x 384 float32 = 30 MB), hence `exact_threshold = 20_000`: below it exact search is
-both faster than building a graph and perfectly accurate.
+Exact scans use `np.einsum` (one thread, SIMD) rather than a BLAS matrix-vector product: on a
+machine whose cores are busy (an LLM policy running next to the store, other processes) a
+multi-threaded BLAS call waits a scheduler tick for its helper thread, 4-8 ms per search however
+small the matrix; einsum's cost stays proportional to the rows. Measured on this project's
+2-core machine (384-d clustered unit vectors resembling MiniLM sentence embeddings, see
+`agemem.bench.store`), exact scan p50: 0.28 ms at 5k rows, 0.58 ms at 10k, 1.2 ms at 20k,
+3.7 ms at 50k, 6.4 ms at 100k. Hence `exact_threshold = 20_000`: below it an exact scan costs no
+more than a graph search (~1.5 ms, below) and is perfectly accurate; above it, it grows past it.
 
 The HNSW graph stores int8 vectors (4x less memory than float32, faster distance kernels), each
 row divided by its largest absolute component before quantizing so that it uses the whole int8
-range (cosine does not change under scaling). The graph returns `rerank` candidates which are then
-re-scored exactly with the float32 rows; the re-scoring repairs the order errors that int8
-introduces. On 100k bench vectors, recall@10 against an exact scan (200 queries):
+range (cosine does not change under scaling). The graph returns `rerank` candidates which are
+then re-scored exactly with the float32 rows; the re-scoring repairs the order errors that int8
+introduces. Recall@10 against an exact scan on 100k bench vectors (200 queries; p50 of the graph
+search on the shared, loaded 2-core machine, so read latencies as rough):
 
 | connectivity | expansion_search | candidates | recall@10 | p50 |
 |---|---|---|---|---|
 | 16 | 256 | 10 (no rerank) | 0.86 | 1.3 ms |
 | 16 | 512 | 50 | 0.96 | 2.5 ms |
-| 32 | 128 | 50 | 0.93 | 0.9 ms |
-| 32 | 256 | 50 | 0.96 | 1.6 ms |
-| 32 | 512 | 50 | 0.98 | 2.5 ms |
+| 32 | 96 | 50 | 0.89 | 0.9 ms |
+| 32 | 128 | 50 | 0.92 | 1.2 ms |
+| 32 | 192 | 50 | 0.95 | 1.6-1.9 ms |
+| 32 | 256 | 50 | 0.97 | 1.6-2.9 ms |
 
 float32 graphs (same data) reach 0.96 only at connectivity 16 / expansion_search 512 (5.4 ms),
-and reranking cannot help them. Defaults: connectivity 32, expansion_add 128,
-expansion_search 256, rerank 50 (recall >= 0.95 with margin, ~1.6 ms).
+and re-scoring cannot help them (their distances are already exact). Defaults: connectivity 32,
+expansion_add 128, expansion_search 256, rerank 50: recall 0.97, the first setting with margin
+above 0.95.
+
+Building the graph is the slow part: ~1-1.5k inserts/s on 2 busy cores (70-140 s at 100k). The
+store therefore saves a built graph in its file and a process opening a large store restores it
+(`load(graph=...)`, ~3 s at 100k) and replays the changes made since, instead of rebuilding.
 """
 
 from __future__ import annotations
@@ -79,6 +89,11 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
+def _dot(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Row-wise dot products, single-threaded (see the module docstring)."""
+    return np.einsum("ij,j->i", matrix, query)
+
+
 def _int8_range(vectors: np.ndarray) -> np.ndarray:
     """Scale each row so its largest component is +-1: usearch maps [-1, 1] onto int8."""
     return vectors / np.abs(vectors).max(axis=-1, keepdims=True)
@@ -95,6 +110,7 @@ class VectorIndex:
         self._n = 0
         self._slot: dict[int, int] = {}
         self._hnsw: Index | None = None
+        self.unsaved_changes = 0  # graph edits since it was built or restored (for the store)
 
     def __len__(self) -> int:
         return self._n
@@ -109,13 +125,54 @@ class VectorIndex:
 
     # ---- maintenance -------------------------------------------------------------------------
 
-    def load(self, keys: Keys, vectors: np.ndarray) -> None:
-        """Replace the whole content (a full reload from the store file)."""
+    def load(
+        self,
+        keys: Keys,
+        vectors: np.ndarray,
+        *,
+        graph: bytes | None = None,
+        changed: Keys | None = None,
+    ) -> None:
+        """Replace the whole content (a full reload from the store file).
+
+        `graph`: a saved graph (`graph_bytes`) of an earlier state of the same entries, reused
+        instead of rebuilding (minutes at 100k rows on 2 cores) and brought up to date here:
+        keys it lacks are added, keys now gone are removed, and `changed` keys (entries
+        updated since) are re-inserted.
+        """
         self._keys = np.asarray(keys, dtype=np.int64).copy()
-        self._vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        self._vecs = np.array(vectors, dtype=np.float32).reshape(
+            -1, self.dim
+        )  # a copy: edited in place
         self._n = len(self._keys)
         self._slot = {int(k): i for i, k in enumerate(self._keys)}
         self._hnsw = None
+        if graph is not None and self.uses_ann:
+            self._hnsw = self._restore(graph, np.asarray(changed if changed is not None else []))
+
+    def _restore(self, graph: bytes, changed: np.ndarray) -> Index:
+        restored = Index.restore(graph)
+        restored.expansion_add = self.config.expansion_add
+        restored.expansion_search = self.config.expansion_search
+        current = self._keys.astype(np.uint64)
+        held = np.asarray(restored.keys[:], dtype=np.uint64)  # one call: iterating is O(n^2)
+        changed = np.intersect1d(changed.astype(np.uint64), current)
+        stale = np.union1d(np.setdiff1d(held, current), np.intersect1d(changed, held))
+        if len(stale):
+            restored.remove(stale)
+        fresh = np.union1d(np.setdiff1d(current, held), changed)
+        if len(fresh):
+            slots = np.array([self._slot[int(k)] for k in fresh], dtype=np.int64)
+            restored.add(fresh, _int8_range(self._vecs[slots]))
+        self.unsaved_changes = len(stale) + len(fresh)
+        return restored
+
+    def graph_bytes(self) -> bytes | None:
+        """The HNSW graph serialised (None when there is none), for `load(graph=...)`."""
+        if self._hnsw is None:
+            return None
+        self.unsaved_changes = 0
+        return bytes(self._hnsw.save())
 
     def upsert(self, keys: Keys, vectors: np.ndarray) -> None:
         """Insert new keys, overwrite the vectors of known ones."""
@@ -132,6 +189,7 @@ class VectorIndex:
             self._vecs[slot] = vec
         if self._hnsw is not None and len(keys):
             self._hnsw.add(keys.astype(np.uint64), _int8_range(vectors))
+            self.unsaved_changes += len(keys)
 
     def remove(self, keys: Keys) -> None:
         """Drop keys; unknown ones are ignored (already gone)."""
@@ -147,6 +205,7 @@ class VectorIndex:
             self._n = last
         if self._hnsw is not None and present:
             self._hnsw.remove(np.array(present, dtype=np.uint64))
+            self.unsaved_changes += len(present)
 
     def _append_slot(self, key: int) -> int:
         if self._n == len(self._keys):  # grow geometrically
@@ -178,6 +237,7 @@ class VectorIndex:
                     self._keys[: self._n].astype(np.uint64), _int8_range(self._vecs[: self._n])
                 )
             self._hnsw = graph
+            self.unsaved_changes = self._n
         return self._hnsw
 
     def prepare(self) -> None:
@@ -193,7 +253,7 @@ class VectorIndex:
         """Top `k` over everything: exact below `exact_threshold`, HNSW + exact rerank above."""
         self.prepare()
         if self._hnsw is None:
-            scores = self._vecs[: self._n] @ query
+            scores = _dot(self._vecs[: self._n], query)
             top = _top_k(scores, k)
             return self._keys[top], scores[top]
         keys, scores = self._ann(query, max(k, self.config.rerank))
@@ -205,7 +265,7 @@ class VectorIndex:
             (s for s in map(self._slot.get, np.asarray(keys).tolist()) if s is not None),
             dtype=np.int64,
         )
-        scores = self._vecs[slots] @ query
+        scores = _dot(self._vecs[slots], query)
         top = _top_k(scores, k)
         return self._keys[slots[top]], scores[top]
 
@@ -242,6 +302,6 @@ class VectorIndex:
         """`count` graph candidates, re-scored exactly and sorted best first."""
         found = self._graph().search(_int8_range(query), count).keys.astype(np.int64)
         slots = np.fromiter((self._slot[k] for k in found.tolist()), dtype=np.int64)
-        scores = self._vecs[slots] @ query
+        scores = _dot(self._vecs[slots], query)
         order = np.argsort(-scores, kind="stable")
         return found[order], scores[order]

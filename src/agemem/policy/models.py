@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -148,6 +149,7 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     conversion never leaves a half checkpoint; if another process finished first, ours is dropped.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -169,6 +171,14 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temps(dest: Path, max_age_s: float = 3600) -> None:
+    """Drop what a killed conversion left behind. A conversion takes under a minute, so a temp
+    dir older than an hour is nobody's work in progress (a concurrent one is left alone)."""
+    for leftover in dest.parent.glob(f".{dest.name}.tmp-*"):
+        if time.time() - leftover.stat().st_mtime > max_age_s:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _hub_offline() -> bool:
@@ -203,6 +213,13 @@ def resolve_preset(name: str) -> Path:
     dist = preset.source.partition("/")[0].replace("_", "-")
     dest = cache_dir() / name / f"{dist}-{importlib.metadata.version(dist)}"
     if not dest.is_dir():
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ModelNotAvailable(
+                f"cannot create the cache directory {dest.parent} ({err.strerror}); "
+                "set AGEMEM_CACHE to a writable directory"
+            ) from err
         log.info("converting %s into %s once (about 30 s on 2 cores)", gguf.name, dest)
         convert_gguf(gguf, dest)
     return dest

@@ -1,0 +1,238 @@
+"""`agemem chat`: talk to the agent; it manages a persistent memory while it answers.
+
+Each user message starts a stage-3-style turn loop with all six tools: the agent's calls run
+against the store and the context, their observations go back to it, until it answers or
+`max_turns` turns pass. The store is a SQLite file (one per `--store`), scoped to `--user`, so
+memories persist across sessions. Commands: `/memories` lists them, `/reset` starts a fresh
+conversation (memories are kept), `/quit` ends (so does end of input).
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agemem.context import DEFAULT_T_MAX, Context
+from agemem.env.agemem import CHAT_PREFIX, turn_messages
+from agemem.memory.embed import Embedder
+from agemem.memory.store import MemoryItem, MemoryStore, Scope
+from agemem.policy.base import Message, Policy
+from agemem.summarize import Summarizer
+from agemem.tokens import TokenCounter
+from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState, agemem_system_prompt
+from agemem.tools.parse import parse_turn
+
+DEFAULT_MAX_TURNS = 6  # ours: enough to store, retrieve and answer, with room for one retry
+
+_CHAT_GUIDE = f"""\
+You are chatting with a user; their messages start with "{CHAT_PREFIX.strip()}". For each one, \
+store what is worth remembering about them (or correct what changed), retrieve what you need \
+from earlier conversations, then answer."""
+
+
+def chat_system_prompt(native_tools: bool = False) -> str:
+    return f"{agemem_system_prompt(AGEMEM_TOOLS, native_tools=native_tools)}\n\n{_CHAT_GUIDE}"
+
+
+@dataclass
+class AgentStep:
+    """One model turn inside a reply: its raw output and what its calls returned."""
+
+    text: str
+    observations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    answer: str | None  # None when the turn cap came first
+    steps: list[AgentStep]
+
+
+class ChatSession:
+    """The agent loop behind `agemem chat`, usable as a library (`send` a message, get a
+    `Reply`). The store is the caller's and stays open."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: MemoryStore,
+        *,
+        user: str,
+        max_turns: int = DEFAULT_MAX_TURNS,
+        t_max: int = DEFAULT_T_MAX,
+        embedder: Embedder | None = None,
+        token_counter: TokenCounter | None = None,
+        summarizer: Summarizer | None = None,
+        native_tools: bool = False,
+    ) -> None:
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        self.policy = policy
+        self.store = store
+        self.scope = Scope(user_id=user)
+        self.max_turns = max_turns
+        self.native_tools = native_tools
+        self.context = Context(t_max, token_counter, embedder, summarizer)
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh conversation; the memories stay."""
+        self.context.reset(keep_system=False)
+        prompt = chat_system_prompt(self.native_tools)
+        self.context.append({"role": "system", "content": prompt}, protected=True)
+        self.state = AgentMemoryState(self.store, self.context, scope=self.scope)
+
+    def memories(self) -> list[MemoryItem]:
+        return self.store.get_all(scope=self.scope)
+
+    def send(self, text: str) -> Reply:
+        if not text.strip():
+            raise ValueError("empty message: type something to say, or /quit")
+        self.context.append({"role": "user", "content": CHAT_PREFIX + text.strip()})
+        tools = AGEMEM_TOOLS.openai_tools() if self.native_tools else None
+        steps: list[AgentStep] = []
+        for _ in range(self.max_turns):
+            (turn,) = self.policy.act([self.context.messages], tools)
+            parsed = parse_turn(turn)
+            results = (
+                []
+                if parsed.ok and parsed.answer is not None
+                else AGEMEM_TOOLS.run(parsed, self.state)
+            )
+            for message in turn_messages(turn, results):
+                self.context.append(message)
+            steps.append(AgentStep(turn.text, [r.content for r in results]))
+            if parsed.ok and parsed.answer is not None:
+                return Reply(parsed.answer, steps)
+        return Reply(None, steps)
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.context.messages
+
+
+def _memories_table(items: list[MemoryItem]) -> Table:
+    table = Table(title=f"{len(items)} memories")
+    table.add_column("id")
+    table.add_column("content")
+    table.add_column("updated")
+    for item in items:
+        table.add_row(item.id, escape(item.content), item.updated_at[:19])
+    return table
+
+
+def run_chat(
+    session: ChatSession,
+    read: Callable[[], str],
+    console: Console,
+    *,
+    show_steps: bool = True,
+) -> None:
+    """The terminal loop: read a line, answer it or run a command, until /quit or end of input."""
+    console.print(
+        "[dim]agemem chat: /memories lists what I remember, /reset starts over "
+        "(memories stay), /quit ends.[/]"
+    )
+    while True:
+        try:
+            line = read().strip()
+        except EOFError:
+            break
+        if not line:
+            continue
+        if line == "/quit":
+            break
+        if line == "/memories":
+            console.print(_memories_table(session.memories()))
+            continue
+        if line == "/reset":
+            session.reset()
+            console.print("[dim]conversation reset; memories kept[/]")
+            continue
+        if line.startswith("/"):
+            console.print(f"[red]unknown command {escape(line)}[/]: use /memories, /reset, /quit")
+            continue
+        reply = session.send(line)
+        if show_steps:
+            for step in reply.steps[:-1] if reply.answer is not None else reply.steps:
+                for observation in step.observations:
+                    console.print(f"[dim]  tool: {escape(observation)}[/]")
+        if reply.answer is None:
+            console.print(f"[red]agent: (no answer after {session.max_turns} turns)[/]")
+        else:
+            console.print(f"[bold green]agent:[/] {escape(reply.answer)}")
+
+
+SCRIPTED = ("store-everything", "no-memory")
+CHAT_TEMPERATURE = 0.3  # ours: a 135M model wanders at the training temperature of 1.0
+CHAT_MAX_NEW_TOKENS = 256
+
+
+def chat_policy(
+    model: str,
+    base_url: str | None,
+    api_key: str | None,
+    scripted: str | None,
+    temperature: float = CHAT_TEMPERATURE,
+) -> Policy:
+    """The agent behind a chat: a scripted one, a server's model, or a local model."""
+    if scripted is not None:
+        from agemem.policy.scripted import NoMemoryPolicy, StoreEverythingPolicy
+
+        if scripted not in SCRIPTED:
+            raise ValueError(f"unknown scripted agent {scripted!r}; choose one of {SCRIPTED}")
+        return StoreEverythingPolicy() if scripted == "store-everything" else NoMemoryPolicy()
+    if base_url is not None:
+        from agemem.policy.openai import OpenAIPolicy
+
+        return OpenAIPolicy(
+            base_url, model, api_key, temperature=temperature, max_tokens=CHAT_MAX_NEW_TOKENS
+        )
+    from agemem.policy.hf import HFPolicy
+
+    return HFPolicy.from_pretrained(
+        model, temperature=temperature, max_new_tokens=CHAT_MAX_NEW_TOKENS
+    )
+
+
+def open_chat(
+    *,
+    store: Path,
+    user: str | None,
+    model: str,
+    base_url: str | None,
+    api_key: str | None,
+    scripted: str | None,
+    max_turns: int,
+    temperature: float,
+    console: Console | None = None,
+) -> None:
+    """`agemem chat`: build the agent and the store, then run the loop on stdin."""
+    from agemem.env.driver import cached, policy_token_counter
+    from agemem.memory.embed import default_embedder
+    from agemem.memory.sqlite import SQLiteStore
+
+    console = console or Console()
+    policy = chat_policy(model, base_url, api_key, scripted, temperature)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    embedder = cached(default_embedder())
+    with SQLiteStore(store, embedder) as memory:
+        session = ChatSession(
+            policy,
+            memory,
+            user=user or getpass.getuser(),
+            max_turns=max_turns,
+            embedder=embedder,
+            token_counter=policy_token_counter(policy),
+        )
+        console.print(
+            f"[dim]memories of user {escape(session.scope.user_id or '')} in "
+            f"{escape(str(store))}[/]"
+        )
+        run_chat(session, lambda: console.input("[bold]you>[/] "), console)

@@ -1,0 +1,416 @@
+"""`MemoryEnv`: AgeMem's three-stage episode over one task, one store and one context.
+
+Stage 1 (memory construction): the task's contextual messages arrive one per turn, each shown
+with the top-k memories the system retrieved for it (with their ids); the agent may Add, Update
+or Delete. Stage 2 (context under distractors): the context is reset (the system prompt and the
+store are kept) and distractors arrive one per turn; the agent may Filter or Summarize. Stage 3:
+each question is appended, protected from Filter/Summary; the agent retrieves, manages its
+context and answers. Only the stage's tools run (`EnvConfig.stage_tools`); other calls get an
+observation naming the tools allowed now.
+
+Turn rules (ours where the paper is silent):
+- Stages 1-2 take exactly one turn per incoming message; the next message arrives whatever the
+  turn did. `<tool_call>[]</tool_call>` (or, with native tools, a reply without calls) lets a
+  message pass; an `<answer>` there is refused with an observation (there is no question yet).
+- The calls of a turn run in order against the context the model saw; then the model's message
+  and one tool message per call are appended (in stages 1-2 only if `keep_stage12_turns`).
+- A turn with a fatal format issue runs nothing and gets the format error as its observation.
+- Stage 3 gives each question up to `stage3_max_turns` turns; at the cap the question stays
+  unanswered and the next one comes. `n_max` caps the whole episode. Overflow (a context over
+  `t_max` given to the model in `budget_stages`) is recorded, never truncated: the reward
+  penalises it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+from agemem.context import Context
+from agemem.env.aliases import IdAliases
+from agemem.env.config import PRESETS, EnvConfig, EnvConfigError
+from agemem.env.record import EnvError, Recorder, StepResult, View, memory_snapshot
+from agemem.episode import Episode, EpisodeFacts, GoldQuestion
+from agemem.memory.embed import Embedder, default_embedder
+from agemem.memory.sqlite import SQLiteStore
+from agemem.memory.store import MemoryStore, Scope
+from agemem.policy.base import Message, ToolSpec, Turn
+from agemem.summarize import Summarizer
+from agemem.tasks.base import ContextMessage, Task
+from agemem.tokens import ApproxTokenCounter, TokenCounter
+from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState, agemem_system_prompt
+from agemem.tools.parse import ParsedTurn, ToolCall, parse_turn
+from agemem.tools.registry import ToolResult
+
+ANY_SCOPE = Scope()
+RELATED_HEADER = "Related memories:"
+NO_RELATED = f"{RELATED_HEADER} none"
+QUESTION_PREFIX = "Question: "
+CHAT_PREFIX = "User: "  # how `agemem chat` shows the user's messages; read like a question
+PASS_TAGS = "<tool_call>[]</tool_call>"
+_WRITES = {"Add_memory", "Update_memory", "Delete_memory"}
+_RELATED_LINE = re.compile(r"^\[(\S+)\] (.*)$")
+
+_STAGE_GUIDE = """\
+The task runs in three stages.
+Stage 1: messages arrive one at a time, each followed by the memories related to it. Store what \
+a later question may need with Add_memory, correct stored entries with Update_memory or \
+Delete_memory, or let the message pass {pass_hint}.
+Stage 2: the conversation restarts and notes arrive one at a time; many are irrelevant. Keep the \
+context lean with Filter_context or Summary_context, or let a note pass {pass_hint}.
+Stage 3: a message starting with "{question}" asks about what you stored. Use Retrieve_memory, \
+manage the context if needed, then answer."""
+
+
+_COMPACT = """\
+Reply <think>...</think> then <tool_call>[{{"name": ..., "arguments": {{...}}}}]</tool_call> or \
+<answer>...</answer>. Tools: {tools}. Stage 1: store facts; {pass_tags} lets a message pass. \
+Stage 2: drop irrelevant notes. Stage 3: retrieve, then answer."""
+
+
+def system_prompt(native_tools: bool = False, compact: bool = False) -> str:
+    """AgeMem's protocol and tools, then how the three stages look.
+
+    `compact` is a few dozen tokens (protocol tags and tool signatures only), for small models
+    trained from scratch, which learn the protocol from examples rather than from instructions.
+    """
+    if compact:
+        return _COMPACT.format(
+            tools="; ".join(t.signature() for t in AGEMEM_TOOLS), pass_tags=PASS_TAGS
+        )
+    pass_hint = "by replying without a tool call" if native_tools else f"with {PASS_TAGS}"
+    guide = _STAGE_GUIDE.format(pass_hint=pass_hint, question=QUESTION_PREFIX.strip())
+    return f"{agemem_system_prompt(AGEMEM_TOOLS, native_tools=native_tools)}\n\n{guide}"
+
+
+def turn_messages(turn: Turn, results: list[ToolResult]) -> list[Message]:
+    """The model's message (with its native `tool_calls`, if any) and one tool message per
+    observation: what a turn adds to the context."""
+    message: Message = {"role": "assistant", "content": turn.text}
+    if turn.tool_calls:
+        message["tool_calls"] = turn.tool_calls
+    return [message, *(result.to_message() for result in results)]
+
+
+def incoming_text(message: ContextMessage) -> str:
+    """A stage-1 message as the agent reads it: time and speaker first when the source has them
+    (LoCoMo's questions ask who said what, and when).
+
+    >>> incoming_text(ContextMessage("Hi!", speaker="Mel", timestamp="8 May 2023"))
+    '[8 May 2023] Mel: Hi!'
+    """
+    text = f"{message.speaker}: {message.content}" if message.speaker else message.content
+    return f"[{message.timestamp}] {text}" if message.timestamp else text
+
+
+def stage1_message(text: str, related: list[tuple[str, str]]) -> str:
+    """An incoming message with the memories retrieved for it, as `(id, content)` pairs.
+
+    >>> print(stage1_message("ana lives in rome .", [("mem_3", "ana lives in paris .")]))
+    ana lives in rome .
+    <BLANKLINE>
+    Related memories:
+    [mem_3] ana lives in paris .
+    """
+    if not related:
+        return f"{text}\n\n{NO_RELATED}"
+    lines = "\n".join(f"[{memory_id}] {content}" for memory_id, content in related)
+    return f"{text}\n\n{RELATED_HEADER}\n{lines}"
+
+
+@dataclass
+class ContextView:
+    """A context read back by stage: what scripted policies (and humans) need from it.
+
+    `incoming` is the latest stage-1/2 message without its memory block; `related` the memories
+    shown with it; `question` the current question (stage 3) and `after` the messages since it.
+    """
+
+    stage: int
+    incoming: str = ""
+    related: list[tuple[str, str]] = field(default_factory=list)
+    question: str | None = None
+    after: list[Message] = field(default_factory=list)
+    chat: bool = False  # the "question" is a chat message (`CHAT_PREFIX`)
+
+
+def read_context(messages: list[Message]) -> ContextView:
+    """Which stage a context is in, and its current message (the inverse of the rendering)."""
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    for i in reversed(users):
+        content = messages[i].get("content") or ""
+        for prefix in (QUESTION_PREFIX, CHAT_PREFIX):
+            if content.startswith(prefix):
+                return ContextView(
+                    3,
+                    question=content[len(prefix) :],
+                    after=messages[i + 1 :],
+                    chat=prefix == CHAT_PREFIX,
+                )
+    if not users:
+        return ContextView(1)
+    content = messages[users[-1]].get("content") or ""
+    text, sep, block = content.rpartition(f"\n\n{RELATED_HEADER}")
+    if not sep:
+        return ContextView(2, incoming=content)
+    related = [m.groups() for line in block.splitlines() if (m := _RELATED_LINE.match(line))]
+    return ContextView(1, incoming=text, related=[(a, b) for a, b in related])
+
+
+class MemoryEnv:
+    """One AgeMem episode at a time: `reset(task)` gives the first context, `step(turn)` the next.
+
+    The env owns the context and the tool state. Without a `store`, each `reset` opens a fresh
+    private SQLite store (`:memory:`) that `close()` (or the next reset) closes; a given store is
+    used as is and never closed here. `token_counter` should be the policy's
+    (`HFTokenCounter(tokenizer)`); the default approximates. `seed` draws the id aliases.
+    """
+
+    def __init__(
+        self,
+        config: EnvConfig = PRESETS["paper"],
+        *,
+        store: MemoryStore | None = None,
+        embedder: Embedder | None = None,
+        token_counter: TokenCounter | None = None,
+        summarizer: Summarizer | None = None,
+        scope: Scope = ANY_SCOPE,
+        seed: int = 0,
+    ) -> None:
+        if config.method != "agemem":
+            raise EnvConfigError(
+                f"MemoryEnv runs AgeMem episodes; config {config.name!r} is "
+                f"{config.method!r} (use AtomMemEnv or make_env)"
+            )
+        self.config = config
+        self._given_store = store
+        self._embedder = embedder
+        self._counter = token_counter or ApproxTokenCounter()
+        self._summarizer = summarizer
+        self._scope = scope
+        self._rng = random.Random(seed)
+        self._store: MemoryStore | None = None
+        self._task: Task | None = None
+        self.done = True
+
+    # ---- public --------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = default_embedder()
+        return self._embedder
+
+    @property
+    def stage(self) -> int:
+        return self._stage
+
+    @property
+    def context(self) -> list[Message]:
+        return self._context.messages
+
+    def tools(self) -> list[ToolSpec] | None:
+        """The current stage's tools as OpenAI schemas when `native_tools`, else None (the system
+        prompt describes them)."""
+        if not self.config.native_tools:
+            return None
+        return AGEMEM_TOOLS.select(*self.config.stage_tools[self._stage - 1]).openai_tools()
+
+    def reset(self, task: Task) -> list[Message]:
+        self.close()
+        self._task = task
+        self._store = self._given_store or self._new_store()
+        prompt = system_prompt(self.config.native_tools, self.config.system_prompt == "compact")
+        system = {"role": "system", "content": prompt}
+        system_tokens = self._counter.count_messages([system])
+        t_max = self.config.budget_for(task)
+        t_max += system_tokens if self.config.budget_excludes_system else 0
+        self._context = Context(t_max, self._counter, self.embedder, self._summarizer)
+        self._context.append(system, protected=True)
+        self._state = AgentMemoryState(
+            self._store,
+            self._context,
+            scope=self._scope,
+            search_mode=self.config.search_mode,
+            filter_theta=self.config.filter_theta,
+        )
+        self._aliases = IdAliases(self.config.id_space, self._rng)
+        self._recorder = Recorder(
+            EpisodeFacts(
+                method="agemem",
+                questions=[
+                    GoldQuestion(text=q.text, answers=list(q.answers), category=q.category)
+                    for q in task.questions
+                ],
+                answers=[None] * len(task.questions),
+                tokens_at_answer=[None] * len(task.questions),
+                n_max=self.config.n_max,
+                t_max=t_max,
+                system_tokens=system_tokens,
+            )
+        )
+        self._stage, self._question, self._q_turns = 1, 0, 0
+        self._incoming = deque(task.contextual)
+        self.done = False
+        self._advance()
+        return self._show()
+
+    def step(self, turn: Turn) -> StepResult:
+        if self.done:
+            raise EnvError("the episode is over (or was never started): call reset(task)")
+        stage = self._stage
+        parsed = parse_turn(turn)
+        answer, results = self._outcome(parsed, stage)
+        answered_tokens = self._recorder.view.tokens if self._recorder.view else 0
+        self._recorder.step(turn, parsed, results)
+        if stage == 3 or self.config.keep_stage12_turns:
+            for message in turn_messages(turn, results):
+                self._context.append(message)
+        self._after_turn(stage, answer, answered_tokens)
+        info = {"stage": stage, "answer": answer, "observations": [r.content for r in results]}
+        if self.done:
+            self._finish()
+            return StepResult(self._context.messages, True, info)
+        return StepResult(self._show(), False, info)
+
+    def episode(self, group_id: str = "") -> Episode:
+        """The record of the current (finished or running) episode."""
+        if self._task is None:
+            raise EnvError("no episode yet: call reset(task) first")
+        task = self._task
+        return self._recorder.episode(task.id, group_id or task.id, task.family)
+
+    def close(self) -> None:
+        """Close the store this env opened (a store passed in stays open)."""
+        if self._store is not None and self._store is not self._given_store:
+            self._store.close()
+        self._store = None
+
+    # ---- internals -----------------------------------------------------------------------
+    def _new_store(self) -> MemoryStore:
+        threshold = self.config.dedupe_threshold
+        extra = {} if threshold is None else {"dedupe_threshold": threshold}
+        return SQLiteStore(":memory:", self.embedder, **extra)
+
+    def _advance(self) -> None:
+        """Bring the next incoming message (changing stage when one runs out), or end."""
+        task = self._task
+        assert task is not None
+        if self._stage == 1 and self._incoming:
+            self._present_stage1(self._incoming.popleft())
+            return
+        if self._stage == 1:
+            self._stage = 2
+            self._context.reset(keep_system=True)
+            self._incoming = deque(task.distractors)
+        if self._stage == 2 and self._incoming:
+            self._context.append({"role": "user", "content": self._incoming.popleft()})
+            return
+        self._stage = 3
+        if self._question < len(task.questions):
+            text = QUESTION_PREFIX + task.questions[self._question].text
+            self._context.append({"role": "user", "content": text}, protected=True)
+        else:
+            self.done = True
+
+    def _outcome(self, parsed: ParsedTurn, stage: int) -> tuple[str | None, list[ToolResult]]:
+        """The answer (stage 3 only) and the observations of one parsed turn."""
+        if not parsed.ok:
+            results = AGEMEM_TOOLS.run(parsed, self._state)
+            for result in results:
+                self._recorder.call(stage, result)
+            return None, results
+        if parsed.answer is None:
+            return None, [self._run_call(call, stage) for call in parsed.tool_calls]
+        if stage == 3:
+            return parsed.answer, []
+        if parsed.fmt == "openai":
+            return None, []  # with native tools, a reply without calls is how a message passes
+        note = (
+            f"There is no question yet: nothing to answer. This message has passed; stage "
+            f"{stage} continues."
+        )
+        return None, [ToolResult("", "", note, "rejected")]
+
+    def _present_stage1(self, message: ContextMessage) -> None:
+        text = incoming_text(message)
+        related: list[tuple[str, str]] = []
+        if self.config.auto_retrieve_k and self._store is not None:
+            items = self._store.search(
+                text,
+                top_k=self.config.auto_retrieve_k,
+                mode=self.config.search_mode,
+                scope=self._scope,
+            )
+            related = [(self._aliases.show(item.id), item.content) for item in items]
+            self._recorder.facts.auto_retrieved_ids.extend(i for i, _ in related)
+        self._context.append({"role": "user", "content": stage1_message(text, related)})
+
+    def _show(self) -> list[Message]:
+        messages = self._context.messages
+        view = View(
+            messages,
+            self._context.tokens(),
+            self._stage,
+            question=self._question if self._stage == 3 else None,
+        )
+        self._recorder.show(view, budget_checked=self._stage in self.config.budget_stages)
+        return messages
+
+    def _run_call(self, call: ToolCall, stage: int) -> ToolResult:
+        allowed = self.config.stage_tools[stage - 1]
+        if call.error is None and call.name in AGEMEM_TOOLS.names and call.name not in allowed:
+            result = ToolResult(
+                call.name,
+                call.id,
+                (
+                    f"{call.name} is not available in stage {stage}; nothing was done. "
+                    f"Tools allowed now: {', '.join(allowed)}."
+                ),
+                "rejected",
+            )
+        else:
+            result = self._dispatch(call, stage, allowed)
+        self._recorder.call(stage, result)
+        return result
+
+    def _dispatch(self, call: ToolCall, stage: int, allowed: tuple[str, ...]) -> ToolResult:
+        if call.arguments and isinstance(call.arguments.get("memory_id"), str):
+            real = self._aliases.real(call.arguments["memory_id"])
+            call = ToolCall(call.name, {**call.arguments, "memory_id": real}, call.id, call.raw)
+        writes = call.name in _WRITES and self._store is not None
+        before = memory_snapshot(self._store, self._scope) if writes else {}
+        n_retrieved = len(self._state.retrieved_ids)
+        (result,) = AGEMEM_TOOLS.select(*allowed).dispatch([call], self._state)
+        if writes and result.ok:
+            after = memory_snapshot(self._store, self._scope)
+            self._recorder.memory_changes(stage, before, after, self._aliases.show)
+        self._recorder.facts.retrieved_ids.extend(
+            self._aliases.show(i) for i in self._state.retrieved_ids[n_retrieved:]
+        )
+        return ToolResult(
+            result.name, result.call_id, self._aliases.shown_text(result.content), result.error
+        )
+
+    def _after_turn(self, stage: int, answer: str | None, tokens: int) -> None:
+        facts = self._recorder.facts
+        if stage in (1, 2):
+            self._advance()
+        else:
+            self._q_turns += 1
+            if answer is not None or self._q_turns >= self.config.stage3_max_turns:
+                if answer is not None:
+                    facts.answers[self._question] = answer
+                    facts.tokens_at_answer[self._question] = tokens
+                facts.ended_by = "answered" if answer is not None else "turn_cap"
+                self._question, self._q_turns = self._question + 1, 0
+                self._advance()
+        if not self.done and self.config.n_max is not None and facts.rounds >= self.config.n_max:
+            self.done = True
+            facts.ended_by = "n_max"
+
+    def _finish(self) -> None:
+        if self._store is not None:
+            snapshot = memory_snapshot(self._store, self._scope)
+            self._recorder.final_memories(snapshot, self._aliases.show)

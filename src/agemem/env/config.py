@@ -1,0 +1,155 @@
+"""`EnvConfig`: every knob of an episode, with named presets.
+
+Values the papers give are cited; the others are our choices, each written down here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from agemem.context import DEFAULT_T_MAX, DEFAULT_THETA
+from agemem.memory.store import SearchMode
+from agemem.tasks.base import Task
+
+LTM_TOOLS = ("Add_memory", "Update_memory", "Delete_memory")
+STM_TOOLS = ("Summary_context", "Filter_context")
+# AgeMem's stages: 1 builds memory (LTM tools; the system retrieves for the agent), 2 manages the
+# context under distractors (STM tools), 3 retrieves, manages the context and answers.
+PAPER_STAGE_TOOLS = (LTM_TOOLS, STM_TOOLS, ("Retrieve_memory", *STM_TOOLS))
+
+
+class EnvConfigError(ValueError):
+    """An invalid configuration; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """One episode's rules.
+
+    AgeMem fields:
+    - `t_max`: the context budget in tokens (AgeMem: 8,192). `None` takes the task's own budget,
+      `task.metadata["t_max"]` (the synthetic curriculum sets one), plus `t_max_margin`.
+    - `budget_excludes_system`: measure the budget on top of the system prompt (the fixed prompt
+      is not the agent's to manage; the paper's 8,192 counts the whole window, so False there).
+    - `budget_stages`: stages whose contexts are checked against the budget. Our default (2, 3):
+      stage 1 offers no context tool and its context is discarded at stage 2, so an overflow there
+      is the task's doing, not the agent's.
+    - `n_max`: cap on model turns in the whole episode (AgeMem's N_max; the paper gives no value).
+      `None`: no overall cap; stages 1-2 take one turn per message and `stage3_max_turns` bounds
+      the rest. At the cap the episode ends; unanswered questions stay unanswered.
+    - `stage3_max_turns`: cap on turns per question in stage 3 (ours: 8); at the cap the question
+      is left unanswered and the next question (or the end) comes.
+    - `auto_retrieve_k`: memories shown with each stage-1 message (ours: 3, Retrieve_memory's
+      default top_k).
+    - `keep_stage12_turns`: keep the agent's stage-1/2 outputs and their observations in the
+      context (ours: True). False keeps only the incoming messages there: the agent sees its store
+      through the auto-retrieved memories, and in stage 2 its own tool calls cost no context.
+    - `id_space`: show memory ids as `mem_1` .. `mem_<id_space>`, drawn at random per entry, instead
+      of the store's 8-hex-digit ids (a small id space is what let a tiny model learn to copy ids,
+      docs/LEARNABILITY.md). When the space is used up, further entries show their real id.
+    - `stage_tools`: the tools each stage offers (the paper's split by default); a call to another
+      tool is refused with an observation naming the tools allowed now.
+    - `native_tools`: tools go to the model as OpenAI function schemas (`Policy.act(tools=...)`)
+      instead of AgeMem's `<tool_call>` tags described in the system prompt.
+    - `system_prompt`: "full" (protocol, tool docs, stage guide) or "compact" (tags and tool
+      signatures in a few dozen tokens, for small models that learn the protocol by SFT).
+
+    AtomMem fields: `chunk_tokens` / `chunk_overlap` (AtomMem: 4,096 / 100), `atommem_top_k`
+    (AtomMem: 6), `max_chunk_steps` (AtomMem: 40; chunks beyond it are not read).
+    Shared: `filter_theta` (AgeMem: 0.6), `search_mode` (dense: both papers retrieve by cosine),
+    `dedupe_threshold` (the store's near-duplicate cosine; None keeps the store's default 0.95).
+    """
+
+    name: str = "custom"
+    method: Literal["agemem", "atommem"] = "agemem"
+    t_max: int | None = DEFAULT_T_MAX
+    t_max_margin: int = 0
+    budget_excludes_system: bool = False
+    budget_stages: tuple[int, ...] = (2, 3)
+    n_max: int | None = None
+    stage3_max_turns: int = 8
+    auto_retrieve_k: int = 3
+    keep_stage12_turns: bool = True
+    id_space: int | None = None
+    stage_tools: tuple[tuple[str, ...], ...] = PAPER_STAGE_TOOLS
+    native_tools: bool = False
+    system_prompt: Literal["full", "compact"] = "full"
+    filter_theta: float = DEFAULT_THETA
+    search_mode: SearchMode = "dense"
+    dedupe_threshold: float | None = None
+    chunk_tokens: int = 4096
+    chunk_overlap: int = 100
+    atommem_top_k: int = 6
+    max_chunk_steps: int = 40
+
+    def __post_init__(self) -> None:
+        _require(self.method in ("agemem", "atommem"), "method must be 'agemem' or 'atommem'")
+        _require(self.t_max is None or self.t_max >= 1, "t_max must be >= 1 or None")
+        _require(self.t_max_margin >= 0, "t_max_margin must be >= 0")
+        _require(self.n_max is None or self.n_max >= 1, "n_max must be >= 1 or None")
+        _require(self.stage3_max_turns >= 1, "stage3_max_turns must be >= 1")
+        _require(self.auto_retrieve_k >= 0, "auto_retrieve_k must be >= 0 (0: show none)")
+        _require(self.id_space is None or self.id_space >= 1, "id_space must be >= 1 or None")
+        _require(len(self.stage_tools) == 3, "stage_tools needs one tuple of names per stage")
+        _require(set(self.budget_stages) <= {1, 2, 3}, "budget_stages may hold only 1, 2, 3")
+        _require(0.0 <= self.filter_theta <= 1.0, "filter_theta must be in [0, 1]")
+        _require(
+            0 <= self.chunk_overlap < self.chunk_tokens, "need 0 <= chunk_overlap < chunk_tokens"
+        )
+        _require(self.atommem_top_k >= 1, "atommem_top_k must be >= 1")
+        _require(self.max_chunk_steps >= 1, "max_chunk_steps must be >= 1")
+
+    def with_(self, **changes: Any) -> EnvConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def budget_for(self, task: Task) -> int:
+        """`t_max`, or the task's own budget plus `t_max_margin` when `t_max` is None."""
+        if self.t_max is not None:
+            return self.t_max
+        hint = task.metadata.get("t_max")
+        if isinstance(hint, bool) or not isinstance(hint, int) or hint < 1:
+            raise EnvConfigError(
+                f"EnvConfig {self.name!r} takes the budget from the task (t_max=None) but task "
+                f"{task.id!r} has no positive int metadata['t_max']; set EnvConfig.t_max"
+            )
+        return hint + self.t_max_margin
+
+    @classmethod
+    def preset(cls, name: str) -> EnvConfig:
+        if name not in PRESETS:
+            raise EnvConfigError(f"unknown env preset {name!r}; choose one of {sorted(PRESETS)}")
+        return PRESETS[name]
+
+
+def _require(ok: bool, problem: str) -> None:
+    if not ok:
+        raise EnvConfigError(f"invalid EnvConfig: {problem}")
+
+
+PRESETS: dict[str, EnvConfig] = {
+    # AgeMem as published: 8,192-token window counted whole, the paper's stage tools.
+    "paper": EnvConfig(name="paper"),
+    # The shape docs/LEARNABILITY.md found learnable on 2 CPU cores: a tight budget on top of the
+    # system prompt, top-2 auto-retrieval, ids from 1..9, incoming messages only in stages 1-2,
+    # a compact prompt, and a short stage 3 (about 13 turns per episode). The budget is the
+    # task's (44 tokens for the default curriculum) plus 110 for the stage-3 retrieval turn.
+    # Measured over 30 tasks with the oracle's turns, tokens over the system prompt at the answer
+    # step: no note filtered 165-179 (ApproxTokenCounter) / 156-171 (tiny word tokenizer), all
+    # four filtered 128-136 / 107-116; so doing nothing overflows the 154 and filtering two or
+    # more notes fits, as in the LEARNABILITY experiment.
+    "synthetic": EnvConfig(
+        name="synthetic",
+        t_max=None,
+        t_max_margin=110,
+        budget_excludes_system=True,
+        stage3_max_turns=3,
+        auto_retrieve_k=2,
+        keep_stage12_turns=False,
+        id_space=9,
+        system_prompt="compact",
+    ),
+    # AtomMem as published: 4K-token chunks with 100-token overlap, top-6 memories, 40 steps.
+    "atommem": EnvConfig(name="atommem", method="atommem"),
+}

@@ -1,0 +1,159 @@
+"""`run_episodes`: many episodes at once, one batched `policy.act` call per step.
+
+Every (task, rollout) pair gets its own env, hence its own private store and context. At each
+step the contexts of all live episodes go to the policy together; episodes that finish drop out
+while the others go on. With `native_tools` the live episodes are grouped by the tools their
+stage offers (one call per group), since one `act` call takes one tool list.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+from rich.progress import Progress
+
+from agemem.env.agemem import MemoryEnv, incoming_text
+from agemem.env.atommem import AtomMemEnv
+from agemem.env.config import PRESETS, EnvConfig
+from agemem.env.embed_cache import CachingEmbedder
+from agemem.env.record import EnvError
+from agemem.episode import Episode
+from agemem.memory.embed import Embedder, default_embedder
+from agemem.policy.base import Message, Policy
+from agemem.summarize import Summarizer
+from agemem.tasks.base import Task
+from agemem.tokens import ApproxTokenCounter, HFTokenCounter, TokenCounter
+
+Env = MemoryEnv | AtomMemEnv
+
+
+def make_env(
+    config: EnvConfig,
+    *,
+    embedder: Embedder | None = None,
+    token_counter: TokenCounter | None = None,
+    summarizer: Summarizer | None = None,
+    seed: int = 0,
+) -> Env:
+    """The env for `config.method`, each with a private store per episode."""
+    if config.method == "atommem":
+        return AtomMemEnv(config, embedder=embedder, token_counter=token_counter)
+    return MemoryEnv(
+        config, embedder=embedder, token_counter=token_counter, summarizer=summarizer, seed=seed
+    )
+
+
+@lru_cache(maxsize=8)
+def cached(embedder: Embedder) -> CachingEmbedder:
+    """One cache per embedder object, kept across calls (identical texts recur between runs)."""
+    return embedder if isinstance(embedder, CachingEmbedder) else CachingEmbedder(embedder)
+
+
+def policy_token_counter(policy: Policy) -> TokenCounter:
+    """The policy's own tokenizer when it has one (`HFPolicy.tokenizer`), else the approximation."""
+    tokenizer = getattr(policy, "tokenizer", None)
+    return HFTokenCounter(tokenizer) if tokenizer is not None else ApproxTokenCounter()
+
+
+def run_episodes(
+    policy: Policy,
+    tasks: Sequence[Task],
+    config: EnvConfig = PRESETS["paper"],
+    k: int = 1,
+    progress: bool = True,
+    *,
+    embedder: Embedder | None = None,
+    token_counter: TokenCounter | None = None,
+    summarizer: Summarizer | None = None,
+    seed: int = 0,
+    reward_fn: Callable[[Episode], dict[str, float]] | None = None,
+) -> list[Episode]:
+    """`k` episodes per task (task order, then rollout order), each `k` sharing a `group_id`
+    (`<task id>@<task index>`, unique even when a task is listed twice) for GRPO.
+
+    Embeddings go through a `CachingEmbedder` (one per embedder, kept between calls).
+    `token_counter` defaults to the policy's tokenizer; `seed` makes the envs' id aliases
+    reproducible; `reward_fn`, if given, fills each episode's `reward`.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1 episodes per task, got {k}")
+    embedder = cached(embedder or default_embedder())
+    counter = token_counter or policy_token_counter(policy)
+    slots = [(task, f"{task.id}@{t}") for t, task in enumerate(tasks) for _ in range(k)]
+    envs = [
+        make_env(
+            config,
+            embedder=embedder,
+            token_counter=counter,
+            summarizer=summarizer,
+            seed=seed * 1_000_003 + i,
+        )
+        for i in range(len(slots))
+    ]
+    if config.method == "agemem":
+        embedder.embed(sorted(_known_texts(tasks)))  # one batch now instead of one call per use
+    episodes: list[Episode | None] = [None] * len(slots)
+    try:
+        contexts = {i: envs[i].reset(task) for i, (task, _) in enumerate(slots)}
+        with Progress(disable=not progress, transient=True) as bar:
+            job = bar.add_task("episodes", total=len(slots))
+            while contexts:
+                for i, context in _step_all(policy, envs, contexts).items():
+                    if context is None:
+                        episodes[i] = _finished(envs[i], slots[i][1], reward_fn)
+                        del contexts[i]
+                        bar.advance(job)
+                    else:
+                        contexts[i] = context
+    finally:
+        for env in envs:
+            env.close()
+    return [e for e in episodes if e is not None]
+
+
+def _known_texts(tasks: Sequence[Task]) -> set[str]:
+    """Texts AgeMem episodes embed for sure: the stage-1 messages (auto-retrieval queries), the
+    distractors (filtered messages) and the questions (retrieval queries)."""
+    texts: set[str] = set()
+    for task in tasks:
+        texts.update(incoming_text(m) for m in task.contextual)
+        texts.update(task.distractors)
+        texts.update(q.text for q in task.questions)
+    return texts
+
+
+def _step_all(
+    policy: Policy, envs: list[Env], contexts: dict[int, list[Message]]
+) -> dict[int, list[Message] | None]:
+    """One turn for every live episode: the next context, or None when the episode ended."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    tools_of = {}
+    for i in contexts:
+        tools = envs[i].tools()
+        key = repr(tools)
+        groups[key].append(i)
+        tools_of[key] = tools
+    out: dict[int, list[Message] | None] = {}
+    for key, indices in groups.items():
+        turns = policy.act([contexts[i] for i in indices], tools_of[key])
+        if len(turns) != len(indices):
+            raise EnvError(
+                f"{type(policy).__name__}.act returned {len(turns)} turns for {len(indices)} "
+                "contexts; a Policy must return one turn per context, in order"
+            )
+        for i, turn in zip(indices, turns, strict=True):
+            result = envs[i].step(turn)
+            out[i] = None if result.done else result.context
+    return out
+
+
+def _finished(
+    env: Env, group_id: str, reward_fn: Callable[[Episode], dict[str, float]] | None
+) -> Episode:
+    episode = env.episode(group_id)
+    if reward_fn is not None:
+        episode.reward = reward_fn(episode)
+    env.close()
+    return episode

@@ -1,0 +1,133 @@
+"""Embedders. The default one runs for real (all-MiniLM-L6-v2, offline). `OpenAIEmbedder` talks
+to a remote paid API, so its HTTP endpoint is replaced by `httpx2.MockTransport` (the transport
+library of the installed `openai` SDK): the SDK and our code run for real, only the server's
+answers are scripted."""
+
+from __future__ import annotations
+
+import json
+
+import httpx2
+import numpy as np
+import openai
+import pytest
+
+from agemem.memory.embed import Embedder, OpenAIEmbedder
+
+# ---- the default embedder ----------------------------------------------------------------------
+
+
+def test_default_embedder_shape_and_normalisation(embedder):
+    assert isinstance(embedder, Embedder)
+    assert embedder.name == "all-MiniLM-L6-v2" and embedder.dim == 384
+    vectors = embedder.embed(["The cat sat on the mat.", "Quarterly revenue grew 4%.", ""])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_default_embedder_puts_similar_sentences_closer(embedder):
+    a, b, c = embedder.embed(
+        [
+            "Alice lives in Paris.",
+            "Alice's home is in Paris, France.",
+            "The stock market fell sharply on Monday.",
+        ]
+    )
+    assert a @ b > 0.7 > 0.2 > a @ c
+
+
+def test_default_embedder_is_deterministic_and_batch_independent(embedder):
+    one = embedder.embed(["Bob likes sushi."])[0]
+    many = embedder.embed(["Something else entirely.", "Bob likes sushi."])[1]
+    np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+# ---- OpenAIEmbedder against a scripted server --------------------------------------------------
+
+
+class ScriptedServer:
+    """Answers /v1/embeddings like an OpenAI-compatible server: un-normalised vectors, data
+    listed in reverse order (clients must sort by `index`)."""
+
+    def __init__(self, dim: int = 8, drop_one: bool = False, status: int = 200) -> None:
+        self.dim, self.drop_one, self.status = dim, drop_one, status
+        self.requests: list[dict] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        assert request.url.path == "/v1/embeddings"
+        body = json.loads(request.content)
+        self.requests.append(body)
+        if self.status != 200:
+            return httpx2.Response(self.status, json={"error": {"message": "overloaded"}})
+        dim = body.get("dimensions", self.dim)
+        data = [
+            {"object": "embedding", "index": i, "embedding": self.vector(text, dim)}
+            for i, text in enumerate(body["input"])
+        ]
+        if self.drop_one:
+            data = data[1:]
+        return httpx2.Response(
+            200,
+            json={
+                "object": "list",
+                "model": body["model"],
+                "data": data[::-1],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            },
+        )
+
+    @staticmethod
+    def vector(text: str, dim: int) -> list[float]:
+        return (np.random.default_rng(len(text)).random(dim) * 5 + 1).tolist()
+
+
+def _embedder(server: ScriptedServer, **kwargs) -> OpenAIEmbedder:
+    client = httpx2.Client(transport=httpx2.MockTransport(server))
+    return OpenAIEmbedder(
+        "text-embedding-test",
+        base_url="http://embeddings.test/v1",
+        api_key="test",
+        http_client=client,
+        max_retries=0,
+        **kwargs,
+    )
+
+
+def test_openai_embedder_batches_orders_and_normalises():
+    server = ScriptedServer()
+    emb = _embedder(server, batch_size=2)
+    texts = ["a", "bb", "ccc", "dddd", ""]
+    vectors = emb.embed(texts)
+    assert [r["input"] for r in server.requests] == [["a", "bb"], ["ccc", "dddd"], [" "]]
+    assert all(r["model"] == "text-embedding-test" for r in server.requests)
+    assert all(r["encoding_format"] == "float" for r in server.requests)
+    assert vectors.shape == (5, 8) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    for text, vec in zip(texts, vectors, strict=True):
+        raw = np.array(ScriptedServer.vector(text or " ", 8))
+        np.testing.assert_allclose(vec, raw / np.linalg.norm(raw), rtol=1e-5)
+    assert emb.name == "text-embedding-test" and isinstance(emb, Embedder)
+
+
+def test_openai_embedder_dimension_is_asked_once_or_given():
+    server = ScriptedServer(dim=12)
+    probed = _embedder(server)
+    assert probed.dim == 12 and probed.dim == 12
+    assert len(server.requests) == 1
+    assert probed.embed([]).shape == (0, 12)
+    fixed = _embedder(server, dimensions=6)
+    assert fixed.dim == 6 and len(server.requests) == 1  # no probe needed
+    assert fixed.embed(["x"]).shape == (1, 6) and server.requests[-1]["dimensions"] == 6
+
+
+def test_openai_embedder_rejects_a_short_answer():
+    with pytest.raises(ValueError, match="returned 1 embeddings for 2 inputs"):
+        _embedder(ScriptedServer(drop_one=True)).embed(["a", "b"])
+
+
+def test_openai_embedder_surfaces_server_errors():
+    with pytest.raises(openai.APIStatusError, match="overloaded"):
+        _embedder(ScriptedServer(status=503)).embed(["a"])
+    with pytest.raises(ValueError, match="batch_size"):
+        OpenAIEmbedder("m", api_key="test", batch_size=0)
