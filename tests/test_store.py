@@ -427,6 +427,18 @@ def test_a_bad_import_line_changes_nothing(filled, tmp_path, bad_line, message):
         filled.get("mem_0000aaaa")
 
 
+def test_import_assigns_ids_and_embeds_plain_lines(store, tmp_path):
+    path = tmp_path / "plain.jsonl"
+    path.write_text(
+        '{"content": "Penguins live in the southern hemisphere."}\n\n'
+        '{"content": "Owls hunt at night.", "user_id": "u1", "metadata": {"src": "book"}}\n'
+    )
+    assert store.import_jsonl(path) == 2
+    hit = store.search("nocturnal birds of prey", mode="dense", top_k=1, scope=U1)[0]
+    assert hit.content == "Owls hunt at night." and hit.metadata == {"src": "book"}
+    assert hit.id.startswith("mem_") and hit.created_at
+
+
 def test_import_refuses_ids_already_in_the_store(filled, tmp_path):
     path = tmp_path / "again.jsonl"
     filled.export_jsonl(path)

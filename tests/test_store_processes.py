@@ -83,10 +83,11 @@ def _writer(path: str, worker: str, barrier) -> None:
 
     torch.set_num_threads(1)
     with SQLiteStore(path) as store:
-        store.embedder.embed(["warm up"])
+        notes = [f"Worker {worker} logged event number {i}." for i in range(N_ADDS)]
+        vectors = store.embedder.embed(notes)  # embedded up front: the race is about writing
         barrier.wait()  # start writing together
-        for i in range(N_ADDS):
-            store.add(f"Worker {worker} logged event number {i}.", dedupe=False)
+        for note, vec in zip(notes, vectors, strict=True):
+            store.add(note, embedding=vec, dedupe=False)  # one transaction each
         for fact in SHARED_FACTS:  # both add the same facts: dedupe must keep one of each
             store.add(fact)
 

@@ -34,7 +34,7 @@ import platform
 import sqlite3
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from agemem.memory.sqlite import SQLiteStore
+from agemem.memory.sqlite import ANY_SCOPE, SQLiteStore
 from agemem.memory.store import NewMemory, Scope
 
 DIM = 384  # all-MiniLM-L6-v2, the default embedder
@@ -144,9 +144,9 @@ class PrecomputedOnly:
         raise RuntimeError("the store bench passes every embedding explicitly")
 
 
-def _percentiles(seconds: list[float]) -> tuple[float, float]:
+def _percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
 
 
 def _brute_force(vectors: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
@@ -163,85 +163,87 @@ def _recall(found: list[set[int]], truth: list[np.ndarray]) -> float:
     )
 
 
+def _fill(store: SQLiteStore, corpus: SyntheticCorpus, users: list[str], progress: Progress):
+    """Insert the corpus with `add_many` in batches; returns the ids in order and the seconds."""
+    n = len(corpus.texts)
+    task = progress.add_task(f"n={n:,}: add", total=n)
+    ids: list[str] = []
+    start = time.perf_counter()
+    for lo in range(0, n, ADD_BATCH):
+        batch = [
+            NewMemory(corpus.texts[i], scope=Scope(user_id=users[i]), embedding=corpus.vectors[i])
+            for i in range(lo, min(n, lo + ADD_BATCH))
+        ]
+        ids += [r.item.id for r in store.add_many(batch, dedupe=False)]
+        progress.advance(task, len(batch))
+    return ids, time.perf_counter() - start
+
+
+def _timed(progress: Progress, label: str, n_queries: int, run: Callable[[int], Any]):
+    """Run `run(j)` for every query; returns the seconds each took and what each returned."""
+    task = progress.add_task(label, total=n_queries)
+    times, found = [], []
+    for j in range(n_queries):
+        start = time.perf_counter()
+        found.append(run(j))
+        times.append(time.perf_counter() - start)
+        progress.advance(task)
+    return times, found
+
+
 def _bench_size(n: int, n_queries: int, seed: int, progress: Progress) -> dict[str, Any]:
     corpus = synthetic_corpus(n, n_queries, seed=seed)
     users = [f"user{i % N_USERS}" for i in range(n)]
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        SQLiteStore(Path(tmp) / "bench.db", PrecomputedOnly(DIM)) as store,
-    ):
-        task = progress.add_task(f"n={n:,}: add", total=n)
-        ids: list[str] = []
-        start = time.perf_counter()
-        for lo in range(0, n, ADD_BATCH):
-            batch = [
-                NewMemory(
-                    corpus.texts[i], scope=Scope(user_id=users[i]), embedding=corpus.vectors[i]
-                )
-                for i in range(lo, min(n, lo + ADD_BATCH))
-            ]
-            ids += [r.item.id for r in store.add_many(batch, dedupe=False)]
-            progress.advance(task, len(batch))
-        add_s = time.perf_counter() - start
-        row_of = {memory_id: i for i, memory_id in enumerate(ids)}
+    one_user = Scope(user_id=users[0])
+    user_rows = np.flatnonzero(np.array(users) == users[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.db"
+        with SQLiteStore(path, PrecomputedOnly(DIM)) as store:
+            ids, add_s = _fill(store, corpus, users, progress)
+            row_of = {memory_id: i for i, memory_id in enumerate(ids)}
+            start = time.perf_counter()
+            store.refresh_index()
+            build_s = time.perf_counter() - start
+            start = time.perf_counter()
+            with SQLiteStore(path, PrecomputedOnly(DIM)) as reopened:
+                reopened.refresh_index()  # what another process pays: load + the saved graph
+            reopen_s = time.perf_counter() - start
 
-        start = time.perf_counter()
-        store.refresh_index()
-        build_s = time.perf_counter() - start
-        uses_ann = store.vector_index.uses_ann
-        start = time.perf_counter()
-        with SQLiteStore(Path(tmp) / "bench.db", PrecomputedOnly(DIM)) as reopened:
-            reopened.refresh_index()  # what a second process pays: load, reuse the saved graph
-        reopen_s = time.perf_counter() - start
+            def search(mode: str, scope: Scope = ANY_SCOPE) -> Callable[[int], set[int]]:
+                def run(j: int) -> set[int]:
+                    hits = store.search(
+                        corpus.query_texts[j], top_k=10, mode=mode, scope=scope,
+                        query_embedding=corpus.queries[j],
+                    )  # fmt: skip
+                    return {row_of[h.id] for h in hits}
 
-        def timed(label: str, run) -> tuple[list[float], list[set[int]]]:
-            task = progress.add_task(f"n={n:,}: {label}", total=n_queries)
-            times, found = [], []
-            for j in range(n_queries):
-                start = time.perf_counter()
-                result = run(j)
-                times.append(time.perf_counter() - start)
-                found.append(result)
-                progress.advance(task)
-            return times, found
+                return run
 
-        def search(mode: str, scope: Scope | None = None):
-            def run(j: int) -> set[int]:
-                hits = store.search(
-                    corpus.query_texts[j], top_k=10, mode=mode, scope=scope or Scope(),
-                    query_embedding=corpus.queries[j],
-                )  # fmt: skip
-                return {row_of[h.id] for h in hits}
-
-            return run
-
-        user_rows = np.flatnonzero(np.array(users) == users[0])
-        for j in range(min(10, n_queries)):  # warm caches before timing
-            search("hybrid")(j)
-        dense_t, dense_found = timed("dense", search("dense"))
-        hybrid_t, _ = timed("hybrid", search("hybrid"))
-        filtered_t, filtered_found = timed("filtered", search("dense", Scope(user_id=users[0])))
-        brute_t, truth = timed(
-            "brute force", lambda j: _brute_force(corpus.vectors, corpus.queries[j], 10)
-        )
-        filtered_truth = [
-            user_rows[_brute_force(corpus.vectors[user_rows], q, 10)] for q in corpus.queries
-        ]
+            for j in range(min(10, n_queries)):  # warm caches before timing
+                search("hybrid")(j)
+            label = f"n={n:,}: "
+            dense_t, dense_found = _timed(progress, label + "dense", n_queries, search("dense"))
+            hybrid_t, _ = _timed(progress, label + "hybrid", n_queries, search("hybrid"))
+            filtered_t, filtered_found = _timed(
+                progress, label + "filtered", n_queries, search("dense", one_user)
+            )
+            uses_ann = store.vector_index.uses_ann
         db_mb = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2**20
+    brute_t, truth = _timed(
+        progress, label + "brute force", n_queries,
+        lambda j: _brute_force(corpus.vectors, corpus.queries[j], 10),
+    )  # fmt: skip
+    filtered_truth = [
+        user_rows[_brute_force(corpus.vectors[user_rows], q, 10)] for q in corpus.queries
+    ]
+    timings = {"search": dense_t, "hybrid": hybrid_t, "filtered": filtered_t, "bruteforce": brute_t}
     return {
         "n": n,
         "add_per_s": n / add_s,
         "index_build_s": build_s,
         "reopen_s": reopen_s,
         "index": "hnsw-int8+rerank" if uses_ann else "exact",
-        "search_p50_ms": _percentiles(dense_t)[0],
-        "search_p95_ms": _percentiles(dense_t)[1],
-        "hybrid_p50_ms": _percentiles(hybrid_t)[0],
-        "hybrid_p95_ms": _percentiles(hybrid_t)[1],
-        "filtered_p50_ms": _percentiles(filtered_t)[0],
-        "filtered_p95_ms": _percentiles(filtered_t)[1],
-        "bruteforce_p50_ms": _percentiles(brute_t)[0],
-        "bruteforce_p95_ms": _percentiles(brute_t)[1],
+        **{f"{name}_{p}_ms": v for name, t in timings.items() for p, v in _percentiles(t).items()},
         "recall_at_10": _recall(dense_found, truth),
         "filtered_recall_at_10": _recall(filtered_found, filtered_truth),
         "db_mb": db_mb,
@@ -253,7 +255,8 @@ def _machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],  # the CPU may be shared: read latencies with this
+        # The CPU may be shared: read latencies with the load average (start and end).
+        "load_avg_1m": os.getloadavg()[0],
         "python": platform.python_version(),
         "numpy": np.__version__,
         "sqlite": sqlite3.sqlite_version,
@@ -301,5 +304,6 @@ def run_store_bench(sizes: list[int], n_queries: int = 200, seed: int = 0) -> di
     machine = _machine()
     with Progress(console=console, transient=True) as progress:
         results = [_bench_size(n, n_queries, seed, progress) for n in sizes]
+    machine["load_avg_1m_end"] = os.getloadavg()[0]
     console.print(_table(results))
     return {"results": results, "machine": machine}

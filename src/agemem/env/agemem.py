@@ -260,7 +260,7 @@ class MemoryEnv:
         if self.done:
             raise EnvError("the episode is over (or was never started): call reset(task)")
         stage = self._stage
-        parsed = parse_turn(turn)
+        parsed = parse_turn(turn, "openai" if self.config.native_tools else "auto")
         answer, results = self._outcome(parsed, stage)
         answered_tokens = self._recorder.view.tokens if self._recorder.view else 0
         self._recorder.step(turn, parsed, results)

@@ -27,7 +27,7 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -622,14 +622,15 @@ class SQLiteStore(MemoryStore):
             rows.update((row[0], row) for row in self._conn.execute(sql, chunk))
         return [self._item(rows[int(r)], float(s)) for r, s in ranked if int(r) in rows]
 
-    def _fresh_ids(self, n: int) -> list[str]:
-        """`n` new ids, unique in the file: 8 hex digits collide after ~10^5 entries."""
+    def _fresh_ids(self, n: int, reserved: Collection[str] = ()) -> list[str]:
+        """`n` new ids, unique in the file and not `reserved`: 8 hex digits collide after
+        ~10^5 entries."""
         ids: dict[str, None] = {}
         while len(ids) < n:
             batch = [
                 i
                 for i in dict.fromkeys(new_memory_id() for _ in range(n - len(ids)))
-                if i not in ids
+                if i not in ids and i not in reserved
             ]
             taken: set[str] = set()
             for chunk in _chunks(batch):
@@ -658,7 +659,8 @@ class SQLiteStore(MemoryStore):
             _check_entry(item)
         vectors = self._embeddings_for(items)
         with self._transaction(write=True) as conn:
-            self._sync()
+            if dedupe:  # checked against the file as it is now, under the write lock
+                self._sync()
             ids = iter(self._fresh_ids(len(items)))
             results: list[AddResult] = []
             pending: list[tuple[MemoryItem, np.ndarray]] = []  # accepted in this batch
@@ -693,20 +695,21 @@ class SQLiteStore(MemoryStore):
     def _duplicate(
         self, vec: np.ndarray, scope: Scope, pending: list[tuple[MemoryItem, np.ndarray]]
     ) -> tuple[MemoryItem, float] | None:
-        """The most similar entry with exactly this scope (stored or earlier in the batch), if
-        its cosine reaches the dedupe threshold."""
-        best: tuple[MemoryItem | int, float] | None = None
+        """The most similar entry with exactly this scope (stored, or earlier in the batch: a
+        linear scan, so bulk loads of distinct entries should pass dedupe=False), if its cosine
+        reaches the dedupe threshold. Call with the index synced."""
         where, params = _where(scope, exact_scope=True)
         keys, scores = self._dense(vec, 1, where, params)
-        if len(keys):
-            best = (int(keys[0]), float(scores[0]))
-        for item, other in pending:
-            if item.scope == scope and (best is None or float(other @ vec) > best[1]):
-                best = (item, float(other @ vec))
-        if best is None or best[1] < self.dedupe_threshold:
+        candidates: list[tuple[float, MemoryItem | int]] = [
+            (float(s), int(k)) for k, s in zip(keys, scores, strict=True)
+        ]
+        candidates += [(float(v @ vec), item) for item, v in pending if item.scope == scope]
+        if not candidates:
             return None
-        found, sim = best
-        if not isinstance(found, MemoryItem):
+        sim, found = max(candidates, key=lambda c: c[0])
+        if sim < self.dedupe_threshold:
+            return None
+        if isinstance(found, int):
             found = replace(self._items([(found, sim)])[0], score=None)
         return found, sim
 
@@ -862,14 +865,13 @@ class SQLiteStore(MemoryStore):
             k,
             n_allowed=n_allowed,
             keep=lambda keys: self._admits(keys, where, params),
-            allowed_keys=lambda: np.array(
-                [
-                    r[0]
-                    for r in self._conn.execute(f"SELECT rowid FROM memories WHERE {where}", params)
-                ],
-                dtype=np.int64,
-            ),
+            allowed_keys=lambda: self._allowed(where, params),
         )
+
+    def _allowed(self, where: str, params: list[Any]) -> np.ndarray:
+        """Every rowid that passes `where`."""
+        rows = self._conn.execute(f"SELECT rowid FROM memories WHERE {where}", params)
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
     def _admits(self, keys: np.ndarray, where: str, params: list[Any]) -> np.ndarray:
         """Mask of the rowids that pass `where`."""
@@ -940,7 +942,8 @@ class SQLiteStore(MemoryStore):
             items[i].embedding = vec
         with self._transaction(write=True) as conn:
             self._check_new_ids(path, records)
-            fresh = iter(self._fresh_ids(sum(1 for it in items if not it.id)))
+            given = {it.id for it in items if it.id}
+            fresh = iter(self._fresh_ids(len(items) - len(given), reserved=given))
             for item in items:
                 item.id = item.id or next(fresh)
             conn.executemany(

@@ -96,6 +96,8 @@ def emit(
     if answer is not None:
         return Turn(text=f"<think>{think}</think><answer>{answer}</answer>")
     calls = calls or []
+    if native and not calls:
+        return Turn(text=f"<think>{think}</think>ok")  # a reply without calls lets a message pass
     if native:
         tool_calls = [
             {
@@ -105,7 +107,7 @@ def emit(
             }
             for i, c in enumerate(calls)
         ]
-        return Turn(text=f"<think>{think}</think>", tool_calls=tool_calls or None)
+        return Turn(text=f"<think>{think}</think>", tool_calls=tool_calls)
     payload = json.dumps(calls, ensure_ascii=False)
     return Turn(text=f"<think>{think}</think><tool_call>{payload}</tool_call>")
 

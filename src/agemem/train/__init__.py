@@ -1,0 +1,28 @@
+"""Training the memory policy with step-wise GRPO.
+
+- `grpo_loss.py`: the objective: `group_advantages`, `token_logprobs`, `grpo_loss`.
+- `batch.py`: episodes -> one `TrainSample` per model turn (`step_samples`) -> padded,
+  masked tensors (`collate`).
+
+One update, in order::
+
+    samples = step_samples(episodes)                      # advantage broadcast to every turn
+    batch = collate(samples)
+    logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+    with torch.no_grad():
+        ref = token_logprobs(ref_model, batch.input_ids, batch.attention_mask)
+    loss, metrics = grpo_loss(logp, batch.old_logprobs, ref, batch.advantages, batch.loss_mask)
+"""
+
+from agemem.train.batch import Batch, TrainSample, collate, step_samples
+from agemem.train.grpo_loss import group_advantages, grpo_loss, token_logprobs
+
+__all__ = [
+    "Batch",
+    "TrainSample",
+    "collate",
+    "group_advantages",
+    "grpo_loss",
+    "step_samples",
+    "token_logprobs",
+]

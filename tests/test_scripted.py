@@ -1,0 +1,123 @@
+"""Scripted policies driving real episodes (real store, embedder, context and tools)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from agemem.env import PRESETS, MemoryEnv, run_episodes
+from agemem.env.driver import cached
+from agemem.policy.base import Policy
+from agemem.policy.scripted import (
+    PERFECT,
+    NoMemoryPolicy,
+    OraclePolicy,
+    OracleRates,
+    StoreEverythingPolicy,
+    TaskNotBound,
+)
+from agemem.tasks import load_tasks
+
+SYNTHETIC = PRESETS["synthetic"]
+
+
+def asked_fact(task) -> str:
+    """The decision label of the corrected fact the task's question asks about."""
+    question = task.questions[0]
+    (fact,) = [
+        f for f in task.metadata["facts"]
+        if len(f["values"]) > 1 and f["values"][-1] == question.answers[0]
+        and f["entity"] in question.text
+    ]
+    return f"correction {fact['entity']}/{fact['attribute']}"
+
+
+def within(share: float, p: float, n: int) -> bool:
+    """`share` is within 4 standard deviations of a binomial rate `p` over `n` draws."""
+    return abs(share - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 1e-9
+
+
+def test_default_oracle_keeps_its_configured_rates(embedder):
+    tasks = load_tasks("synthetic", limit=40)
+    oracle = OraclePolicy(tasks, seed=0)
+    assert isinstance(oracle, Policy)
+    episodes = run_episodes(oracle, tasks, SYNTHETIC, progress=False, embedder=embedder)
+    rates = OracleRates()
+    drawn: dict[str, Counter] = {"correction": Counter(), "chit-chat": Counter(),
+                                 "stage2": Counter()}
+    for _, what, choice in oracle.decisions:
+        drawn[what.split(" ")[0]][choice.removesuffix(" (no id)")] += 1
+    expected = {
+        "correction": {"duplicate": rates.correction_duplicate, "update": rates.correction_update,
+                       "delete_add": rates.correction_delete_add},
+        "chit-chat": {"store": rates.store_chitchat},
+        "stage2": {"filter": rates.stage2_filter, "summary": rates.stage2_summary},
+    }
+    for what, shares in expected.items():
+        n = sum(drawn[what].values())
+        assert n == {"correction": 80, "chit-chat": 80, "stage2": 160}[what]
+        for choice, p in shares.items():
+            assert within(drawn[what][choice] / n, p, n), (what, choice, drawn[what])
+    # The strategy decides the answer: a correction applied in place is always answered right;
+    # a duplicate leaves it to the retrieval order.
+    choice_of = {(t, what): c for t, what, c in oracle.decisions}
+    outcomes = Counter()
+    for task, episode in zip(tasks, episodes, strict=True):
+        choice = choice_of[(task.id, asked_fact(task))]
+        outcomes[(choice, episode.correct()[0])] += 1
+    assert outcomes[("update", False)] == outcomes[("delete_add", False)] == 0
+    in_place = outcomes[("update", True)] + outcomes[("delete_add", True)]
+    success = sum(e.correct()[0] for e in episodes) / len(episodes)
+    assert in_place / 40 <= success <= (in_place + outcomes[("duplicate", True)]) / 40
+    assert any(e.facts.updates for e in episodes) and any(e.facts.deletes for e in episodes)
+    assert sum(e.facts.overflowed for e in episodes) > 0  # doing nothing in stage 2 overflows
+
+
+def test_perfect_oracle_always_answers_right_and_never_overflows(embedder):
+    tasks = load_tasks("synthetic", split="test", limit=20)
+    oracle = OraclePolicy(tasks, rates=PERFECT)
+    episodes = run_episodes(oracle, tasks, SYNTHETIC, progress=False, embedder=embedder)
+    assert all(e.correct() == [True] for e in episodes)
+    assert not any(e.facts.overflowed for e in episodes)
+    assert {c for _, _, c in oracle.decisions} == {"update", "skip", "filter"}
+    assert all(len(e.facts.updates) == 2 and not e.facts.failed_counts() for e in episodes)
+
+
+def test_oracle_rates_are_validated():
+    with pytest.raises(ValueError, match="sum to 1"):
+        OracleRates(correction_duplicate=0.5, correction_update=0.1, correction_delete_add=0.1)
+    with pytest.raises(ValueError, match="store_chitchat"):
+        OracleRates(store_chitchat=1.5)
+
+
+def test_oracle_refuses_a_task_it_was_not_given(embedder):
+    task = load_tasks("synthetic", limit=1)[0]
+    env = MemoryEnv(SYNTHETIC, embedder=cached(embedder))
+    context = env.reset(task)
+    with pytest.raises(TaskNotBound, match="bind"):
+        OraclePolicy().act([context])
+    oracle = OraclePolicy()
+    oracle.bind([task])
+    assert "<tool_call>" in oracle.act([context])[0].text
+    env.close()
+
+
+def test_store_everything_adds_every_message_and_answers_with_an_entry(embedder):
+    tasks = load_tasks("synthetic", limit=3)
+    episodes = run_episodes(
+        StoreEverythingPolicy(), tasks, SYNTHETIC, progress=False, embedder=embedder
+    )
+    for task, episode in zip(tasks, episodes, strict=True):
+        facts = episode.facts
+        stored = {m.content for m in facts.final_memories}
+        assert facts.tool_counts().get("Add_memory", 0) == len(task.contextual)
+        assert "Filter_context" not in facts.tool_counts() and facts.answers[0] in stored
+
+
+def test_no_memory_never_touches_memory_and_answers_from_the_context(embedder):
+    tasks = load_tasks("synthetic", limit=3)
+    episodes = run_episodes(NoMemoryPolicy(), tasks, SYNTHETIC, progress=False, embedder=embedder)
+    for task, episode in zip(tasks, episodes, strict=True):
+        assert episode.facts.calls == [] and episode.facts.final_memories == []
+        assert episode.facts.answers[0] in [*task.distractors, "I don't know."]
