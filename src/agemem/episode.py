@@ -193,8 +193,8 @@ class Episode(_Record):
         ]
 
     def to_line(self) -> str:
-        """One JSONL line (steps delta-encoded, see the module docstring)."""
-        data = self.model_dump(mode="json", exclude={"steps"})
+        """One JSONL line (steps delta-encoded, fields at their default left out)."""
+        data = self.model_dump(mode="json", exclude={"steps"}, exclude_defaults=True)
         data["format"] = FORMAT_VERSION
         data["steps"] = _encode_steps(self.steps)
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -232,7 +232,9 @@ def _shared_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
 def _encode_steps(steps: list[StepSample]) -> list[dict[str, Any]]:
     out, prev = [], None
     for step in steps:
-        data = step.model_dump(mode="json", exclude={"messages", "prompt_ids"})
+        data = step.model_dump(
+            mode="json", exclude={"messages", "prompt_ids"}, exclude_defaults=True
+        )
         m_shared = _shared_prefix(prev.messages, step.messages) if prev else 0
         p_shared = _shared_prefix(prev.prompt_ids, step.prompt_ids) if prev else 0
         data |= {
