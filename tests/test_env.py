@@ -105,8 +105,9 @@ def test_each_stage_runs_only_its_tools(env):
     assert "not available in stage 2" in stage2.info["observations"][0]
     env.step(PASS)
     stage3 = env.step(turn(call("Delete_memory", memory_id="mem_1", confirmation=True)))
-    assert "Tools allowed now: Retrieve_memory, Summary_context, Filter_context" in (
-        stage3.info["observations"][0]
+    assert (
+        "Tools allowed now: Retrieve_memory, Summary_context, Filter_context"
+        in (stage3.info["observations"][0])
     )
     facts = env.episode().facts
     assert [c.error for c in facts.calls if not c.ok] == ["rejected"] * 3
@@ -125,7 +126,9 @@ def test_stage3_question_is_protected_from_filter_and_summary(env):
     result = env.step(Turn("<think>done</think><answer>Rome</answer>"))
     assert result.done and env.episode().correct() == [True]
     facts = env.episode().facts
-    assert facts.ended_by == "answered" and facts.tokens_at_answer[0] == env.episode().steps[-1].tokens
+    assert (
+        facts.ended_by == "answered" and facts.tokens_at_answer[0] == env.episode().steps[-1].tokens
+    )
 
 
 def test_answers_and_format_errors_before_stage3_change_nothing(env):
@@ -284,7 +287,9 @@ def test_oracle_runs_every_family_end_to_end(family, config, embedder):
     if family == "locomo":
         tasks = [small_locomo()]
     elif family == "hotpotqa-long":
-        tasks = load_tasks(family, limit=1, n_docs=6, group_size=2, question_paragraphs="supporting")
+        tasks = load_tasks(
+            family, limit=1, n_docs=6, group_size=2, question_paragraphs="supporting"
+        )
     else:
         tasks = load_tasks(family, split="test", limit=1)
     oracle = OraclePolicy(tasks, rates=PERFECT)
@@ -296,8 +301,9 @@ def test_oracle_runs_every_family_end_to_end(family, config, embedder):
 
 
 def test_atommem_episode_reads_chunks_and_answers_boxed(embedder):
-    tasks = load_tasks("hotpotqa-long", limit=1, n_docs=6, group_size=2,
-                       question_paragraphs="supporting")
+    tasks = load_tasks(
+        "hotpotqa-long", limit=1, n_docs=6, group_size=2, question_paragraphs="supporting"
+    )
     config = PRESETS["atommem"].with_(chunk_tokens=200, chunk_overlap=20)
     (episode,) = run_episodes(OraclePolicy(tasks), tasks, config, progress=False, embedder=embedder)
     facts = episode.facts
@@ -316,8 +322,9 @@ def test_atommem_episode_reads_chunks_and_answers_boxed(embedder):
 
 
 def test_atommem_unboxed_answer_leaves_the_question_open(embedder):
-    tasks = load_tasks("hotpotqa-long", limit=1, n_docs=6, group_size=1,
-                       question_paragraphs="supporting")
+    tasks = load_tasks(
+        "hotpotqa-long", limit=1, n_docs=6, group_size=1, question_paragraphs="supporting"
+    )
     env = AtomMemEnv(PRESETS["atommem"], embedder=cached(embedder))
     env.reset(tasks[0])
     assert env.step(Turn("<update_memory>reading</update_memory>")).done is False
@@ -326,4 +333,3 @@ def test_atommem_unboxed_answer_leaves_the_question_open(embedder):
     assert result.done and "No \\boxed{} answer" in result.info["observations"][0]
     assert env.episode().facts.answers == [None]
     env.close()
-

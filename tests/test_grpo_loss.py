@@ -33,6 +33,7 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 # ---- advantages --------------------------------------------------------------------------------
 
 
@@ -137,7 +138,10 @@ def _hand_example() -> dict[str, torch.Tensor]:
     old = torch.full((2, 6), junk_old)
     mask = torch.zeros(2, 6)
     adv = torch.zeros(2, 6)
-    for row, start, ratios, olds, a in [(0, 2, RATIOS_1, OLD_1, 2.0), (1, 1, RATIOS_2, OLD_2, -0.5)]:
+    for row, start, ratios, olds, a in [
+        (0, 2, RATIOS_1, OLD_1, 2.0),
+        (1, 1, RATIOS_2, OLD_2, -0.5),
+    ]:
         for j, (r, o) in enumerate(zip(ratios, olds, strict=True)):
             old[row, start + j] = o
             logprobs[row, start + j] = o + math.log(r)  # so that exp(logp - old) = r
@@ -155,7 +159,8 @@ def test_loss_by_hand() -> None:
     # policy term -min(r * A, clip(r, 0.8, 1.28) * A) per token:
     #   A = +2:   r 1.5 -> -min(3.0, 2.56) = -2.56 (high clip binds); r 0.9 -> -1.8;
     #             r 0.5 -> -min(1.0, 1.6) = -1.0 (the low clip never binds for A > 0)
-    #   A = -0.5: r 0.5 -> -min(-0.25, -0.4) = 0.4 (low clip binds); r 1.5 -> -min(-0.75, -0.64) = 0.75
+    #   A = -0.5: r 0.5 -> -min(-0.25, -0.4) = 0.4 (low clip binds);
+    #             r 1.5 -> -min(-0.75, -0.64) = 0.75
     policy = [-2.56, -1.8, -1.0, 0.4, 0.75]
     # k3 with ref - logp = -ln r: exp(-ln r) + ln r - 1 = 1/r + ln r - 1
     kl = [1 / r + math.log(r) - 1 for r in RATIOS_1 + RATIOS_2]

@@ -27,8 +27,10 @@ def strategy(task, episode) -> str:
     """How the episode's facts say the asked fact's correction was stored."""
     question = task.questions[0]
     (fact,) = [
-        f for f in task.metadata["facts"]
-        if f["values"][-1] == question.answers[0] and f["entity"] in question.text
+        f
+        for f in task.metadata["facts"]
+        if f["values"][-1] == question.answers[0]
+        and f["entity"] in question.text
         and len(f["values"]) > 1
     ]
     template = next(a.statement for a in ATTRIBUTES if a.name == fact["attribute"])
@@ -51,13 +53,19 @@ def test_default_oracle_keeps_its_configured_rates(embedder):
     assert isinstance(oracle, Policy)
     episodes = run_episodes(oracle, tasks, SYNTHETIC, k=5, progress=False, embedder=embedder)
     rates = OracleRates()
-    drawn: dict[str, Counter] = {"correction": Counter(), "chit-chat": Counter(),
-                                 "stage2": Counter()}
+    drawn: dict[str, Counter] = {
+        "correction": Counter(),
+        "chit-chat": Counter(),
+        "stage2": Counter(),
+    }
     for _, what, choice in oracle.decisions:
         drawn[what.split(" ")[0]][choice.removesuffix(" (no id)")] += 1
     expected = {
-        "correction": {"duplicate": rates.correction_duplicate, "update": rates.correction_update,
-                       "delete_add": rates.correction_delete_add},
+        "correction": {
+            "duplicate": rates.correction_duplicate,
+            "update": rates.correction_update,
+            "delete_add": rates.correction_delete_add,
+        },
         "chit-chat": {"store": rates.store_chitchat},
         "stage2": {"filter": rates.stage2_filter, "summary": rates.stage2_summary},
     }
@@ -68,12 +76,11 @@ def test_default_oracle_keeps_its_configured_rates(embedder):
             assert within(drawn[what][choice] / n, p, n), (what, choice, drawn[what])
     # The strategy decides the answer: a correction applied in place is always answered right;
     # a duplicate leaves it to the retrieval order.
-    outcomes = Counter(
-        (strategy(tasks[i // 5], e), e.correct()[0]) for i, e in enumerate(episodes)
-    )
+    outcomes = Counter((strategy(tasks[i // 5], e), e.correct()[0]) for i, e in enumerate(episodes))
     assert outcomes[("update", False)] == outcomes[("delete_add", False)] == 0
     assert outcomes[("update", True)] and outcomes[("duplicate", True)] < sum(
-        n for (s, _), n in outcomes.items() if s == "duplicate")
+        n for (s, _), n in outcomes.items() if s == "duplicate"
+    )
     in_place = outcomes[("update", True)] + outcomes[("delete_add", True)]
     success = sum(e.correct()[0] for e in episodes) / len(episodes)
     assert in_place / 40 <= success <= (in_place + outcomes[("duplicate", True)]) / 40

@@ -14,8 +14,9 @@ LM head; we compute ours with `token_logprobs` on right-padded rows. The model i
 Two TRL defaults are switched off to compare the same objective: `bf16` (autocast; we compute in
 float32) and `use_bias_correction_kl` (TRL 1.16 multiplies each token's k3 KL by the importance
 ratio pi/pi_old; ours, as AgeMem's objective states it, is plain k3).
-The policy weights are perturbed after the trainer is built, so policy and reference differ (KL > 0),
-and the sampler's logprobs are the reference's plus noise, so tokens are clipped on both sides.
+The policy weights are perturbed after the trainer is built, so policy and reference differ
+(KL > 0), and the sampler's logprobs are the reference's plus noise, so tokens are clipped on both
+sides.
 
 TRL 1.16's loss types (`loss_type`): "dapo" (its default: sum over the generated tokens of the whole
 accumulated batch divided by their number) is our "token-mean", including under gradient
@@ -40,6 +41,8 @@ from agemem.train import TrainSample, collate, group_advantages, grpo_loss, toke
 
 trl = pytest.importorskip("trl", reason="pip install -c constraints.txt trl peft accelerate")
 datasets = pytest.importorskip("datasets")
+# raised inside transformers when TRL builds its config; nothing of ours
+pytestmark = pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated")
 
 CORPUS = [
     "You manage memory. Alice lives in Paris. Bob works in Rome. Where does Alice live?",
@@ -111,7 +114,7 @@ def _trainer(tiny, loss_type: str, grad_accum: int):
         num_generations=2,
         use_cpu=True,
         bf16=False,  # TRL's default runs the forward under bf16 autocast; we compare in float32
-        use_bias_correction_kl=False,  # TRL's default multiplies the KL by the ratio; ours is plain k3
+        use_bias_correction_kl=False,  # TRL's default weighs the KL by the ratio; ours: plain k3
         report_to="none",
     )
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agemem.context import DEFAULT_T_MAX, Context
-from agemem.env.agemem import CHAT_PREFIX, turn_messages
+from agemem.env.render import CHAT_PREFIX, turn_messages
 from agemem.memory.embed import Embedder
 from agemem.memory.store import MemoryItem, MemoryStore, Scope
 from agemem.policy.base import Message, Policy

@@ -196,6 +196,7 @@ def show_file(
         return
     if not -len(episodes) <= episode < len(episodes):
         raise IndexError(
-            f"{path} has {len(episodes)} episodes (0..{len(episodes) - 1}); got --episode {episode}"
+            f"{path} holds {len(episodes)} episode(s), 0..{len(episodes) - 1}; "
+            f"got --episode {episode}"
         )
     render_episode(episodes[episode], console, full=full)

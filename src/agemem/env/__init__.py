@@ -1,22 +1,25 @@
 """Episodes: AgeMem's three-stage `MemoryEnv`, AtomMem's chunked `AtomMemEnv`, their config,
 and `run_episodes`, the batched driver that turns tasks and a policy into `Episode` records."""
 
-from agemem.env.agemem import (
-    QUESTION_PREFIX,
-    ContextView,
-    MemoryEnv,
-    incoming_text,
-    read_context,
-    stage1_message,
-    system_prompt,
-)
+from agemem.env.agemem import MemoryEnv
 from agemem.env.aliases import IdAliases, alias_vocabulary
 from agemem.env.atommem import AtomMemEnv, AtomView, atommem_prompt, read_atommem_prompt
 from agemem.env.config import PRESETS, EnvConfig, EnvConfigError
 from agemem.env.driver import make_env, policy_token_counter, run_episodes
 from agemem.env.record import EnvError, StepResult
+from agemem.env.render import (
+    CHAT_PREFIX,
+    QUESTION_PREFIX,
+    ContextView,
+    incoming_text,
+    read_context,
+    stage1_message,
+    system_prompt,
+    turn_messages,
+)
 
 __all__ = [
+    "CHAT_PREFIX",
     "PRESETS",
     "QUESTION_PREFIX",
     "AtomMemEnv",
@@ -38,4 +41,5 @@ __all__ = [
     "run_episodes",
     "stage1_message",
     "system_prompt",
+    "turn_messages",
 ]

@@ -14,11 +14,12 @@ from functools import lru_cache
 
 from rich.progress import Progress
 
-from agemem.env.agemem import MemoryEnv, incoming_text
+from agemem.env.agemem import MemoryEnv
 from agemem.env.atommem import AtomMemEnv
 from agemem.env.config import PRESETS, EnvConfig
 from agemem.env.embed_cache import CachingEmbedder
 from agemem.env.record import EnvError
+from agemem.env.render import incoming_text
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder, default_embedder
 from agemem.policy.base import Message, Policy

@@ -40,8 +40,10 @@ class SentenceTransformerEmbedder:
         self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu"
     ) -> None:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        hf_logging.disable_progress_bar()  # a bar for a one-second load only clutters the CLI
         path = model or default_model_path()
         self.name = DEFAULT_EMBEDDER if model is None else model
         self.batch_size = batch_size

@@ -28,8 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agemem.env.agemem import ContextView, incoming_text, read_context
 from agemem.env.atommem import read_atommem_prompt
+from agemem.env.render import ContextView, incoming_text, read_context
 from agemem.policy.base import Message, ToolSpec, Turn
 from agemem.summarize import split_sentences
 from agemem.tasks.base import Task

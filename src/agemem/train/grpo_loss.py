@@ -236,4 +236,6 @@ def _check_loss_settings(
             " model's token_logprobs, or beta=0 to train without KL"
         )
     if aggregation not in ("token-mean", "sequence-mean"):
-        raise ValueError(f"aggregation must be 'token-mean' or 'sequence-mean', got {aggregation!r}")
+        raise ValueError(
+            f"aggregation must be 'token-mean' or 'sequence-mean', got {aggregation!r}"
+        )

@@ -1,0 +1,83 @@
+"""`agemem chat` driven by a real scripted agent, on a real SQLite store file and the real
+embedder: through the library, then through the command line with stdin."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from typer.testing import CliRunner
+
+from agemem.chat import ChatSession, run_chat
+from agemem.cli import app
+from agemem.env.driver import cached
+from agemem.memory.sqlite import SQLiteStore
+from agemem.policy.base import Turn
+from agemem.policy.scripted import StoreEverythingPolicy
+
+
+def session(store, embedder, policy=None, **options) -> ChatSession:
+    return ChatSession(
+        policy or StoreEverythingPolicy(), store, user="ann", embedder=cached(embedder), **options
+    )
+
+
+def test_messages_go_through_the_memory_tools_and_persist(tmp_path, embedder):
+    path = tmp_path / "memory.db"
+    with SQLiteStore(path, cached(embedder)) as store:
+        chat = session(store, embedder)
+        first = chat.send("My sister Maya lives in Porto.")
+        assert first.answer == "I don't know."  # nothing else stored yet
+        assert first.steps[0].observations[0].startswith("Added mem_")
+        assert "My sister Maya lives in Porto." in first.steps[0].observations[1]
+        chat.reset()
+        assert [m["role"] for m in chat.messages] == ["system"]
+        second = chat.send("Where does Maya live?")
+        assert second.answer == "My sister Maya lives in Porto."
+        assert {m.content for m in chat.memories()} == {
+            "My sister Maya lives in Porto.",
+            "Where does Maya live?",
+        }
+        tool_messages = [m for m in chat.messages if m["role"] == "tool"]
+        assert [m["name"] for m in tool_messages] == ["Add_memory", "Retrieve_memory"]
+    with SQLiteStore(path, cached(embedder)) as store:  # a later session, same file
+        again = session(store, embedder)
+        assert len(again.memories()) == 2
+        assert session(store, embedder).store.count() == 2
+        other_user = ChatSession(
+            StoreEverythingPolicy(), store, user="bob", embedder=cached(embedder)
+        )
+        assert other_user.memories() == []
+
+
+class Rambling:
+    """A real policy that never finishes: every turn is a malformed call."""
+
+    def act(self, contexts, tools=None):
+        return [Turn("<tool_call>[{oops}]</tool_call>") for _ in contexts]
+
+
+def test_turn_cap_and_commands(tmp_path, embedder):
+    with SQLiteStore(tmp_path / "m.db", cached(embedder)) as store:
+        chat = session(store, embedder, policy=Rambling(), max_turns=2)
+        reply = chat.send("hello")
+        assert reply.answer is None and len(reply.steps) == 2
+        assert "not valid JSON" in reply.steps[0].observations[0]
+        lines = iter(["/memories", "/nope", "hi", "/reset", "/quit", "never read"])
+        console = Console(record=True, width=100, color_system=None)
+        run_chat(chat, lambda: next(lines), console)
+        out = console.export_text()
+        assert "0 memories" in out and "unknown command /nope" in out
+        assert "no answer after 2 turns" in out and "conversation reset" in out
+        assert next(lines) == "never read"
+
+
+def test_cli_chat_reads_stdin_until_end_of_input(tmp_path):
+    store = tmp_path / "cli.db"
+    args = ["chat", "--store", str(store), "--user", "ann", "--scripted", "store-everything"]
+    runner = CliRunner()
+    first = runner.invoke(app, args, input="Ana lives in Rome.\n/memories\n")
+    assert first.exit_code == 0, first.output
+    assert "agent: I don't know." in first.output and "Ana lives in Rome." in first.output
+    second = runner.invoke(app, args, input="Where does Ana live?\n/quit\n")
+    assert second.exit_code == 0 and "agent: Ana lives in Rome." in second.output
+    bad = runner.invoke(app, ["chat", "--store", str(store), "--scripted", "oracle"])
+    assert bad.exit_code == 1 and "unknown scripted agent" in bad.output
