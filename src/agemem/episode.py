@@ -29,7 +29,7 @@ from agemem.policy.base import Message
 
 FORMAT_VERSION = 1
 Method = Literal["agemem", "atommem"]
-EndReason = Literal["answered", "n_max", "turn_cap", "no_question"]
+EndReason = Literal["answered", "n_max", "turn_cap"]  # why the episode ended
 
 
 class _Record(BaseModel):
