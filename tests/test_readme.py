@@ -19,6 +19,8 @@ def test_library_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(example, "README.md", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "Maya" in printed
-    events = [e["event"] for e in namespace["memory"].history(namespace["hits"]["results"][0]["id"])]
+    events = [
+        e["event"] for e in namespace["memory"].history(namespace["hits"]["results"][0]["id"])
+    ]
     assert events[-1] == "UPDATE"
     assert (tmp_path / "memory.db").exists()

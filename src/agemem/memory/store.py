@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-DEFAULT_MEMORY_TYPE = "semantic"  # AgeMem leaves memory_type free-form; Mem0 calls plain facts "semantic".
+# AgeMem leaves memory_type free-form; Mem0 calls plain facts "semantic".
+DEFAULT_MEMORY_TYPE = "semantic"
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
 HistoryEventKind = Literal["ADD", "UPDATE", "DELETE"]

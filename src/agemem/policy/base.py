@@ -21,7 +21,7 @@ class Turn:
     prompt_ids: list[int] = field(default_factory=list)
     completion_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)  # one per completion token
-    tool_calls: list[dict[str, Any]] | None = None  # OpenAI `tool_calls`, when the server parsed them
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI `tool_calls` a server parsed
     finish_reason: str | None = None
 
 
