@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from agemem.chat import ChatSession, run_chat
 from agemem.cli import app
-from agemem.env.driver import cached
+from agemem.env.embed_cache import cached
 from agemem.memory.sqlite import SQLiteStore
 from agemem.policy.base import Turn
 from agemem.policy.scripted import StoreEverythingPolicy

@@ -21,7 +21,7 @@ from agemem.env import (
     run_episodes,
     system_prompt,
 )
-from agemem.env.driver import cached
+from agemem.env.embed_cache import cached
 from agemem.policy.base import Turn
 from agemem.policy.hf import HFPolicy
 from agemem.policy.scripted import PERFECT, OraclePolicy, call, emit

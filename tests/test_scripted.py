@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from agemem.env import PRESETS, MemoryEnv, run_episodes
-from agemem.env.driver import cached
+from agemem.env.embed_cache import cached
 from agemem.policy.base import Policy
 from agemem.policy.scripted import (
     PERFECT,

@@ -214,7 +214,8 @@ def open_chat(
     console: Console | None = None,
 ) -> None:
     """`agemem chat`: build the agent and the store, then run the loop on stdin."""
-    from agemem.env.driver import cached, policy_token_counter
+    from agemem.env.driver import policy_token_counter
+    from agemem.env.embed_cache import cached
     from agemem.memory.embed import default_embedder
     from agemem.memory.sqlite import SQLiteStore
 

@@ -62,7 +62,7 @@ def bench_rollout(
     tasks: Annotated[int, typer.Option(help="Synthetic test tasks run on each side.")] = 8,
     batch: Annotated[int, typer.Option(help="Episodes per batched act call.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per model turn.")] = 32,
-    n_max: Annotated[int, typer.Option(help="Turn cap per episode.")] = 8,
+    n_max: Annotated[int, typer.Option(help="Turn cap per episode.")] = 6,
     seed: int = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:

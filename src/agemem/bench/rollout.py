@@ -1,11 +1,14 @@
 """`agemem bench rollout`: generation throughput of batched episodes against one at a time.
 
-Same policy, same tasks, same env settings, in one run: first the tasks in batches of `batch`
-(one `policy.act` call per step across a batch's live episodes), then each task alone. Reported:
-generated tokens per second and episodes per minute on each side, and the speedup. Sampling
-makes the two sides generate different texts, so token counts differ a little; the rates are
-what compare. The defaults keep the run to a few minutes on 2 CPU cores: synthetic tasks, the
-`synthetic` env preset, 32 new tokens per turn and at most 8 turns per episode.
+Same policy, same tasks, same env settings, in one run: the tasks in batches of `batch` (one
+`policy.act` call per step across a batch's live episodes) and each task alone, in the order
+batched, sequential, sequential, batched, so that a change in the machine's load during the run
+weighs on both sides alike. Reported: generated tokens per second and episodes per minute on
+each side (totals over both of its passes), and the speedup. Sampling makes the two sides
+generate different texts, so token counts differ a little; the rates are what compare. The
+defaults keep the run to a few minutes on 2 idle CPU cores: synthetic tasks, the `synthetic`
+env preset, 32 new tokens per turn and at most 6 turns per episode. Prompt processing is part
+of the time on both sides (the same prompts on each).
 """
 
 from __future__ import annotations
@@ -18,18 +21,25 @@ from typing import Any
 
 import torch
 
-from agemem.env import PRESETS, run_episodes
+from agemem.env import PRESETS, EnvConfig, run_episodes
 from agemem.episode import Episode
 from agemem.policy.base import Policy
 from agemem.tasks import Task, load_tasks
 
 
-def _side(policy: Policy, batches: Sequence[Sequence[Task]], config: Any) -> dict[str, Any]:
+def _run(
+    policy: Policy, batches: Sequence[Sequence[Task]], config: EnvConfig
+) -> tuple[list[Episode], float]:
     start = time.perf_counter()
     episodes: list[Episode] = []
     for batch in batches:
         episodes += run_episodes(policy, batch, config, progress=False)
-    seconds = time.perf_counter() - start
+    return episodes, time.perf_counter() - start
+
+
+def _totals(runs: list[tuple[list[Episode], float]]) -> dict[str, Any]:
+    episodes = [e for run, _ in runs for e in run]
+    seconds = sum(s for _, s in runs)
     steps = [s for e in episodes for s in e.steps]
     generated = sum(len(s.completion_ids) for s in steps)
     return {
@@ -49,7 +59,7 @@ def run_rollout_bench(
     n_tasks: int = 8,
     batch: int = 8,
     max_new_tokens: int = 32,
-    n_max: int = 8,
+    n_max: int = 6,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Measure both sides on `n_tasks` synthetic test tasks and return the JSON payload."""
@@ -57,12 +67,16 @@ def run_rollout_bench(
 
     if n_tasks < 1 or batch < 1:
         raise ValueError("n_tasks and batch must be >= 1")
+    load_at_start = os.getloadavg()
     policy = HFPolicy.from_pretrained(preset, max_new_tokens=max_new_tokens, seed=seed)
     tasks = load_tasks("synthetic", split="test", limit=n_tasks)
     config = PRESETS["synthetic"].with_(n_max=n_max)
     run_episodes(policy, tasks[:1], config.with_(n_max=1), progress=False)  # warm-up
-    batched = _side(policy, [tasks[i : i + batch] for i in range(0, n_tasks, batch)], config)
-    sequential = _side(policy, [[task] for task in tasks], config)
+    batches = [tasks[i : i + batch] for i in range(0, n_tasks, batch)]
+    singles = [[task] for task in tasks]
+    first_b, first_s = _run(policy, batches, config), _run(policy, singles, config)
+    second_s, second_b = _run(policy, singles, config), _run(policy, batches, config)
+    batched, sequential = _totals([first_b, second_b]), _totals([first_s, second_s])
     return {
         "preset": preset,
         "tasks": n_tasks,
@@ -81,6 +95,7 @@ def run_rollout_bench(
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
-            "load_average": os.getloadavg(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
         },
     }

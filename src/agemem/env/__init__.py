@@ -6,6 +6,7 @@ from agemem.env.aliases import IdAliases, alias_vocabulary
 from agemem.env.atommem import AtomMemEnv, AtomView, atommem_prompt, read_atommem_prompt
 from agemem.env.config import PRESETS, EnvConfig, EnvConfigError
 from agemem.env.driver import make_env, policy_token_counter, run_episodes
+from agemem.env.embed_cache import CachingEmbedder, cached
 from agemem.env.record import EnvError, StepResult
 from agemem.env.render import (
     CHAT_PREFIX,
@@ -24,6 +25,7 @@ __all__ = [
     "QUESTION_PREFIX",
     "AtomMemEnv",
     "AtomView",
+    "CachingEmbedder",
     "ContextView",
     "EnvConfig",
     "EnvConfigError",
@@ -33,6 +35,7 @@ __all__ = [
     "StepResult",
     "alias_vocabulary",
     "atommem_prompt",
+    "cached",
     "incoming_text",
     "make_env",
     "policy_token_counter",

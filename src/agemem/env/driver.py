@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 
 from rich.progress import Progress
 
 from agemem.env.agemem import MemoryEnv
 from agemem.env.atommem import AtomMemEnv
 from agemem.env.config import PRESETS, EnvConfig
-from agemem.env.embed_cache import CachingEmbedder
+from agemem.env.embed_cache import cached
 from agemem.env.record import EnvError
 from agemem.env.render import incoming_text
 from agemem.episode import Episode
@@ -44,12 +43,6 @@ def make_env(
     return MemoryEnv(
         config, embedder=embedder, token_counter=token_counter, summarizer=summarizer, seed=seed
     )
-
-
-@lru_cache(maxsize=8)
-def cached(embedder: Embedder) -> CachingEmbedder:
-    """One cache per embedder object, kept across calls (identical texts recur between runs)."""
-    return embedder if isinstance(embedder, CachingEmbedder) else CachingEmbedder(embedder)
 
 
 def policy_token_counter(policy: Policy) -> TokenCounter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -54,3 +55,9 @@ class CachingEmbedder:
         if not rows:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack(rows).astype(np.float32, copy=True)
+
+
+@lru_cache(maxsize=8)
+def cached(embedder: Embedder) -> CachingEmbedder:
+    """One cache per embedder object, kept across calls (identical texts recur between runs)."""
+    return embedder if isinstance(embedder, CachingEmbedder) else CachingEmbedder(embedder)

@@ -1,0 +1,391 @@
+"""Typed training configs, named presets, and loading them from files with `key=value` overrides.
+
+A config is a pydantic model, so a typo'd key or a wrong type is an error naming the field. Files
+may be TOML, YAML or JSON; their top level is `[sft]` and/or `[grpo]` (a `PipelineConfig`), or a
+bare `SFTConfig` / `GRPOConfig` body when loaded with `kind=`. Overrides use dotted paths and
+YAML scalars: `grpo.steps=20`, `grpo.optim.lr=1e-4`, `grpo.model.lora={r: 8}`.
+
+>>> cfg = load_config("quickstart", ["grpo.steps=3", "sft.optim.lr=1e-3"])
+>>> cfg.grpo.steps, cfg.sft.optim.lr, cfg.grpo.k
+(3, 0.001, 8)
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agemem.train.curriculum import Phase
+
+
+class ConfigError(ValueError):
+    """A config cannot be loaded or is invalid; the message names the field and the fix."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---- parts ---------------------------------------------------------------------------------
+
+
+class LoraSettings(_Config):
+    """LoRA through peft. Defaults (ours): rank 16, alpha 32, no dropout, every linear layer of
+    the decoder (the attention and MLP projections of Llama/Qwen-style models)."""
+
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class TinyShape(_Config):
+    """The `tiny` preset's shape (docs/LEARNABILITY.md's 4 x 128, 4 heads, FFN 512)."""
+
+    layers: int = Field(4, ge=1)
+    hidden: int = Field(128, ge=8)
+    heads: int = Field(4, ge=1)
+    ffn: int = Field(512, ge=8)
+
+
+class ModelSettings(_Config):
+    """Which weights to train and how.
+
+    `name`: a model preset (`agemem.policy.models.PRESETS`) or a checkpoint directory (e.g. an
+    SFT run's `final/`). `tiny` is built in-process by SFT from the task vocabulary (`tiny_shape`,
+    `init_seed`). `lora=None` trains the full model. `system_prompt=False` leaves the system
+    message out of the chat template: a model trained from scratch learns the protocol from SFT
+    examples, and the constant prompt would be most of every sample's tokens (measured on the
+    synthetic curriculum with the tiny tokenizer: ~165 of ~280 tokens per turn), so it only
+    costs compute. The choice is saved with the tokenizer, so later loads render the same way.
+    `max_new_tokens=None` takes the preset's generation default (64 for `tiny`, else 256).
+    """
+
+    name: str = "tiny"
+    lora: LoraSettings | None = None
+    system_prompt: bool = True
+    tiny_shape: TinyShape = TinyShape()
+    init_seed: int = 0
+    max_new_tokens: int | None = Field(None, ge=1)
+
+
+class TaskSettings(_Config):
+    """Where training tasks come from: a `load_tasks` source and its options. For "synthetic"
+    the options are `preset` plus any `SyntheticConfig` field (`n_distractors=6`...)."""
+
+    source: str = "synthetic"
+    options: dict[str, Any] = Field(default_factory=lambda: {"preset": "default"})
+
+
+class EnvSettings(_Config):
+    """An `EnvConfig` preset and field overrides."""
+
+    preset: str = "synthetic"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class RewardSettings(_Config):
+    """A `RewardConfig` preset and field overrides. `key` is the reward part trained on."""
+
+    preset: str = "synthetic"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    key: str = "total"
+
+
+class OptimSettings(_Config):
+    """AdamW with gradient clipping (1.0, the usual GRPO/PPO value; LEARNABILITY's too) and a
+    `transformers.get_scheduler` schedule after `warmup_steps` of linear warm-up."""
+
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class EvalSettings(_Config):
+    """Held-out evaluation: `n_tasks` tasks of `split`, sampled at `temperature` (and greedy when
+    `greedy`), every `every` steps (0: only before and after training)."""
+
+    n_tasks: int = Field(200, ge=0)
+    split: str = "test"
+    every: int = Field(0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    greedy: bool = True
+    seed: int = 12345
+
+
+class RunSettings(_Config):
+    """What every run shares: where it writes, its seed, threads, device, logging cadence."""
+
+    out_dir: str = "runs/train"
+    seed: int = 0
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per process (None: torch's default)"
+    )
+    device: Literal["auto", "cpu"] = "auto"
+    log_every: int = Field(1, ge=1)
+    save_every: int = Field(0, ge=0)  # 0: only at the end (and on Ctrl-C)
+    progress: bool = True
+    tensorboard: bool = True  # also write TensorBoard events when the package is installed
+
+
+# ---- the two trainers --------------------------------------------------------------------------
+
+
+class SFTConfig(_Config):
+    """SFT warm start (AtomMem's recipe): trajectories filtered by reward, completion-only loss on
+    every step sample.
+
+    Data: `episodes` (a saved episodes JSONL), else the oracle (`agemem.policy.scripted`) on
+    `n_tasks` training tasks. Kept: episodes whose `reward.key` is >= `min_reward` (AtomMem: 0.5;
+    None keeps all). `steps` optimizer steps of `batch_size` turns drawn at random from the kept
+    turns, computed in micro-batches of `micro_batch_size`.
+    """
+
+    run: RunSettings = RunSettings(out_dir="runs/sft")
+    model: ModelSettings = ModelSettings()
+    tasks: TaskSettings = TaskSettings()
+    env: EnvSettings = EnvSettings()
+    reward: RewardSettings = RewardSettings()
+    episodes: str | None = None
+    n_tasks: int = Field(512, ge=1)
+    min_reward: float | None = 0.5
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=1)
+    micro_batch_size: int = Field(64, ge=1)
+    optim: OptimSettings = OptimSettings(lr=3e-3, warmup_steps=20, schedule="cosine")
+    eval: EvalSettings = EvalSettings()
+
+
+class GRPOConfig(_Config):
+    """Step-wise GRPO (`agemem.train.grpo`). Each step: `tasks_per_step` tasks x `k` rollouts at
+    `temperature`, rewards -> group advantages (`advantage_scale`, `advantage_eps`) broadcast to
+    every turn, `ppo_epochs` passes of the clipped loss over the step's turns in micro-batches.
+
+    Defaults: K=8 (AgeMem); clip 0.2/0.28 (AtomMem; AgeMem states none); beta 0.1 (AgeMem; k3
+    estimator); std-scaled advantages with eps 1e-4; token-mean; one pass per batch (so the
+    ratio is 1 and clipping only guards later passes); temperature 1.0 (enough exploration in
+    docs/LEARNABILITY.md). `curriculum`: phases run in order, the last one until `steps`; none
+    means one phase with the base tasks and env. `resume`: True for the latest checkpoint in
+    `run.out_dir`, or a checkpoint directory.
+    """
+
+    run: RunSettings = RunSettings(out_dir="runs/grpo")
+    model: ModelSettings = ModelSettings()
+    tasks: TaskSettings = TaskSettings()
+    env: EnvSettings = EnvSettings()
+    reward: RewardSettings = RewardSettings()
+    curriculum: list[Phase] = Field(default_factory=list)
+    steps: int = Field(50, ge=1)
+    tasks_per_step: int = Field(8, ge=1)
+    k: int = Field(8, ge=2)
+    temperature: float = Field(1.0, gt=0)
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.28, ge=0)
+    beta: float = Field(0.1, ge=0)
+    advantage_scale: Literal["std", "none"] = "std"
+    advantage_eps: float = Field(1e-4, gt=0)
+    aggregation: Literal["token-mean", "sequence-mean"] = "token-mean"
+    micro_batch_size: int = Field(64, ge=1)
+    ppo_epochs: int = Field(1, ge=1)
+    optim: OptimSettings = OptimSettings(lr=1e-6)
+    eval: EvalSettings = EvalSettings()
+    resume: bool | str = False
+
+
+class PipelineConfig(_Config):
+    """SFT then GRPO (GRPO starts from SFT's `final/` unless its model says otherwise)."""
+
+    sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
+
+
+# ---- presets -----------------------------------------------------------------------------------
+
+
+def _quickstart() -> PipelineConfig:
+    """The tiny model on the synthetic curriculum (docs/LEARNABILITY.md), minutes on 2 cores.
+
+    GRPO runs without KL (beta 0), as in the LEARNABILITY experiment: SFT leaves the strategy
+    deliberately random (the oracle's imperfect rates), so a KL pull towards the SFT reference
+    pulls towards exactly the random strategy RL has to leave, and at lr 3e-4 over 50 steps the
+    clipped ratio already bounds each update. The paper's beta 0.1 stays the default elsewhere.
+    """
+    tiny = ModelSettings(name="tiny", system_prompt=False, max_new_tokens=64)
+    sft = SFTConfig(
+        run=RunSettings(out_dir="runs/quickstart/sft", threads=1, save_every=0),
+        model=tiny,
+        n_tasks=512,
+        min_reward=None,
+        steps=300,
+        batch_size=64,
+        micro_batch_size=64,
+        optim=OptimSettings(lr=3e-3, warmup_steps=20, schedule="cosine"),
+        eval=EvalSettings(n_tasks=200),
+    )
+    grpo = GRPOConfig(
+        run=RunSettings(out_dir="runs/quickstart/grpo", threads=1, save_every=10),
+        model=ModelSettings(name="runs/quickstart/sft/final", max_new_tokens=64),
+        steps=50,
+        tasks_per_step=8,
+        k=8,
+        beta=0.0,
+        optim=OptimSettings(lr=3e-4),
+        micro_batch_size=64,
+        eval=EvalSettings(n_tasks=200),
+    )
+    return PipelineConfig(sft=sft, grpo=grpo)
+
+
+def _smollm2() -> PipelineConfig:
+    """SmolLM2-135M-Instruct on the synthetic curriculum: full fine-tuning, the paper's KL. Slow
+    on CPU (~120 training tokens/s on 2 cores, docs/DESIGN.md): meant for a GPU or patience."""
+    model = ModelSettings(name="smollm2-135m", max_new_tokens=128)
+    sft = SFTConfig(
+        run=RunSettings(out_dir="runs/smollm2/sft"),
+        model=model,
+        env=EnvSettings(preset="synthetic", overrides={"system_prompt": "full"}),
+        n_tasks=256,
+        steps=200,
+        batch_size=32,
+        micro_batch_size=8,
+        optim=OptimSettings(lr=2e-5, warmup_steps=10, schedule="cosine"),
+    )
+    grpo = GRPOConfig(
+        run=RunSettings(out_dir="runs/smollm2/grpo", save_every=10),
+        model=ModelSettings(name="runs/smollm2/sft/final", max_new_tokens=128),
+        env=EnvSettings(preset="synthetic", overrides={"system_prompt": "full"}),
+        steps=100,
+        micro_batch_size=8,
+        optim=OptimSettings(lr=1e-6),
+    )
+    return PipelineConfig(sft=sft, grpo=grpo)
+
+
+def _paper() -> PipelineConfig:
+    """AgeMem's setting on GPUs: Qwen2.5-7B-Instruct, HotpotQA, the paper's env and reward,
+    K=8, beta 0.1, ~100 steps; LoRA (ours) keeps the reference model free (adapters off)."""
+    model = ModelSettings(name="qwen2.5-7b-instruct", lora=LoraSettings(r=64, alpha=128))
+    hotpot = TaskSettings(source="hotpotqa", options={})
+    sft = SFTConfig(
+        run=RunSettings(out_dir="runs/paper/sft"),
+        model=model,
+        tasks=hotpot,
+        env=EnvSettings(preset="paper"),
+        reward=RewardSettings(preset="agemem"),
+        n_tasks=2000,
+        steps=500,
+        batch_size=32,
+        micro_batch_size=4,
+        optim=OptimSettings(lr=1e-5, warmup_steps=20, schedule="cosine"),
+    )
+    grpo = GRPOConfig(
+        run=RunSettings(out_dir="runs/paper/grpo", save_every=10),
+        model=ModelSettings(name="runs/paper/sft/final", lora=LoraSettings(r=64, alpha=128)),
+        tasks=hotpot,
+        env=EnvSettings(preset="paper"),
+        reward=RewardSettings(preset="agemem"),
+        steps=100,
+        tasks_per_step=16,
+        micro_batch_size=4,
+        optim=OptimSettings(lr=1e-6),
+    )
+    return PipelineConfig(sft=sft, grpo=grpo)
+
+
+PRESETS = {"quickstart": _quickstart, "smollm2": _smollm2, "paper": _paper}
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+Kind = Literal["pipeline", "sft", "grpo"]
+_MODELS: dict[str, type[_Config]] = {
+    "pipeline": PipelineConfig,
+    "sft": SFTConfig,
+    "grpo": GRPOConfig,
+}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a .toml, .yaml/.yml or .json file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: unknown config format; use .toml, .yaml, .yml or .json")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`data` with each `dotted.key=value` set (value read as a YAML scalar or flow mapping)."""
+    out = json.loads(json.dumps(data))  # a deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value (e.g. grpo.steps=20)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    source: str | Path | None = "quickstart",
+    overrides: list[str] | None = None,
+    kind: Kind = "pipeline",
+) -> Any:
+    """A validated config of `kind` from a preset name or a file, with overrides applied.
+
+    A preset's sections are taken as they are and the overrides go on top, so
+    `load_config("quickstart", ["grpo.steps=3"])` changes only that field.
+    """
+    if source is None:
+        data: dict[str, Any] = {}
+    elif str(source) in PRESETS:
+        preset = PRESETS[str(source)]()
+        part = preset if kind == "pipeline" else getattr(preset, kind)
+        data = part.model_dump(mode="json")
+    else:
+        data = read_config_file(source)
+    data = apply_overrides(data, overrides or [])
+    try:
+        return _MODELS[kind].model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_problems(err, source)) from None
+
+
+def _problems(err: ValidationError, source: Any) -> str:
+    lines = []
+    for problem in err.errors()[:5]:
+        where = ".".join(str(p) for p in problem["loc"]) or "<root>"
+        lines.append(f"{where}: {problem['msg']}")
+    more = f" (+{err.error_count() - 5} more)" if err.error_count() > 5 else ""
+    return f"invalid config {str(source)!r}: " + "; ".join(lines) + more

@@ -1,0 +1,123 @@
+"""Scoring a policy on held-out tasks: success, exact match, reward and the tool-call mix.
+
+Per episode: `success` is 1 when every question was answered exactly right and the context never
+went over budget (an overflow is a failure: a real context window would have cut it; this is the
+success docs/LEARNABILITY.md reports); `em` is the exact match alone. Counts are means per
+episode: tool calls that ran (`tools/<name>`), refused calls (`failed_calls`), corrected facts
+whose memory ends stale or without the latest value (`stale`), turns with a fatal format error
+(`format_errors`), and `overflow` is the share of episodes that went over budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from statistics import fmean
+from typing import Any
+
+import torch
+
+from agemem.env import EnvConfig, policy_token_counter, run_episodes
+from agemem.episode import Episode
+from agemem.memory.embed import Embedder
+from agemem.policy.base import Policy
+from agemem.policy.hf import HFPolicy
+from agemem.rewards import RewardConfig, reward_fn, stale_facts
+from agemem.tasks import Task
+
+TOOLS = (
+    "Add_memory",
+    "Update_memory",
+    "Delete_memory",
+    "Retrieve_memory",
+    "Filter_context",
+    "Summary_context",
+)
+
+
+def episode_stats(episodes: Sequence[Episode], tasks: Sequence[Task]) -> dict[str, float]:
+    """Means over `episodes` (module docstring), plus the mean of every reward part present."""
+    if not episodes:
+        raise ValueError("no episodes to score")
+    by_id = {task.id: task for task in tasks}
+    rows = []
+    for ep in episodes:
+        facts, counts = ep.facts, ep.facts.tool_counts()
+        em = all(ep.correct())
+        rows.append(
+            {
+                "success": float(em and not facts.overflowed),
+                "em": fmean(ep.correct()),
+                "overflow": float(facts.overflowed),
+                "stale": float(stale_facts(ep, by_id[ep.task_id])),
+                "format_errors": float(facts.format_errors),
+                "failed_calls": float(sum(facts.failed_counts().values())),
+                "turns": float(len(ep.steps)),
+                **{f"tools/{name}": float(counts.get(name, 0)) for name in TOOLS},
+                **{f"reward/{k}": v for k, v in ep.reward.items()},
+            }
+        )
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return {k: fmean(row.get(k, 0.0) for row in rows) for k in keys}
+
+
+def evaluate_policy(
+    policy: Policy,
+    tasks: Sequence[Task],
+    env: EnvConfig,
+    reward: RewardConfig,
+    *,
+    embedder: Embedder | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """One episode per task with `policy`; `episode_stats` plus `episodes` and `seconds`."""
+    start = time.perf_counter()
+    episodes = run_episodes(
+        policy,
+        tasks,
+        env,
+        k=1,
+        progress=progress,
+        embedder=embedder,
+        token_counter=policy_token_counter(policy),
+        seed=seed,
+        reward_fn=reward_fn(tasks, reward),
+    )
+    stats = episode_stats(episodes, tasks)
+    return {**stats, "episodes": float(len(episodes)), "seconds": time.perf_counter() - start}
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[Task],
+    env: EnvConfig,
+    reward: RewardConfig,
+    *,
+    temperatures: Sequence[float] = (1.0, 0.0),
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    embedder: Embedder | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """`evaluate_policy` of an `HFPolicy` over `model` at each temperature (0 = greedy), keys
+    prefixed `sampled/` (T = 1, the fairer baseline: docs/LEARNABILITY.md), `greedy/` (T = 0)
+    or `t<T>/`. The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    out: dict[str, float] = {}
+    try:
+        for temperature in temperatures:
+            policy = HFPolicy(
+                model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+            )
+            stats = evaluate_policy(
+                policy, tasks, env, reward, embedder=embedder, seed=seed, progress=progress
+            )
+            prefix = "greedy" if temperature == 0 else "sampled"
+            if temperature not in (0, 1.0):
+                prefix = f"t{temperature:g}"
+            out |= {f"{prefix}/{k}": v for k, v in stats.items()}
+    finally:
+        model.train(was_training)
+    return out

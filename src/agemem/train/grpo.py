@@ -1,0 +1,481 @@
+"""Step-wise GRPO: the trainer loop, top to bottom.
+
+One step:
+1. Tasks: `tasks_per_step` training tasks drawn for this step (the curriculum's phase decides
+   their knobs and the env's); under several processes each rolls out its share.
+2. Rollouts: `k` episodes per task with the current policy (`HFPolicy`, temperature 1.0), all
+   batched through `run_episodes`; each episode is scored by the reward (`reward.key`).
+3. Advantages: each episode's reward against its group's (the k rollouts of its task), broadcast
+   to every model turn of the episode (`step_samples`): one sample per turn, its prompt the exact
+   context the model saw, its loss on the generated tokens only.
+4. Update: `ppo_epochs` passes over the step's samples in micro-batches; the clipped-ratio loss
+   with a k3 KL to the frozen reference (`grpo_loss`), token-mean over the whole step's generated
+   tokens (the normaliser is the step's total, so micro-batching changes no gradient); AdamW,
+   gradient clipping.
+5. Bookkeeping: metrics (JSONL, TensorBoard), held-out evaluation, checkpoints.
+
+The reference model is the starting policy: a frozen copy for full fine-tuning, the same model
+with its adapters switched off under LoRA; none when beta is 0. With beta 0, a turn whose
+advantage is 0 adds exactly nothing to the loss, so it is not run through the model (its tokens
+still count in the normaliser): the gradient is the one of the full batch.
+
+Everything random in a step (its tasks, the sampling, the env's id aliases) is seeded from
+(run seed, step, rank), so a run resumed from a checkpoint takes the very next step the
+uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean, pstdev
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from peft import PeftModel
+from rich.progress import Progress
+
+from agemem.env import EnvConfig, run_episodes
+from agemem.episode import Episode
+from agemem.memory.embed import Embedder
+from agemem.policy.hf import HFPolicy
+from agemem.rewards import RewardConfig, reward_fn
+from agemem.tasks import Task
+from agemem.train.batch import TrainSample, collate, step_samples
+from agemem.train.checkpoint import (
+    checkpoint_dir,
+    generation_length,
+    latest_checkpoint,
+    load_checkpoint,
+    load_for_training,
+    save_checkpoint,
+    save_model,
+)
+from agemem.train.config import ConfigError, GRPOConfig
+from agemem.train.curriculum import env_config, load_split, phase_at, step_seed, task_options
+from agemem.train.evaluate import episode_stats, evaluate_model
+from agemem.train.grpo_loss import grpo_loss, token_logprobs
+from agemem.train.loop import (
+    StopRequest,
+    accumulate,
+    global_count,
+    make_optimizer,
+    micro_batches,
+    optimizer_step,
+    setup,
+    weighted_mean,
+)
+from agemem.train.metrics import MetricsWriter, truncate_after
+
+
+@dataclass
+class GRPOResult:
+    final_dir: Path
+    steps: int  # optimizer steps done in all (including those before a resume)
+    interrupted: bool
+    metrics: dict[str, Any]  # the last step's
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    model: torch.nn.Module | None = None  # this process's trained model (unwrapped)
+
+
+def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPOResult:
+    """Train as `config` says. Writes `metrics.jsonl`, `checkpoints/step-*` (every
+    `run.save_every` steps, at the end and on Ctrl-C) and `final/` (the full model and
+    tokenizer) under `run.out_dir`."""
+    accelerator = setup(config.run)
+    _check(config, accelerator)
+    out = Path(config.run.out_dir)
+    reward = RewardConfig.preset(config.reward.preset).with_(**config.reward.overrides)
+    resume_from = _resume_point(config)
+
+    model, tokenizer = _load_policy(config, resume_from)
+    reference = _reference(config, model, resume_from)
+    optimizer, scheduler = make_optimizer(model, config.optim, config.steps * config.ppo_epochs)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    step, last = 0, {}
+    if resume_from is not None:
+        trainer, state = load_checkpoint(resume_from, accelerator.process_index)
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        step, last = trainer["step"], state.get("metrics", {})
+
+    main = accelerator.is_main_process
+    writer = _writer(config, out, step) if main else None
+    eval_tasks = _eval_tasks(config)
+    evaluate = _evaluator(config, accelerator, model, tokenizer, eval_tasks, reward, embedder)
+    before = evaluate(step, writer) if step == 0 else {}
+
+    stopped = False
+    with StopRequest() as stop, Progress(disable=not (config.run.progress and main)) as bar:
+        job = bar.add_task("GRPO", total=config.steps, completed=step)
+        while step < config.steps:
+            last = _train_step(config, accelerator, model, reference, tokenizer, optimizer,
+                               scheduler, reward, step, embedder)  # fmt: skip
+            step += 1
+            bar.update(job, completed=step, description=_describe(last))
+            if writer and (step % config.run.log_every == 0 or step == config.steps):
+                writer.write(step, last)
+            if config.eval.every and step % config.eval.every == 0 and step < config.steps:
+                evaluate(step, writer)
+            stopped = stop.agreed(accelerator)
+            if stopped or (config.run.save_every and step % config.run.save_every == 0):
+                _checkpoint(config, accelerator, model, tokenizer, optimizer, scheduler, step, last)
+            if stopped:
+                break
+
+    if not stopped:
+        _checkpoint(config, accelerator, model, tokenizer, optimizer, scheduler, step, last)
+    final = out / "final"
+    unwrapped = accelerator.unwrap_model(model)
+    if main:
+        save_model(unwrapped, tokenizer, final, merged=True)
+    after = {} if stopped else evaluate(step, writer)
+    if writer:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return GRPOResult(final, step, stopped, last, before, after, unwrapped)
+
+
+# ---- one step ----------------------------------------------------------------------------------
+
+
+def _train_step(
+    config: GRPOConfig,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    reference: torch.nn.Module | str | None,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    reward: RewardConfig,
+    step: int,
+    embedder: Embedder | None,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    # 1. this step's tasks, in the phase's shape; this process's share
+    phase_index, phase = phase_at(config.curriculum, step)
+    env = env_config(config.env.preset, config.env.overrides, phase)
+    tasks = load_split(
+        config.tasks.source,
+        task_options(config.tasks.options, phase),
+        "train",
+        config.tasks_per_step,
+        seed=step_seed(config.run.seed, step),
+    )
+    mine = tasks[accelerator.process_index :: accelerator.num_processes]
+
+    # 2. k rollouts per task with the current policy
+    policy_model = accelerator.unwrap_model(model)
+    episodes = rollout(
+        policy_model,
+        tokenizer,
+        mine,
+        env,
+        reward,
+        k=config.k,
+        temperature=config.temperature,
+        max_new_tokens=generation_length(config.model),
+        seed=step_seed(config.run.seed, step, 1 + accelerator.process_index),
+        embedder=embedder,
+    )
+    rollout_s = time.perf_counter() - start
+
+    # 3. group advantages, broadcast to every turn
+    samples = step_samples(
+        episodes,
+        reward_key=config.reward.key,
+        scale=config.advantage_scale,
+        eps=config.advantage_eps,
+    )
+
+    # 4. the policy update
+    model.train()
+    update = grpo_update(config, accelerator, model, reference, optimizer, scheduler, samples,
+                         tokenizer.pad_token_id or 0)  # fmt: skip
+
+    # 5. what happened, over all processes
+    rollouts = _gathered_stats(accelerator, episodes, mine, samples, config.reward.key)
+    return {
+        "phase": phase.name if phase else "default",
+        "phase_index": phase_index,
+        **rollouts,
+        **update,
+        "rollout_s": rollout_s,
+        "update_s": time.perf_counter() - start - rollout_s,
+        "step_s": time.perf_counter() - start,
+    }
+
+
+def rollout(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[Task],
+    env: EnvConfig,
+    reward: RewardConfig,
+    *,
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    embedder: Embedder | None = None,
+) -> list[Episode]:
+    """`k` scored episodes per task, sampled from `model` (left in eval mode)."""
+    policy = HFPolicy(
+        model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )
+    return run_episodes(
+        policy,
+        tasks,
+        env,
+        k=k,
+        progress=False,
+        embedder=embedder,
+        seed=seed,
+        reward_fn=reward_fn(tasks, reward),
+    )
+
+
+def grpo_update(
+    config: GRPOConfig,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    reference: torch.nn.Module | str | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    samples: Sequence[TrainSample],
+    pad_id: int,
+) -> dict[str, float]:
+    """`ppo_epochs` optimizer steps over `samples` (this process's turns of the step)."""
+    token_mean = config.aggregation == "token-mean"
+    count = sum(len(s.completion_ids) for s in samples) if token_mean else len(samples)
+    normalizer = global_count(accelerator, count) / accelerator.num_processes
+    trained = list(samples)
+    if config.beta == 0:
+        # Advantage 0 and no KL: the turn's loss is exactly 0. One such turn is kept when
+        # nothing else is left, so that every process joins the gradient all-reduce.
+        trained = [s for s in samples if s.advantage != 0] or trained[:1]
+
+    def loss_of(chunk: list[TrainSample]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = collate(chunk, pad_id=pad_id).to(accelerator.device)
+        logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+        ref = _reference_logprobs(reference, accelerator, model, batch) if config.beta else None
+        loss, metrics = grpo_loss(
+            logp,
+            batch.old_logprobs,
+            ref,
+            batch.advantages,
+            batch.loss_mask,
+            clip_low=config.clip_low,
+            clip_high=config.clip_high,
+            beta=config.beta,
+            aggregation=config.aggregation,
+            normalizer=normalizer,
+        )
+        losses.append(float(loss.detach()))
+        return loss, metrics
+
+    rows: list[dict[str, float]] = []
+    losses: list[float] = []  # each micro-batch's share of the step's loss
+    for _ in range(config.ppo_epochs):
+        chunks = micro_batches(trained, config.micro_batch_size)
+        step_rows = accumulate(accelerator, model, chunks, loss_of)
+        stepped = optimizer_step(accelerator, model, optimizer, scheduler, config.optim.grad_clip)
+        rows += [{**r, **stepped} for r in step_rows]
+    metrics = weighted_mean(gather_object(rows) if accelerator.num_processes > 1 else rows)
+    # DDP averages the processes' gradients: the step's loss is their losses' mean
+    summed = global_count(accelerator, sum(losses)) / accelerator.num_processes
+    metrics["loss"] = summed / config.ppo_epochs
+    metrics["trained_turns"] = global_count(accelerator, len(trained))
+    return {f"update/{k}": v for k, v in metrics.items()}
+
+
+def _reference_logprobs(
+    reference: torch.nn.Module | str | None,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    batch: Any,
+) -> torch.Tensor:
+    with torch.no_grad():
+        if reference == "adapters-off":
+            peft_model = accelerator.unwrap_model(model)
+            with peft_model.disable_adapter():
+                return token_logprobs(peft_model, batch.input_ids, batch.attention_mask)
+        assert isinstance(reference, torch.nn.Module)
+        return token_logprobs(reference, batch.input_ids, batch.attention_mask)
+
+
+def _gathered_stats(
+    accelerator: Accelerator,
+    episodes: Sequence[Episode],
+    tasks: Sequence[Task],
+    samples: Sequence[TrainSample],
+    key: str,
+) -> dict[str, float]:
+    """Rollout statistics over every process's episodes."""
+    rewards = [ep.reward[key] for ep in episodes]
+    groups: dict[str, list[float]] = {}
+    for ep, r in zip(episodes, rewards, strict=True):
+        groups.setdefault(ep.group_id, []).append(r)
+    local = {
+        "n": float(len(episodes)),
+        "stats": episode_stats(episodes, tasks),
+        "rewards": rewards,
+        "flat_groups": float(sum(len(set(g)) == 1 for g in groups.values())),
+        "groups": float(len(groups)),
+        "turns": float(len(samples)),
+        "tokens": float(sum(len(s.completion_ids) for s in samples)),
+    }
+    parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
+    n = sum(p["n"] for p in parts)
+    all_rewards = [r for p in parts for r in p["rewards"]]
+    keys = dict.fromkeys(k for p in parts for k in p["stats"])
+    stats = {k: sum(p["stats"].get(k, 0.0) * p["n"] for p in parts) / n for k in keys}
+    return {
+        **{f"rollout/{k}": v for k, v in stats.items()},
+        "rollout/reward_mean": fmean(all_rewards),
+        "rollout/reward_std": pstdev(all_rewards),
+        "rollout/flat_groups": sum(p["flat_groups"] for p in parts) / sum(p["groups"] for p in parts),
+        "rollout/turns": sum(p["turns"] for p in parts),
+        "rollout/generated_tokens": sum(p["tokens"] for p in parts),
+    }
+
+
+def _describe(metrics: dict[str, Any]) -> str:
+    reward = metrics.get("rollout/reward_mean", 0.0)
+    success = metrics.get("rollout/success", 0.0)
+    return f"GRPO reward {reward:+.2f} success {success:.2f}"
+
+
+# ---- setup -------------------------------------------------------------------------------------
+
+
+def _check(config: GRPOConfig, accelerator: Accelerator) -> None:
+    if config.model.name == "tiny":
+        raise ConfigError(
+            "GRPO needs a model that knows the protocol: run SFT first and set model.name to "
+            "its final/ directory (e.g. runs/quickstart/sft/final)"
+        )
+    if config.tasks_per_step < accelerator.num_processes:
+        raise ConfigError(
+            f"tasks_per_step={config.tasks_per_step} leaves some of the "
+            f"{accelerator.num_processes} processes without a task; raise it"
+        )
+
+
+def _resume_point(config: GRPOConfig) -> Path | None:
+    if config.resume is False:
+        return None
+    if config.resume is True:
+        return latest_checkpoint(config.run.out_dir)  # None: nothing saved yet, start fresh
+    path = Path(config.resume)
+    if not (path / "state.json").is_file():
+        raise ConfigError(f"resume={config.resume!r} is not a checkpoint directory (no state.json)")
+    return path
+
+
+def _load_policy(config: GRPOConfig, resume_from: Path | None) -> tuple[torch.nn.Module, Any]:
+    """The starting policy, or the checkpoint's weights when resuming."""
+    if resume_from is None:
+        return load_for_training(config.model)
+    if config.model.lora is not None:
+        return load_for_training(config.model, adapter=resume_from / "model")
+    settings = config.model.model_copy(update={"name": str(resume_from / "model")})
+    return load_for_training(settings)
+
+
+def _reference(
+    config: GRPOConfig, model: torch.nn.Module, resume_from: Path | None
+) -> torch.nn.Module | str | None:
+    """The KL anchor: the starting policy (see the module docstring)."""
+    if config.beta == 0:
+        return None
+    if isinstance(model, PeftModel):
+        return "adapters-off"
+    if resume_from is None:
+        frozen = copy.deepcopy(model)
+    else:
+        frozen, _ = load_for_training(config.model)  # the start, not the checkpoint
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen.eval()
+
+
+def _writer(config: GRPOConfig, out: Path, step: int) -> MetricsWriter:
+    if step:
+        truncate_after(out / "metrics.jsonl", step)  # the resumed run writes later steps again
+    return MetricsWriter(out, tensorboard=config.run.tensorboard)
+
+
+def _eval_tasks(config: GRPOConfig) -> list[Task]:
+    if not config.eval.n_tasks:
+        return []
+    return load_split(
+        config.tasks.source, config.tasks.options, config.eval.split, config.eval.n_tasks
+    )
+
+
+def _evaluator(
+    config: GRPOConfig,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: list[Task],
+    reward: RewardConfig,
+    embedder: Embedder | None,
+) -> Any:
+    """A function (step, writer) -> held-out scores (main process; {} elsewhere or without
+    tasks). The env is the run's base env, without curriculum changes."""
+    env = env_config(config.env.preset, config.env.overrides)
+    temps = (config.eval.temperature, 0.0) if config.eval.greedy else (config.eval.temperature,)
+
+    def evaluate(step: int, writer: MetricsWriter | None) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        if tasks and accelerator.is_main_process:
+            scores = evaluate_model(
+                accelerator.unwrap_model(model),
+                tokenizer,
+                tasks,
+                env,
+                reward,
+                temperatures=temps,
+                max_new_tokens=generation_length(config.model),
+                seed=config.eval.seed,
+                embedder=embedder,
+            )
+            if writer:
+                writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
+        accelerator.wait_for_everyone()
+        return scores
+
+    return evaluate
+
+
+def _checkpoint(
+    config: GRPOConfig,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    metrics: dict[str, Any],
+) -> Path:
+    return save_checkpoint(
+        checkpoint_dir(config.run.out_dir, step),
+        model=accelerator.unwrap_model(model),
+        tokenizer=tokenizer,
+        trainer={
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+        },
+        state={"step": step, "metrics": metrics, "config": config.model_dump(mode="json")},
+        is_main=accelerator.is_main_process,
+        rank=accelerator.process_index,
+    )

@@ -1,0 +1,285 @@
+"""SFT warm start (AtomMem's recipe): imitate good trajectories, one sample per model turn.
+
+Data: saved episodes (any JSONL from `save_episodes`) or the scripted oracle run on training
+tasks. Episodes whose reward (`reward.key`) is below `min_reward` are dropped. Every turn of a
+kept episode becomes a sample: the prompt is the exact context the model saw, tokenised as the
+policy tokenises it (`HFPolicy.encode_prompt`); the completion is the turn's text plus EOS, and
+only completion tokens are in the loss (token mean over the optimizer step).
+
+The `tiny` model is built here, its vocabulary read from a pilot run of the oracle (every message,
+observation and output of a few episodes, so tool observations tokenise without `<unk>`) and the
+task source's texts; the oracle data is then produced with the tiny tokenizer's token counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from agemem.env import EnvConfig, alias_vocabulary, run_episodes, system_prompt
+from agemem.episode import Episode, load_episodes
+from agemem.memory.embed import Embedder
+from agemem.policy.hf import HFPolicy
+from agemem.policy.scripted import OraclePolicy
+from agemem.rewards import RewardConfig, reward_fn
+from agemem.tasks import Task
+from agemem.tokens import HFTokenCounter
+from agemem.train.batch import TrainSample, collate
+from agemem.train.checkpoint import generation_length, load_for_training, save_model
+from agemem.train.config import SFTConfig
+from agemem.train.curriculum import env_config, load_split
+from agemem.train.evaluate import evaluate_model
+from agemem.train.grpo_loss import token_logprobs
+from agemem.train.loop import (
+    StopRequest,
+    accumulate,
+    global_count,
+    make_optimizer,
+    micro_batches,
+    optimizer_step,
+    setup,
+)
+from agemem.train.metrics import MetricsWriter
+
+log = logging.getLogger(__name__)
+PILOT_TASKS = 32  # oracle episodes read for the tiny vocabulary (observations, outputs)
+
+
+@dataclass
+class SFTResult:
+    final_dir: Path
+    steps: int
+    interrupted: bool
+    data: dict[str, float]  # episodes read/kept, samples, tokens
+    metrics: dict[str, float]  # the last step's
+    eval: dict[str, float] = field(default_factory=dict)
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+def keep_episodes(
+    episodes: Sequence[Episode], min_reward: float | None, key: str = "total"
+) -> list[Episode]:
+    """Episodes whose `reward[key]` is >= `min_reward` (all when None)."""
+    if min_reward is None:
+        return list(episodes)
+    missing = [ep.task_id for ep in episodes if key not in ep.reward]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} episode(s) have no reward {key!r} (e.g. {missing[0]!r}); score them "
+            "with a reward_fn, or set min_reward=None to keep every episode"
+        )
+    return [ep for ep in episodes if ep.reward[key] >= min_reward]
+
+
+def sft_samples(episodes: Sequence[Episode], policy: HFPolicy) -> list[TrainSample]:
+    """One sample per turn: the policy's prompt ids for the turn's context, the turn's text + EOS.
+
+    Only tag-protocol turns are learnable this way; a turn whose calls came as native tool calls
+    (format "openai") has them outside its text, and is an error."""
+    tokenizer = policy.tokenizer
+    eos = tokenizer.eos_token_id
+    samples = []
+    for ep in episodes:
+        for step in ep.steps:
+            if step.actions.format == "openai":
+                raise ValueError(
+                    f"episode {ep.task_id!r} turn {step.turn} used native tool calls; SFT learns "
+                    "the tag protocol: record episodes with EnvConfig(native_tools=False)"
+                )
+            completion = tokenizer.encode(step.text, add_special_tokens=False)
+            completion += [eos] if eos is not None else []
+            samples.append(
+                TrainSample(
+                    prompt_ids=policy.encode_prompt(step.messages),
+                    completion_ids=completion,
+                    old_logprobs=[0.0] * len(completion),
+                    advantage=1.0,
+                )
+            )
+    return samples
+
+
+def oracle_episodes(
+    tasks: Sequence[Task],
+    env: EnvConfig,
+    reward: RewardConfig,
+    *,
+    tokenizer: object | None,
+    seed: int,
+    embedder: Embedder | None,
+) -> list[Episode]:
+    """The oracle (docs/LEARNABILITY.md's imperfect rates) once over every task, rewarded."""
+    return run_episodes(
+        OraclePolicy(tasks, seed=seed),
+        tasks,
+        env,
+        progress=False,
+        embedder=embedder,
+        token_counter=HFTokenCounter(tokenizer) if tokenizer is not None else None,
+        seed=seed,
+        reward_fn=reward_fn(tasks, reward),
+    )
+
+
+def tiny_corpus(
+    tasks: Sequence[Task], env: EnvConfig, reward: RewardConfig, embedder: Embedder | None
+) -> list[str]:
+    """The texts the tiny vocabulary is read from: both system prompts, every task text, and
+    every message and output of the oracle on the first `PILOT_TASKS` tasks."""
+    texts = [system_prompt(compact=True), system_prompt()]
+    for task in tasks:
+        texts += [m.content for m in task.contextual] + list(task.distractors)
+        texts += [q.text for q in task.questions] + [a for q in task.questions for a in q.answers]
+    pilot = oracle_episodes(
+        tasks[:PILOT_TASKS], env, reward, tokenizer=None, seed=0, embedder=embedder
+    )
+    for ep in pilot:
+        for step in ep.steps:
+            texts += [m.get("content") or "" for m in step.messages] + [step.text]
+            texts += [o.content for o in step.observations]
+    return texts
+
+
+# ---- loss --------------------------------------------------------------------------------------
+
+
+def sft_loss(
+    model: torch.nn.Module, samples: Sequence[TrainSample], normalizer: float, pad_id: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Summed negative log-likelihood of the completion tokens over `normalizer` (the optimizer
+    step's completion tokens): the prompt and padding are outside `loss_mask`."""
+    batch = collate(samples, pad_id=pad_id).to(next(model.parameters()).device)
+    logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+    nll = -(logp * batch.loss_mask).sum()
+    tokens = float(batch.loss_mask.sum())
+    return nll / normalizer, {"loss": float(nll.detach()) / max(tokens, 1.0), "tokens": tokens}
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult:
+    """Train as `config` says; writes `metrics.jsonl`, `final/` (model + tokenizer) and, with
+    `save_every`, intermediate `checkpoints/step-*` under `config.run.out_dir`."""
+    accelerator = setup(config.run)
+    out = Path(config.run.out_dir)
+    env = env_config(config.env.preset, config.env.overrides)
+    reward = RewardConfig.preset(config.reward.preset).with_(**config.reward.overrides)
+    tasks = load_split(config.tasks.source, config.tasks.options, "train", config.n_tasks)
+
+    corpus = tiny_corpus(tasks, env, reward, embedder) if config.model.name == "tiny" else []
+    ids = alias_vocabulary(env.id_space) if env.id_space else []
+    model, tokenizer = load_for_training(config.model, corpus=corpus, memory_ids=ids)
+    policy = HFPolicy(model, tokenizer)  # for its prompt encoding
+
+    if config.episodes:
+        episodes = load_episodes(config.episodes)
+    else:
+        episodes = oracle_episodes(
+            tasks, env, reward, tokenizer=tokenizer, seed=config.run.seed, embedder=embedder
+        )
+    kept = keep_episodes(episodes, config.min_reward, config.reward.key)
+    if not kept:
+        raise ValueError(
+            f"no episode has {config.reward.key} >= {config.min_reward} among {len(episodes)}; "
+            "lower min_reward or provide better trajectories"
+        )
+    samples = sft_samples(kept, policy)
+    data = {
+        "episodes": float(len(episodes)),
+        "kept": float(len(kept)),
+        "samples": float(len(samples)),
+        "completion_tokens": float(sum(len(s.completion_ids) for s in samples)),
+        "prompt_tokens": float(sum(len(s.prompt_ids) for s in samples)),
+    }
+    log.info("SFT data: %s", data)
+
+    model.train()
+    optimizer, scheduler = make_optimizer(model, config.optim, config.steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    writer = MetricsWriter(out, tensorboard=config.run.tensorboard) if accelerator.is_main_process else None
+    rng = random.Random(config.run.seed)
+    order: list[int] = []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    metrics: dict[str, float] = {}
+    step = 0
+    show = config.run.progress and accelerator.is_main_process
+    with StopRequest() as stop, Progress(disable=not show, transient=True) as bar:
+        job = bar.add_task("SFT", total=config.steps)
+        while step < config.steps:
+            start = time.perf_counter()
+            batch = _next_batch(rng, order, len(samples), config.batch_size)
+            mine = [samples[i] for i in batch[accelerator.process_index :: accelerator.num_processes]]
+            tokens = global_count(accelerator, sum(len(s.completion_ids) for s in mine))
+            normalizer = tokens / accelerator.num_processes
+            chunks = micro_batches(mine, config.micro_batch_size)
+            rows = accumulate(
+                accelerator, model, chunks, lambda c: sft_loss(model, c, normalizer, pad_id)
+            )
+            metrics = {
+                "loss": sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows),
+                **optimizer_step(accelerator, model, optimizer, scheduler, config.optim.grad_clip),
+                "tokens": tokens,
+                "step_s": time.perf_counter() - start,
+            }
+            step += 1
+            bar.update(job, advance=1, description=f"SFT loss {metrics['loss']:.3f}")
+            if writer and (step % config.run.log_every == 0 or step == config.steps):
+                writer.write(step, metrics)
+            if config.run.save_every and step % config.run.save_every == 0:
+                _save(accelerator, model, tokenizer, out / "checkpoints" / f"step-{step:06d}")
+            if stop.agreed(accelerator):
+                break
+
+    final = out / "final"
+    _save(accelerator, model, tokenizer, final)
+    scores: dict[str, float] = {}
+    if config.eval.n_tasks and accelerator.is_main_process:
+        scores = _evaluate(accelerator.unwrap_model(model), tokenizer, config, env, reward, embedder)
+        if writer:
+            writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
+    if writer:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return SFTResult(final, step, step < config.steps, data, metrics, scores)
+
+
+def _next_batch(rng: random.Random, order: list[int], n: int, size: int) -> list[int]:
+    """`size` sample indices, walking shuffled passes over the data (reshuffled when used up)."""
+    batch = []
+    while len(batch) < size:
+        if not order:
+            order.extend(rng.sample(range(n), n))
+        batch.append(order.pop())
+    return batch
+
+
+def _save(accelerator, model, tokenizer, path: Path) -> None:  # noqa: ANN001
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), tokenizer, path, merged=True)
+    accelerator.wait_for_everyone()
+
+
+def _evaluate(model, tokenizer, config: SFTConfig, env, reward, embedder) -> dict[str, float]:  # noqa: ANN001
+    tasks = load_split(config.tasks.source, config.tasks.options, config.eval.split, config.eval.n_tasks)
+    temps = (config.eval.temperature, 0.0) if config.eval.greedy else (config.eval.temperature,)
+    return evaluate_model(
+        model,
+        tokenizer,
+        tasks,
+        env,
+        reward,
+        temperatures=temps,
+        max_new_tokens=generation_length(config.model),
+        seed=config.eval.seed,
+        embedder=embedder,
+    )
