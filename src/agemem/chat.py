@@ -127,6 +127,11 @@ def _memories_table(items: list[MemoryItem]) -> Table:
     return table
 
 
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_chat(
     session: ChatSession,
     read: Callable[[], str],
@@ -161,8 +166,9 @@ def run_chat(
         reply = session.send(line)
         if show_steps:
             for step in reply.steps[:-1] if reply.answer is not None else reply.steps:
+                console.print(f"[dim]  model: {escape(_short(step.text))}[/]")
                 for observation in step.observations:
-                    console.print(f"[dim]  tool: {escape(observation)}[/]")
+                    console.print(f"[dim]  tool: {escape(_short(observation))}[/]")
         if reply.answer is None:
             console.print(f"[red]agent: (no answer after {session.max_turns} turns)[/]")
         else:

@@ -87,6 +87,7 @@ class MemoryEnv:
         self._rng = random.Random(seed)
         self._store: MemoryStore | None = None
         self._task: Task | None = None
+        self._stage = 1
         self.done = True
 
     # ---- public --------------------------------------------------------------------------

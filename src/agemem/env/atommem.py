@@ -112,6 +112,7 @@ class AtomMemEnv:
         self._counter = token_counter or ApproxTokenCounter()
         self._store: MemoryStore | None = None
         self._task: Task | None = None
+        self._answering: int | None = None
         self.done = True
 
     @property

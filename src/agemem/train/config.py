@@ -28,6 +28,9 @@ class ConfigError(ValueError):
 
 
 class _Config(BaseModel):
+    """Every nested section defaults to its own class defaults, so a file that sets one field of
+    a section gets the documented defaults for the others."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -149,7 +152,7 @@ class SFTConfig(_Config):
     turns, computed in micro-batches of `micro_batch_size`.
     """
 
-    run: RunSettings = RunSettings(out_dir="runs/sft")
+    run: RunSettings = RunSettings()
     model: ModelSettings = ModelSettings()
     tasks: TaskSettings = TaskSettings()
     env: EnvSettings = EnvSettings()
@@ -160,7 +163,7 @@ class SFTConfig(_Config):
     steps: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=1)
     micro_batch_size: int = Field(64, ge=1)
-    optim: OptimSettings = OptimSettings(lr=3e-3, warmup_steps=20, schedule="cosine")
+    optim: OptimSettings = OptimSettings()
     eval: EvalSettings = EvalSettings()
 
 
@@ -177,7 +180,7 @@ class GRPOConfig(_Config):
     `run.out_dir`, or a checkpoint directory.
     """
 
-    run: RunSettings = RunSettings(out_dir="runs/grpo")
+    run: RunSettings = RunSettings()
     model: ModelSettings = ModelSettings()
     tasks: TaskSettings = TaskSettings()
     env: EnvSettings = EnvSettings()
@@ -195,7 +198,7 @@ class GRPOConfig(_Config):
     aggregation: Literal["token-mean", "sequence-mean"] = "token-mean"
     micro_batch_size: int = Field(64, ge=1)
     ppo_epochs: int = Field(1, ge=1)
-    optim: OptimSettings = OptimSettings(lr=1e-6)
+    optim: OptimSettings = OptimSettings()
     eval: EvalSettings = EvalSettings()
     resume: bool | str = False
 
