@@ -15,6 +15,10 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print numbers and write JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+store_app = typer.Typer(
+    help="Inspect, export and import a memory store file.", no_args_is_help=True
+)
+app.add_typer(store_app, name="store")
 
 
 def _write_json(payload: dict, path: Path | None) -> None:
@@ -152,6 +156,69 @@ def demo(
     from agemem.demo import run_demo
 
     run_demo(path)
+
+
+def _open_store(path: Path, *, must_exist: bool = True):
+    from agemem.memory.sqlite import SQLiteStore
+    from agemem.memory.store import StoreError
+
+    if must_exist and not path.is_file():
+        typer.echo(f"error: no store at {path}; pass the path of an existing .db file", err=True)
+        raise typer.Exit(1)
+    try:
+        return SQLiteStore(path)
+    except (StoreError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@store_app.command("stats")
+def store_stats(path: Path) -> None:
+    """Entries per user, the embedder, and the file size."""
+    from collections import Counter
+
+    with _open_store(path) as store:
+        users = Counter(item.scope.user_id for item in store.get_all())
+        typer.echo(
+            f"{path}: {store.count()} entries, embedder {store.embedder.name}, "
+            f"{path.stat().st_size / 1e6:.1f} MB"
+        )
+        for user, n in users.most_common():
+            typer.echo(f"  user {user or '(none)'}: {n}")
+
+
+@store_app.command("export")
+def store_export(
+    path: Path,
+    out: Annotated[Path, typer.Option(help="JSONL file to write.")],
+    user: Annotated[str | None, typer.Option(help="Only this user's entries.")] = None,
+) -> None:
+    """Write entries (with embeddings and scopes) as JSON Lines."""
+    from agemem.memory.store import Scope
+
+    with _open_store(path) as store:
+        n = store.export_jsonl(out, scope=Scope(user_id=user))
+    typer.echo(f"exported {n} entries to {out}")
+
+
+@store_app.command("import")
+def store_import(path: Path, source: Path) -> None:
+    """Add the entries of a JSONL export to a store (created if missing); all or nothing."""
+    from agemem.memory.store import StoreError
+
+    if not source.is_file():
+        typer.echo(
+            f"error: no file at {source}; pass a JSONL file written by `agemem store export`",
+            err=True,
+        )
+        raise typer.Exit(1)
+    with _open_store(path, must_exist=False) as store:
+        try:
+            n = store.import_jsonl(source)
+        except (StoreError, ValueError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"imported {n} entries into {path}")
 
 
 if __name__ == "__main__":
