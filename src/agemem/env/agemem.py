@@ -28,7 +28,8 @@ from collections import deque
 
 from agemem.context import Context
 from agemem.env.aliases import IdAliases
-from agemem.env.config import PRESETS, EnvConfig, EnvConfigError
+from agemem.env.base import EpisodeEnv
+from agemem.env.config import PRESETS, EnvConfig
 from agemem.env.record import EnvError, Recorder, StepResult, View, memory_snapshot
 from agemem.env.render import (
     QUESTION_PREFIX,
@@ -37,14 +38,13 @@ from agemem.env.render import (
     system_prompt,
     turn_messages,
 )
-from agemem.episode import Episode, EpisodeFacts, GoldQuestion
-from agemem.memory.embed import Embedder, default_embedder
-from agemem.memory.sqlite import SQLiteStore
+from agemem.episode import EpisodeFacts, GoldQuestion
+from agemem.memory.embed import Embedder
 from agemem.memory.store import MemoryStore, Scope
 from agemem.policy.base import Message, ToolSpec, Turn
 from agemem.summarize import Summarizer
 from agemem.tasks.base import ContextMessage, Task
-from agemem.tokens import ApproxTokenCounter, TokenCounter
+from agemem.tokens import TokenCounter
 from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState
 from agemem.tools.parse import ParsedTurn, ToolCall, parse_turn
 from agemem.tools.registry import ToolResult
@@ -53,7 +53,7 @@ ANY_SCOPE = Scope()
 _WRITES = {"Add_memory", "Update_memory", "Delete_memory"}
 
 
-class MemoryEnv:
+class MemoryEnv(EpisodeEnv):
     """One AgeMem episode at a time: `reset(task)` gives the first context, `step(turn)` the next.
 
     The env owns the context and the tool state. Without a `store`, each `reset` opens a fresh
@@ -61,6 +61,9 @@ class MemoryEnv:
     used as is and never closed here. `token_counter` should be the policy's
     (`HFTokenCounter(tokenizer)`); the default approximates. `seed` draws the id aliases.
     """
+
+    method = "agemem"
+    other_env = "AtomMemEnv"
 
     def __init__(
         self,
@@ -73,30 +76,13 @@ class MemoryEnv:
         scope: Scope = ANY_SCOPE,
         seed: int = 0,
     ) -> None:
-        if config.method != "agemem":
-            raise EnvConfigError(
-                f"MemoryEnv runs AgeMem episodes; config {config.name!r} is "
-                f"{config.method!r} (use AtomMemEnv or make_env)"
-            )
-        self.config = config
-        self._given_store = store
-        self._embedder = embedder
-        self._counter = token_counter or ApproxTokenCounter()
+        super().__init__(config, store=store, embedder=embedder, token_counter=token_counter)
         self._summarizer = summarizer
         self._scope = scope
         self._rng = random.Random(seed)
-        self._store: MemoryStore | None = None
-        self._task: Task | None = None
         self._stage = 1
-        self.done = True
 
     # ---- public --------------------------------------------------------------------------
-    @property
-    def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = default_embedder()
-        return self._embedder
-
     @property
     def stage(self) -> int:
         return self._stage
@@ -169,25 +155,7 @@ class MemoryEnv:
             return StepResult(self._context.messages, True, info)
         return StepResult(self._show(), False, info)
 
-    def episode(self, group_id: str = "") -> Episode:
-        """The record of the current (finished or running) episode."""
-        if self._task is None:
-            raise EnvError("no episode yet: call reset(task) first")
-        task = self._task
-        return self._recorder.episode(task.id, group_id or task.id, task.family)
-
-    def close(self) -> None:
-        """Close the store this env opened (a store passed in stays open)."""
-        if self._store is not None and self._store is not self._given_store:
-            self._store.close()
-        self._store = None
-
     # ---- internals -----------------------------------------------------------------------
-    def _new_store(self) -> MemoryStore:
-        threshold = self.config.dedupe_threshold
-        extra = {} if threshold is None else {"dedupe_threshold": threshold}
-        return SQLiteStore(":memory:", self.embedder, **extra)
-
     def _advance(self) -> None:
         """Bring the next incoming message (changing stage when one runs out), or end."""
         task = self._task

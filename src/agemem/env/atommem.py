@@ -20,16 +20,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agemem.env.config import PRESETS, EnvConfig, EnvConfigError
+from agemem.env.base import EpisodeEnv
+from agemem.env.config import PRESETS, EnvConfig
 from agemem.env.record import EnvError, Recorder, StepResult, View, memory_snapshot
-from agemem.episode import Episode, EpisodeFacts, GoldQuestion
-from agemem.memory.embed import Embedder, default_embedder
-from agemem.memory.sqlite import SQLiteStore
+from agemem.episode import EpisodeFacts, GoldQuestion
+from agemem.memory.embed import Embedder
 from agemem.memory.store import MemoryStore
 from agemem.policy.base import Message, ToolSpec, Turn
 from agemem.tasks.base import Task
 from agemem.tasks.hotpotqa_long import chunk_text, long_context
-from agemem.tokens import ApproxTokenCounter, TokenCounter
+from agemem.tokens import TokenCounter
 from agemem.tools.atommem import ATOMMEM_SYSTEM_PROMPT, ATOMMEM_TOOLS, AtomMemState, begin_step
 from agemem.tools.parse import ATOMMEM_ANSWER_TAG, ToolCall, extract_boxed, parse_turn
 from agemem.tools.registry import ToolResult
@@ -90,8 +90,11 @@ def read_atommem_prompt(text: str) -> AtomView:
     return view
 
 
-class AtomMemEnv:
+class AtomMemEnv(EpisodeEnv):
     """One AtomMem episode at a time, with the same `reset` / `step` contract as `MemoryEnv`."""
+
+    method = "atommem"
+    other_env = "MemoryEnv"
 
     def __init__(
         self,
@@ -101,25 +104,8 @@ class AtomMemEnv:
         embedder: Embedder | None = None,
         token_counter: TokenCounter | None = None,
     ) -> None:
-        if config.method != "atommem":
-            raise EnvConfigError(
-                f"AtomMemEnv runs AtomMem episodes; config {config.name!r} is "
-                f"{config.method!r} (use MemoryEnv or make_env)"
-            )
-        self.config = config
-        self._given_store = store
-        self._embedder = embedder
-        self._counter = token_counter or ApproxTokenCounter()
-        self._store: MemoryStore | None = None
-        self._task: Task | None = None
+        super().__init__(config, store=store, embedder=embedder, token_counter=token_counter)
         self._answering: int | None = None
-        self.done = True
-
-    @property
-    def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = default_embedder()
-        return self._embedder
 
     @property
     def stage(self) -> int:
@@ -201,23 +187,7 @@ class AtomMemEnv:
             return StepResult([], True, info)
         return StepResult(self._show(), False, info)
 
-    def episode(self, group_id: str = "") -> Episode:
-        if self._task is None:
-            raise EnvError("no episode yet: call reset(task) first")
-        task = self._task
-        return self._recorder.episode(task.id, group_id or task.id, task.family)
-
-    def close(self) -> None:
-        if self._store is not None and self._store is not self._given_store:
-            self._store.close()
-        self._store = None
-
     # ---- internals -----------------------------------------------------------------------
-    def _new_store(self) -> MemoryStore:
-        threshold = self.config.dedupe_threshold
-        extra = {} if threshold is None else {"dedupe_threshold": threshold}
-        return SQLiteStore(":memory:", self.embedder, **extra)
-
     def _show(self) -> list[Message]:
         task = self._task
         assert task is not None
