@@ -90,7 +90,9 @@ def test_advantages_reach_every_turn_of_their_episode(start_dir, embedder):
     assert [e.group_id for e in episodes] == [f"{tasks[0].id}@0"] * 3 + [f"{tasks[1].id}@1"] * 3
     for i, episode in enumerate(episodes):  # distinct rewards in each group, whatever was sampled
         episode.reward["total"] = float(i % 3) * (1 + i)
-    expected = group_advantages([e.reward["total"] for e in episodes], [e.group_id for e in episodes])
+    expected = group_advantages(
+        [e.reward["total"] for e in episodes], [e.group_id for e in episodes]
+    )
     assert (expected != 0).all()
 
     samples = step_samples(episodes)

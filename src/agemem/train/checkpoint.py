@@ -62,6 +62,7 @@ def load_for_training(
             heads=shape.heads,
             ffn=shape.ffn,
         )
+        rescale_init(model, settings.init_std)
     else:
         model, tokenizer = load_model(settings.name)
     if not settings.system_prompt:
@@ -71,6 +72,21 @@ def load_for_training(
     elif adapter is not None:
         raise ConfigError(f"{adapter} is a LoRA adapter but model.lora is not set")
     return model.train(), tokenizer
+
+
+def rescale_init(model: torch.nn.Module, std: float, built_with: float = 0.02) -> None:
+    """Scale a freshly built model's normal-initialised weights (linear layers, embeddings)
+    from `built_with` (transformers' Llama default) to `std`; norms keep their ones."""
+    if std == built_with:
+        return
+    weights = {
+        id(m.weight): m.weight
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear | torch.nn.Embedding)
+    }
+    with torch.no_grad():
+        for weight in weights.values():  # once each: tied embeddings are one tensor
+            weight.mul_(std / built_with)
 
 
 def generation_length(settings: ModelSettings) -> int:
@@ -212,5 +228,7 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> tuple[dict[str, Any], di
     state = json.loads((path / "state.json").read_text("utf-8"))
     trainer = torch.load(path / "trainer.pt", weights_only=False)  # our own file
     rng_file = path / f"rng-{rank}.pt"
-    set_rng_state(torch.load(rng_file if rng_file.is_file() else path / "rng-0.pt", weights_only=False))
+    set_rng_state(
+        torch.load(rng_file if rng_file.is_file() else path / "rng-0.pt", weights_only=False)
+    )
     return trainer, state

@@ -24,6 +24,8 @@ from agemem.policy.base import Policy
 from agemem.policy.hf import HFPolicy
 from agemem.rewards import RewardConfig, reward_fn, stale_facts
 from agemem.tasks import Task
+from agemem.train.config import EvalSettings, TaskSettings
+from agemem.train.curriculum import load_split
 
 TOOLS = (
     "Add_memory",
@@ -121,3 +123,33 @@ def evaluate_model(
     finally:
         model.train(was_training)
     return out
+
+
+def held_out(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: TaskSettings,
+    settings: EvalSettings,
+    env: EnvConfig,
+    reward: RewardConfig,
+    *,
+    max_new_tokens: int,
+    embedder: Embedder | None = None,
+) -> dict[str, float]:
+    """`evaluate_model` on the first `settings.n_tasks` tasks of `settings.split`, sampled at
+    `settings.temperature` and, with `settings.greedy`, greedily; {} when n_tasks is 0."""
+    if not settings.n_tasks:
+        return {}
+    chosen = load_split(tasks.source, tasks.options, settings.split, settings.n_tasks)
+    temps = (settings.temperature, 0.0) if settings.greedy else (settings.temperature,)
+    return evaluate_model(
+        model,
+        tokenizer,
+        chosen,
+        env,
+        reward,
+        temperatures=temps,
+        max_new_tokens=max_new_tokens,
+        seed=settings.seed,
+        embedder=embedder,
+    )

@@ -58,7 +58,7 @@ from agemem.train.checkpoint import (
 )
 from agemem.train.config import ConfigError, GRPOConfig
 from agemem.train.curriculum import env_config, load_split, phase_at, step_seed, task_options
-from agemem.train.evaluate import episode_stats, evaluate_model
+from agemem.train.evaluate import episode_stats, held_out
 from agemem.train.grpo_loss import grpo_loss, token_logprobs
 from agemem.train.loop import (
     StopRequest,
@@ -107,8 +107,7 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
 
     main = accelerator.is_main_process
     writer = _writer(config, out, step) if main else None
-    eval_tasks = _eval_tasks(config)
-    evaluate = _evaluator(config, accelerator, model, tokenizer, eval_tasks, reward, embedder)
+    evaluate = _evaluator(config, accelerator, model, tokenizer, reward, embedder)
     before = evaluate(step, writer) if step == 0 else {}
 
     stopped = False
@@ -340,7 +339,8 @@ def _gathered_stats(
         **{f"rollout/{k}": v for k, v in stats.items()},
         "rollout/reward_mean": fmean(all_rewards),
         "rollout/reward_std": pstdev(all_rewards),
-        "rollout/flat_groups": sum(p["flat_groups"] for p in parts) / sum(p["groups"] for p in parts),
+        "rollout/flat_groups": sum(p["flat_groups"] for p in parts)
+        / sum(p["groups"] for p in parts),
         "rollout/turns": sum(p["turns"] for p in parts),
         "rollout/generated_tokens": sum(p["tokens"] for p in parts),
     }
@@ -412,44 +412,33 @@ def _writer(config: GRPOConfig, out: Path, step: int) -> MetricsWriter:
     return MetricsWriter(out, tensorboard=config.run.tensorboard)
 
 
-def _eval_tasks(config: GRPOConfig) -> list[Task]:
-    if not config.eval.n_tasks:
-        return []
-    return load_split(
-        config.tasks.source, config.tasks.options, config.eval.split, config.eval.n_tasks
-    )
-
-
 def _evaluator(
     config: GRPOConfig,
     accelerator: Accelerator,
     model: torch.nn.Module,
     tokenizer: Any,
-    tasks: list[Task],
     reward: RewardConfig,
     embedder: Embedder | None,
 ) -> Any:
-    """A function (step, writer) -> held-out scores (main process; {} elsewhere or without
-    tasks). The env is the run's base env, without curriculum changes."""
+    """A function (step, writer) -> held-out scores, computed by the main process ({} on the
+    others) in the run's base env, without curriculum changes."""
     env = env_config(config.env.preset, config.env.overrides)
-    temps = (config.eval.temperature, 0.0) if config.eval.greedy else (config.eval.temperature,)
 
     def evaluate(step: int, writer: MetricsWriter | None) -> dict[str, float]:
         scores: dict[str, float] = {}
-        if tasks and accelerator.is_main_process:
-            scores = evaluate_model(
+        if accelerator.is_main_process:
+            scores = held_out(
                 accelerator.unwrap_model(model),
                 tokenizer,
-                tasks,
+                config.tasks,
+                config.eval,
                 env,
                 reward,
-                temperatures=temps,
                 max_new_tokens=generation_length(config.model),
-                seed=config.eval.seed,
                 embedder=embedder,
             )
-            if writer:
-                writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
+        if writer and scores:
+            writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
         accelerator.wait_for_everyone()
         return scores
 

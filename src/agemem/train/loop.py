@@ -60,7 +60,7 @@ def make_optimizer(
 def micro_batches(samples: Sequence[TrainSample], size: int) -> list[list[TrainSample]]:
     """Chunks of `size` samples, sorted by length so each chunk pads little. The order changes no
     gradient: the micro-batch losses are summed over one optimizer step."""
-    ordered = sorted(samples, key=lambda s: (len(s.prompt_ids) + len(s.completion_ids)))
+    ordered = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 

@@ -27,7 +27,9 @@ class MetricsWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self._file = self.path.open("a", encoding="utf-8")
-        self._tb = SummaryWriter(str(self.dir / "tensorboard")) if tensorboard and SummaryWriter else None
+        self._tb = (
+            SummaryWriter(str(self.dir / "tensorboard")) if tensorboard and SummaryWriter else None
+        )
 
     @property
     def has_tensorboard(self) -> bool:

@@ -19,8 +19,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from accelerate import Accelerator
 from rich.progress import Progress
 
 from agemem.env import EnvConfig, alias_vocabulary, run_episodes, system_prompt
@@ -35,7 +37,7 @@ from agemem.train.batch import TrainSample, collate
 from agemem.train.checkpoint import generation_length, load_for_training, save_model
 from agemem.train.config import SFTConfig
 from agemem.train.curriculum import env_config, load_split
-from agemem.train.evaluate import evaluate_model
+from agemem.train.evaluate import held_out
 from agemem.train.grpo_loss import token_logprobs
 from agemem.train.loop import (
     StopRequest,
@@ -169,68 +171,28 @@ def sft_loss(
 
 def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult:
     """Train as `config` says; writes `metrics.jsonl`, `final/` (model + tokenizer) and, with
-    `save_every`, intermediate `checkpoints/step-*` under `config.run.out_dir`."""
+    `save_every`, model snapshots `checkpoints/step-*` under `config.run.out_dir`."""
     accelerator = setup(config.run)
     out = Path(config.run.out_dir)
     env = env_config(config.env.preset, config.env.overrides)
     reward = RewardConfig.preset(config.reward.preset).with_(**config.reward.overrides)
-    tasks = load_split(config.tasks.source, config.tasks.options, "train", config.n_tasks)
-
-    corpus = tiny_corpus(tasks, env, reward, embedder) if config.model.name == "tiny" else []
-    ids = alias_vocabulary(env.id_space) if env.id_space else []
-    model, tokenizer = load_for_training(config.model, corpus=corpus, memory_ids=ids)
-    policy = HFPolicy(model, tokenizer)  # for its prompt encoding
-
-    if config.episodes:
-        episodes = load_episodes(config.episodes)
-    else:
-        episodes = oracle_episodes(
-            tasks, env, reward, tokenizer=tokenizer, seed=config.run.seed, embedder=embedder
-        )
-    kept = keep_episodes(episodes, config.min_reward, config.reward.key)
-    if not kept:
-        raise ValueError(
-            f"no episode has {config.reward.key} >= {config.min_reward} among {len(episodes)}; "
-            "lower min_reward or provide better trajectories"
-        )
-    samples = sft_samples(kept, policy)
-    data = {
-        "episodes": float(len(episodes)),
-        "kept": float(len(kept)),
-        "samples": float(len(samples)),
-        "completion_tokens": float(sum(len(s.completion_ids) for s in samples)),
-        "prompt_tokens": float(sum(len(s.prompt_ids) for s in samples)),
-    }
-    log.info("SFT data: %s", data)
+    model, tokenizer, samples, data = _prepare(config, env, reward, embedder)
 
     model.train()
     optimizer, scheduler = make_optimizer(model, config.optim, config.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    writer = MetricsWriter(out, tensorboard=config.run.tensorboard) if accelerator.is_main_process else None
-    rng = random.Random(config.run.seed)
-    order: list[int] = []
+    main = accelerator.is_main_process
+    writer = MetricsWriter(out, tensorboard=config.run.tensorboard) if main else None
+    rng, order = random.Random(config.run.seed), []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics: dict[str, float] = {}
     step = 0
-    show = config.run.progress and accelerator.is_main_process
-    with StopRequest() as stop, Progress(disable=not show, transient=True) as bar:
+    with StopRequest() as stop, Progress(disable=not (config.run.progress and main)) as bar:
         job = bar.add_task("SFT", total=config.steps)
         while step < config.steps:
-            start = time.perf_counter()
-            batch = _next_batch(rng, order, len(samples), config.batch_size)
-            mine = [samples[i] for i in batch[accelerator.process_index :: accelerator.num_processes]]
-            tokens = global_count(accelerator, sum(len(s.completion_ids) for s in mine))
-            normalizer = tokens / accelerator.num_processes
-            chunks = micro_batches(mine, config.micro_batch_size)
-            rows = accumulate(
-                accelerator, model, chunks, lambda c: sft_loss(model, c, normalizer, pad_id)
-            )
-            metrics = {
-                "loss": sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows),
-                **optimizer_step(accelerator, model, optimizer, scheduler, config.optim.grad_clip),
-                "tokens": tokens,
-                "step_s": time.perf_counter() - start,
-            }
+            batch = [samples[i] for i in _next_batch(rng, order, len(samples), config.batch_size)]
+            mine = batch[accelerator.process_index :: accelerator.num_processes]
+            metrics = sft_step(accelerator, model, optimizer, scheduler, mine, config, pad_id)
             step += 1
             bar.update(job, advance=1, description=f"SFT loss {metrics['loss']:.3f}")
             if writer and (step % config.run.log_every == 0 or step == config.steps):
@@ -243,14 +205,78 @@ def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult
     final = out / "final"
     _save(accelerator, model, tokenizer, final)
     scores: dict[str, float] = {}
-    if config.eval.n_tasks and accelerator.is_main_process:
-        scores = _evaluate(accelerator.unwrap_model(model), tokenizer, config, env, reward, embedder)
-        if writer:
-            writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
+    if main:
+        scores = held_out(
+            accelerator.unwrap_model(model),
+            tokenizer,
+            config.tasks,
+            config.eval,
+            env,
+            reward,
+            max_new_tokens=generation_length(config.model),
+            embedder=embedder,
+        )
     if writer:
+        if scores:
+            writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
         writer.close()
     accelerator.wait_for_everyone()
     return SFTResult(final, step, step < config.steps, data, metrics, scores)
+
+
+def _prepare(
+    config: SFTConfig, env: EnvConfig, reward: RewardConfig, embedder: Embedder | None
+) -> tuple[torch.nn.Module, Any, list[TrainSample], dict[str, float]]:
+    """The model to train, its tokenizer, the samples and a summary of the data."""
+    tasks = load_split(config.tasks.source, config.tasks.options, "train", config.n_tasks)
+    corpus = tiny_corpus(tasks, env, reward, embedder) if config.model.name == "tiny" else []
+    ids = alias_vocabulary(env.id_space) if env.id_space else []
+    model, tokenizer = load_for_training(config.model, corpus=corpus, memory_ids=ids)
+    if config.episodes:
+        episodes = load_episodes(config.episodes)
+    else:
+        episodes = oracle_episodes(
+            tasks, env, reward, tokenizer=tokenizer, seed=config.run.seed, embedder=embedder
+        )
+    kept = keep_episodes(episodes, config.min_reward, config.reward.key)
+    if not kept:
+        raise ValueError(
+            f"no episode has {config.reward.key} >= {config.min_reward} among {len(episodes)}; "
+            "lower min_reward or provide better trajectories"
+        )
+    samples = sft_samples(kept, HFPolicy(model, tokenizer))  # the policy's prompt encoding
+    data = {
+        "episodes": float(len(episodes)),
+        "kept": float(len(kept)),
+        "samples": float(len(samples)),
+        "completion_tokens": float(sum(len(s.completion_ids) for s in samples)),
+        "prompt_tokens": float(sum(len(s.prompt_ids) for s in samples)),
+    }
+    log.info("SFT data: %s", data)
+    return model, tokenizer, samples, data
+
+
+def sft_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    samples: Sequence[TrainSample],
+    config: SFTConfig,
+    pad_id: int,
+) -> dict[str, float]:
+    """One optimizer step on this process's share of a batch: token mean over all processes."""
+    start = time.perf_counter()
+    tokens = global_count(accelerator, sum(len(s.completion_ids) for s in samples))
+    normalizer = tokens / accelerator.num_processes
+    chunks = micro_batches(samples, config.micro_batch_size)
+    rows = accumulate(accelerator, model, chunks, lambda c: sft_loss(model, c, normalizer, pad_id))
+    return {
+        "loss": sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows),
+        **optimizer_step(accelerator, model, optimizer, scheduler, config.optim.grad_clip),
+        "tokens": tokens,
+        "step_s": time.perf_counter() - start,
+    }
 
 
 def _next_batch(rng: random.Random, order: list[int], n: int, size: int) -> list[int]:
@@ -263,23 +289,7 @@ def _next_batch(rng: random.Random, order: list[int], n: int, size: int) -> list
     return batch
 
 
-def _save(accelerator, model, tokenizer, path: Path) -> None:  # noqa: ANN001
+def _save(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), tokenizer, path, merged=True)
     accelerator.wait_for_everyone()
-
-
-def _evaluate(model, tokenizer, config: SFTConfig, env, reward, embedder) -> dict[str, float]:  # noqa: ANN001
-    tasks = load_split(config.tasks.source, config.tasks.options, config.eval.split, config.eval.n_tasks)
-    temps = (config.eval.temperature, 0.0) if config.eval.greedy else (config.eval.temperature,)
-    return evaluate_model(
-        model,
-        tokenizer,
-        tasks,
-        env,
-        reward,
-        temperatures=temps,
-        max_new_tokens=generation_length(config.model),
-        seed=config.eval.seed,
-        embedder=embedder,
-    )
