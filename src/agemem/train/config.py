@@ -231,7 +231,9 @@ def _quickstart() -> PipelineConfig:
         run=RunSettings(out_dir="runs/quickstart/sft", threads=1, save_every=0),
         model=tiny,
         n_tasks=512,
-        min_reward=None,
+        # keep every oracle episode: SFT teaches the tools' mechanics, the oracle's imperfect
+        # strategy is left for RL to improve (-inf rather than None: TOML has no null)
+        min_reward=float("-inf"),
         steps=300,
         batch_size=64,
         micro_batch_size=64,
