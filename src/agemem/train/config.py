@@ -119,11 +119,13 @@ class OptimSettings(_Config):
 
 class EvalSettings(_Config):
     """Held-out evaluation: `n_tasks` tasks of `split`, sampled at `temperature` (and greedy when
-    `greedy`), every `every` steps (0: only before and after training)."""
+    `greedy`), every `every` steps (0: only at the end), and before training when `before`
+    (GRPO; several GRPO seeds from one SFT checkpoint need that baseline only once)."""
 
     n_tasks: int = Field(200, ge=0)
     split: str = "test"
     every: int = Field(0, ge=0)
+    before: bool = True
     temperature: float = Field(1.0, gt=0)
     greedy: bool = True
     seed: int = 12345

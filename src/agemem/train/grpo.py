@@ -108,14 +108,16 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
     main = accelerator.is_main_process
     writer = _writer(config, out, step) if main else None
     evaluate = _evaluator(config, accelerator, model, tokenizer, reward, embedder)
-    before = evaluate(step, writer) if step == 0 else {}
+    before = evaluate(step, writer) if step == 0 and config.eval.before else {}
 
+    run = _Run(
+        config, accelerator, model, reference, tokenizer, optimizer, scheduler, reward, embedder
+    )
     stopped = False
     with StopRequest() as stop, Progress(disable=not (config.run.progress and main)) as bar:
         job = bar.add_task("GRPO", total=config.steps, completed=step)
         while step < config.steps:
-            last = _train_step(config, accelerator, model, reference, tokenizer, optimizer,
-                               scheduler, reward, step, embedder)  # fmt: skip
+            last = _train_step(run, step)
             step += 1
             bar.update(job, completed=step, description=_describe(last))
             if writer and (step % config.run.log_every == 0 or step == config.steps):
@@ -123,13 +125,12 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
             if config.eval.every and step % config.eval.every == 0 and step < config.steps:
                 evaluate(step, writer)
             stopped = stop.agreed(accelerator)
-            if stopped or (config.run.save_every and step % config.run.save_every == 0):
-                _checkpoint(config, accelerator, model, tokenizer, optimizer, scheduler, step, last)
+            every = config.run.save_every
+            if stopped or step == config.steps or (every and step % every == 0):
+                _checkpoint(run, step, last)
             if stopped:
                 break
 
-    if not stopped:
-        _checkpoint(config, accelerator, model, tokenizer, optimizer, scheduler, step, last)
     final = out / "final"
     unwrapped = accelerator.unwrap_model(model)
     if main:
@@ -144,18 +145,23 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
 # ---- one step ----------------------------------------------------------------------------------
 
 
-def _train_step(
-    config: GRPOConfig,
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    reference: torch.nn.Module | str | None,
-    tokenizer: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    reward: RewardConfig,
-    step: int,
-    embedder: Embedder | None,
-) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """What every step of one run uses."""
+
+    config: GRPOConfig
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by the accelerator (DDP-wrapped under several processes)
+    reference: torch.nn.Module | str | None
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    reward: RewardConfig
+    embedder: Embedder | None
+
+
+def _train_step(run: _Run, step: int) -> dict[str, Any]:
+    config, accelerator, model = run.config, run.accelerator, run.model
     start = time.perf_counter()
     # 1. this step's tasks, in the phase's shape; this process's share
     phase_index, phase = phase_at(config.curriculum, step)
@@ -170,18 +176,17 @@ def _train_step(
     mine = tasks[accelerator.process_index :: accelerator.num_processes]
 
     # 2. k rollouts per task with the current policy
-    policy_model = accelerator.unwrap_model(model)
     episodes = rollout(
-        policy_model,
-        tokenizer,
+        accelerator.unwrap_model(model),
+        run.tokenizer,
         mine,
         env,
-        reward,
+        run.reward,
         k=config.k,
         temperature=config.temperature,
         max_new_tokens=generation_length(config.model),
         seed=step_seed(config.run.seed, step, 1 + accelerator.process_index),
-        embedder=embedder,
+        embedder=run.embedder,
     )
     rollout_s = time.perf_counter() - start
 
@@ -195,8 +200,7 @@ def _train_step(
 
     # 4. the policy update
     model.train()
-    update = grpo_update(config, accelerator, model, reference, optimizer, scheduler, samples,
-                         tokenizer.pad_token_id or 0)  # fmt: skip
+    update = grpo_update(run, samples)
 
     # 5. what happened, over all processes
     rollouts = _gathered_stats(accelerator, episodes, mine, samples, config.reward.key)
@@ -240,17 +244,10 @@ def rollout(
     )
 
 
-def grpo_update(
-    config: GRPOConfig,
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    reference: torch.nn.Module | str | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    samples: Sequence[TrainSample],
-    pad_id: int,
-) -> dict[str, float]:
+def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
     """`ppo_epochs` optimizer steps over `samples` (this process's turns of the step)."""
+    config, accelerator, model = run.config, run.accelerator, run.model
+    pad_id = run.tokenizer.pad_token_id or 0
     token_mean = config.aggregation == "token-mean"
     count = sum(len(s.completion_ids) for s in samples) if token_mean else len(samples)
     normalizer = global_count(accelerator, count) / accelerator.num_processes
@@ -263,7 +260,7 @@ def grpo_update(
     def loss_of(chunk: list[TrainSample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate(chunk, pad_id=pad_id).to(accelerator.device)
         logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
-        ref = _reference_logprobs(reference, accelerator, model, batch) if config.beta else None
+        ref = _reference_logprobs(run, batch) if config.beta else None
         loss, metrics = grpo_loss(
             logp,
             batch.old_logprobs,
@@ -284,7 +281,9 @@ def grpo_update(
     for _ in range(config.ppo_epochs):
         chunks = micro_batches(trained, config.micro_batch_size)
         step_rows = accumulate(accelerator, model, chunks, loss_of)
-        stepped = optimizer_step(accelerator, model, optimizer, scheduler, config.optim.grad_clip)
+        stepped = optimizer_step(
+            accelerator, model, run.optimizer, run.scheduler, config.optim.grad_clip
+        )
         rows += [{**r, **stepped} for r in step_rows]
     metrics = weighted_mean(gather_object(rows) if accelerator.num_processes > 1 else rows)
     # DDP averages the processes' gradients: the step's loss is their losses' mean
@@ -294,19 +293,14 @@ def grpo_update(
     return {f"update/{k}": v for k, v in metrics.items()}
 
 
-def _reference_logprobs(
-    reference: torch.nn.Module | str | None,
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    batch: Any,
-) -> torch.Tensor:
+def _reference_logprobs(run: _Run, batch: Any) -> torch.Tensor:
     with torch.no_grad():
-        if reference == "adapters-off":
-            peft_model = accelerator.unwrap_model(model)
+        if run.reference == "adapters-off":
+            peft_model = run.accelerator.unwrap_model(run.model)
             with peft_model.disable_adapter():
                 return token_logprobs(peft_model, batch.input_ids, batch.attention_mask)
-        assert isinstance(reference, torch.nn.Module)
-        return token_logprobs(reference, batch.input_ids, batch.attention_mask)
+        assert isinstance(run.reference, torch.nn.Module)
+        return token_logprobs(run.reference, batch.input_ids, batch.attention_mask)
 
 
 def _gathered_stats(
@@ -445,26 +439,17 @@ def _evaluator(
     return evaluate
 
 
-def _checkpoint(
-    config: GRPOConfig,
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    step: int,
-    metrics: dict[str, Any],
-) -> Path:
+def _checkpoint(run: _Run, step: int, metrics: dict[str, Any]) -> Path:
     return save_checkpoint(
-        checkpoint_dir(config.run.out_dir, step),
-        model=accelerator.unwrap_model(model),
-        tokenizer=tokenizer,
+        checkpoint_dir(run.config.run.out_dir, step),
+        model=run.accelerator.unwrap_model(run.model),
+        tokenizer=run.tokenizer,
         trainer={
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
             "step": step,
         },
-        state={"step": step, "metrics": metrics, "config": config.model_dump(mode="json")},
-        is_main=accelerator.is_main_process,
-        rank=accelerator.process_index,
+        state={"step": step, "metrics": metrics, "config": run.config.model_dump(mode="json")},
+        is_main=run.accelerator.is_main_process,
+        rank=run.accelerator.process_index,
     )
