@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agemem.policy.base import Message
 
 FORMAT_VERSION = 1
-Method = Literal["agemem", "atommem"]
 EndReason = Literal["answered", "n_max", "turn_cap"]  # why the episode ended
 
 
@@ -136,7 +135,7 @@ class StoredMemory(_Record):
 class EpisodeFacts(_Record):
     """The raw facts a reward is computed from; nothing here is a score."""
 
-    method: Method
+    method: str  # "agemem", "atommem", or an evaluated baseline ("rag", "mem0-style", ...)
     questions: list[GoldQuestion]
     answers: list[str | None]  # one per question; None = not answered
     tokens_at_answer: list[int | None]  # context tokens of the step that gave each answer
@@ -158,6 +157,7 @@ class EpisodeFacts(_Record):
     chunks_total: int | None = None  # AtomMem
     chunks_read: int | None = None  # AtomMem
     scratchpad: str | None = None  # AtomMem, at the end
+    seconds: list[float] = Field(default_factory=list)  # wall time per question (evaluation)
 
     @property
     def answered(self) -> bool:

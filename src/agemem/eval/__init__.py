@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks x methods, the papers' metrics, and reports."""

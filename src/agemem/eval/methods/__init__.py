@@ -1,0 +1,1 @@
+"""The methods `agemem eval` compares, all behind one interface (`base.EvalMethod`)."""
