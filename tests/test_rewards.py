@@ -24,6 +24,7 @@ from agemem.episode import (
 )
 from agemem.policy.base import Message, Policy, ToolSpec, Turn
 from agemem.policy.scripted import PERFECT, NoMemoryPolicy, OraclePolicy, StoreEverythingPolicy
+from agemem.policy.tiny import tiny_token_counter
 from agemem.rewards import (
     PRESETS,
     RewardConfig,
@@ -433,8 +434,17 @@ def real(embedder):
         "none": NoMemoryPolicy(),
     }
     scorer = reward_fn(tasks, "synthetic")
+    counter = tiny_token_counter()  # the budget the synthetic preset is calibrated with
     runs = {
-        name: run_episodes(p, tasks, config, progress=False, embedder=embedder, reward_fn=scorer)
+        name: run_episodes(
+            p,
+            tasks,
+            config,
+            progress=False,
+            embedder=embedder,
+            reward_fn=scorer,
+            token_counter=counter,
+        )
         for name, p in policies.items()
     }
     return tasks, runs

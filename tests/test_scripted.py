@@ -17,6 +17,7 @@ from agemem.policy.scripted import (
     StoreEverythingPolicy,
     TaskNotBound,
 )
+from agemem.policy.tiny import tiny_token_counter
 from agemem.tasks import load_tasks
 from agemem.tasks.synthetic import ATTRIBUTES
 
@@ -91,7 +92,10 @@ def test_default_oracle_keeps_its_configured_rates(embedder):
 def test_perfect_oracle_always_answers_right_and_never_overflows(embedder):
     tasks = load_tasks("synthetic", split="test", limit=12)
     oracle = OraclePolicy(tasks, rates=PERFECT)
-    episodes = run_episodes(oracle, tasks, SYNTHETIC, progress=False, embedder=embedder)
+    counter = tiny_token_counter()  # the budget the synthetic preset is calibrated with
+    episodes = run_episodes(
+        oracle, tasks, SYNTHETIC, progress=False, embedder=embedder, token_counter=counter
+    )
     assert all(e.correct() == [True] for e in episodes)
     assert not any(e.facts.overflowed for e in episodes)
     assert {c for _, _, c in oracle.decisions} == {"update", "skip", "filter"}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -156,6 +158,76 @@ def demo(
     from agemem.demo import run_demo
 
     run_demo(path)
+
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Config override key=value, e.g. --set grpo.steps=20."),
+]
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Run directory (runs are resumed).")] = Path(
+        "runs/quickstart"
+    ),
+    overrides: Overrides = None,
+) -> None:
+    """SFT + step-wise GRPO of the tiny model on synthetic tasks, evaluated before and after
+    beside no-memory and RAG baselines; writes report.{json,md} and plots under --out."""
+    from agemem.quickstart import run_quickstart
+
+    with _config_errors():
+        run_quickstart(out, overrides)
+
+
+@app.command()
+def sft(
+    preset: Annotated[str, typer.Option(help="Config preset or file (.toml/.yaml/.json).")] = (
+        "quickstart"
+    ),
+    overrides: Overrides = None,
+) -> None:
+    """SFT warm start (the config's sft section) on oracle or saved trajectories."""
+    from agemem.train.config import load_config
+    from agemem.train.sft import run_sft
+
+    with _config_errors():
+        result = run_sft(load_config(preset, overrides, kind="pipeline").sft)
+    typer.echo(json.dumps({"final": str(result.final_dir), "steps": result.steps, **result.eval}))
+
+
+@app.command()
+def train(
+    preset: Annotated[str, typer.Option(help="Config preset or file (.toml/.yaml/.json).")] = (
+        "quickstart"
+    ),
+    overrides: Overrides = None,
+) -> None:
+    """Step-wise GRPO (the config's grpo section); resumes with --set grpo.resume=true."""
+    from agemem.train.config import load_config
+    from agemem.train.grpo import run_grpo
+
+    with _config_errors():
+        result = run_grpo(load_config(preset, overrides, kind="pipeline").grpo)
+    summary = {"final": str(result.final_dir), "steps": result.steps}
+    typer.echo(json.dumps(summary | {f"after/{k}": v for k, v in result.eval_after.items()}))
+
+
+@contextmanager
+def _config_errors() -> Iterator[None]:
+    """Config, data and task errors as one line naming the problem (no traceback)."""
+    from agemem.tasks import TaskError
+    from agemem.train.config import ConfigError
+
+    try:
+        yield
+    except (ConfigError, TaskError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt as err:
+        typer.echo(f"stopped: {err}" if str(err) else "stopped", err=True)
+        raise typer.Exit(130) from None
 
 
 def _open_store(path: Path, *, must_exist: bool = True):

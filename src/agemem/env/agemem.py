@@ -208,6 +208,8 @@ class MemoryEnv(EpisodeEnv):
             )
             related = [(self._aliases.show(item.id), item.content) for item in items]
             self._recorder.facts.auto_retrieved_ids.extend(i for i, _ in related)
+        if not self.config.stage1_history:
+            self._context.reset(keep_system=True)
         self._context.append({"role": "user", "content": stage1_message(text, related)})
 
     def _show(self) -> list[Message]:

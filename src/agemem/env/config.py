@@ -45,6 +45,10 @@ class EnvConfig:
     - `keep_stage12_turns`: keep the agent's stage-1/2 outputs and their observations in the
       context (ours: True). False keeps only the incoming messages there: the agent sees its store
       through the auto-retrieved memories, and in stage 2 its own tool calls cost no context.
+    - `stage1_history`: stage-1 contexts hold every message so far (ours: True, as AgeMem's
+      conversation). False shows only the current message with its auto-retrieved memories: with
+      `keep_stage12_turns=False` the earlier messages add nothing the memories do not show, and
+      they would be most of every stage-1 prompt's tokens.
     - `id_space`: show memory ids as `mem_1` .. `mem_<id_space>`, drawn at random per entry, instead
       of the store's 8-hex-digit ids (a small id space is what let a tiny model learn to copy ids,
       docs/LEARNABILITY.md). When the space is used up, further entries show their real id.
@@ -71,6 +75,7 @@ class EnvConfig:
     stage3_max_turns: int = 8
     auto_retrieve_k: int = 3
     keep_stage12_turns: bool = True
+    stage1_history: bool = True
     id_space: int | None = None
     stage_tools: tuple[tuple[str, ...], ...] = PAPER_STAGE_TOOLS
     native_tools: bool = False
@@ -133,20 +138,22 @@ PRESETS: dict[str, EnvConfig] = {
     "paper": EnvConfig(name="paper"),
     # The shape docs/LEARNABILITY.md found learnable on 2 CPU cores: a tight budget on top of the
     # system prompt, top-2 auto-retrieval, ids from 1..9, incoming messages only in stages 1-2,
-    # a compact prompt, and a short stage 3 (about 13 turns per episode). The budget is the
-    # task's (44 tokens for the default curriculum) plus 110 for the stage-3 retrieval turn.
-    # Measured over 30 tasks with the oracle's turns, tokens over the system prompt at the answer
-    # step: no note filtered 165-179 (ApproxTokenCounter) / 156-171 (tiny word tokenizer), all
-    # four filtered 128-136 / 107-116; so doing nothing overflows the 154 and filtering two or
-    # more notes fits, as in the LEARNABILITY experiment.
+    # a compact prompt, a short stage 3 (about 13 turns per episode), and stage-1 prompts that
+    # show only the current message with its memories. The budget is the task's (44 tokens for
+    # the default curriculum) plus 86 for the stage-3 retrieval turn. Measured over 40 tasks with
+    # the oracle's turns and the tiny tokenizer (tool-call JSON as single tokens), tokens over the
+    # system prompt at the answer step: no note filtered 138-148, one 123-137, two 116-132, three
+    # 101-107, four 94; so doing nothing overflows the 130, one Filter fits half the time and two
+    # or more fit, as in the LEARNABILITY experiment. (ApproxTokenCounter counts ~25 more.)
     "synthetic": EnvConfig(
         name="synthetic",
         t_max=None,
-        t_max_margin=110,
+        t_max_margin=86,
         budget_excludes_system=True,
         stage3_max_turns=3,
         auto_retrieve_k=2,
         keep_stage12_turns=False,
+        stage1_history=False,
         id_space=9,
         system_prompt="compact",
     ),

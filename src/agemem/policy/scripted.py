@@ -11,7 +11,8 @@ baselines compare against. All implement `Policy` and read only the contexts the
   retrieves and answers the gold answer; under AtomMem it stores the supporting sentences found in
   each chunk and answers the gold answer, boxed.
 - `StoreEverythingPolicy`: adds every stage-1 message (and every chat message), never manages the
-  context, retrieves the question and answers with the best entry.
+  context, retrieves the question and answers with the best entry, or lets a `reader` model
+  answer from the retrieved entries (RAG with that model).
 - `NoMemoryPolicy`: lets everything pass and answers from the context alone: the message sharing
   the most words with the question.
 
@@ -30,12 +31,13 @@ from typing import Any
 
 from agemem.env.atommem import read_atommem_prompt
 from agemem.env.render import ContextView, incoming_text, read_context
-from agemem.policy.base import Message, ToolSpec, Turn
+from agemem.policy.base import Message, Policy, ToolSpec, Turn
 from agemem.summarize import split_sentences
 from agemem.tasks.base import Task
 from agemem.tasks.hotpotqa import display_title
 from agemem.tasks.synthetic import ATTRIBUTES, CHIT_CHAT, Attribute
 from agemem.tools.atommem import ATOMMEM_SYSTEM_PROMPT
+from agemem.tools.parse import parse_turn
 
 _RETRIEVED = re.compile(r"^\[(\S+)\] (.*?)(?: \(score [^)]*\))?$", re.MULTILINE)
 _ADDED = re.compile(r"^Added (\S+): (.*)$", re.MULTILINE)
@@ -129,12 +131,27 @@ def _overlap(a: str, b: str) -> int:
 
 class StoreEverythingPolicy:
     """Add every message, never manage the context, retrieve the question, answer with the best
-    retrieved entry (in a chat: the best entry other than the message itself)."""
+    retrieved entry (in a chat: the best entry other than the message itself).
+
+    With a `reader` (any `Policy`, e.g. the trained model) this is RAG with that model: the
+    memory work stays scripted, and the answer turn, whose context ends with the retrieved
+    entries, is the reader's. A reader turn that is not an answer counts as "I don't know."
+    (static RAG: the reader gets no tools)."""
+
+    def __init__(self, reader: Policy | None = None) -> None:
+        self.reader = reader
 
     def act(self, contexts: list[list[Message]], tools: list[ToolSpec] | None = None) -> list[Turn]:
-        return [self._turn(messages, tools is not None) for messages in contexts]
+        turns = [self._turn(messages, tools is not None) for messages in contexts]
+        reading = [i for i, turn in enumerate(turns) if turn is None]
+        if self.reader is not None and reading:
+            read = self.reader.act([contexts[i] for i in reading])
+            for i, turn in zip(reading, read, strict=True):
+                answered = parse_turn(turn).answer is not None
+                turns[i] = turn if answered else emit("no answer", answer="I don't know.")
+        return [turn for turn in turns if turn is not None]  # every slot is filled by now
 
-    def _turn(self, messages: list[Message], native: bool) -> Turn:
+    def _turn(self, messages: list[Message], native: bool) -> Turn | None:
         view = read_context(messages)
         if view.stage == 1:
             return emit("store it", [call("Add_memory", content=view.incoming)], native=native)
@@ -147,6 +164,8 @@ class StoreEverythingPolicy:
             if view.chat:
                 calls.insert(0, call("Add_memory", content=query))
             return emit("look it up", calls, native=native)
+        if self.reader is not None:
+            return None  # the reader answers
         best = [content for _, content in found if content != view.question]
         return emit("best match", answer=best[0] if best else "I don't know.", native=native)
 

@@ -6,7 +6,8 @@ The tokenizer is a real `PreTrainedTokenizerFast` (save/load, chat template, bat
 for any Hugging Face model). Pieces are words (`\\w+`) and single punctuation marks, each with an
 optional leading space folded in (GPT-2 style), plus every other whitespace character on its own,
 so `decode(encode(text)) == text` for any text whose words are in the vocabulary, JSON included.
-The protocol tags and the memory ids are single tokens.
+The protocol tags, the memory ids and the JSON skeleton of every tool call (`call_fragments`)
+are single tokens.
 
 >>> model, tok = build_tiny(["Paris is the capital of France."], seed=0)
 >>> ids = tok("<answer> Paris</answer>", add_special_tokens=False).input_ids
@@ -22,6 +23,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from agemem.tokens import HFTokenCounter
 
 PROTOCOL_TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<answer>", "</answer>")
 PAD, UNK, IM_START, IM_END = "<pad>", "<unk>", "<|im_start|>", "<|im_end|>"
@@ -40,6 +43,31 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def call_fragments(tools: Iterable[tuple[str, Iterable[str]]]) -> tuple[str, ...]:
+    """The JSON every call of these (tool name, argument names) repeats, as `json.dumps` writes
+    it: `{"name": "T", "arguments": {` per tool, `"a": ` per argument, and `}}`.
+
+    Made single tokens, they cut a call such as Add_memory's from ~20 skeleton tokens to 4, so
+    completions are about half as long (measured on the synthetic oracle: mean completion 32 ->
+    see `tests/test_models.py`) and each training step costs less.
+
+    >>> call_fragments([("Add_memory", ["content"])])
+    ('{"name": "Add_memory", "arguments": {', '"content": ', '}}')
+    """
+    out: dict[str, None] = {}
+    for name, args in tools:
+        out[f'{{"name": "{name}", "arguments": {{'] = None
+        out.update((f'"{arg}": ', None) for arg in args)
+    return (*out, "}}")
+
+
+def agemem_call_fragments() -> tuple[str, ...]:
+    """`call_fragments` of the six AgeMem tools."""
+    from agemem.tools.agemem import AGEMEM_TOOLS
+
+    return call_fragments((t.name, t.parameters()["properties"]) for t in AGEMEM_TOOLS)
 
 
 def _pieces(texts: Iterable[str]) -> set[str]:
@@ -97,12 +125,19 @@ def build_word_tokenizer(
     return tokenizer
 
 
+def tiny_token_counter() -> HFTokenCounter:
+    """Counts tokens as every `tiny` model does (one per word piece, tag and call fragment,
+    whatever the vocabulary), for scripted policies on budgets calibrated with the tiny model
+    (the `synthetic` env preset)."""
+    return HFTokenCounter(build_word_tokenizer((), tags=PROTOCOL_TAGS + agemem_call_fragments()))
+
+
 def build_tiny(
     corpus_texts: Sequence[str] = (),
     seed: int = 0,
     *,
     memory_ids: Iterable[str] = (),
-    tags: Iterable[str] = PROTOCOL_TAGS,
+    tags: Iterable[str] | None = None,
     layers: int = 4,
     hidden: int = 128,
     heads: int = 4,
@@ -113,7 +148,10 @@ def build_tiny(
     embeddings; ~0.9M parameters with a ~250-word vocabulary, the shape that learned the protocol
     in docs/LEARNABILITY.md) and its tokenizer. `seed` fixes the weights without touching the
     global RNG. `max_context` (our default 1,024) bounds the rotary positions the model is meant
-    for; the synthetic episodes stay well under it."""
+    for; the synthetic episodes stay well under it. `tags` (single tokens) default to AgeMem's
+    protocol tags and `agemem_call_fragments()`."""
+    if tags is None:
+        tags = PROTOCOL_TAGS + agemem_call_fragments()
     tokenizer = build_word_tokenizer(corpus_texts, memory_ids, tags)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

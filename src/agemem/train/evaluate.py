@@ -24,6 +24,7 @@ from agemem.policy.base import Policy
 from agemem.policy.hf import HFPolicy
 from agemem.rewards import RewardConfig, reward_fn, stale_facts
 from agemem.tasks import Task
+from agemem.tokens import TokenCounter
 from agemem.train.config import EvalSettings, TaskSettings
 from agemem.train.curriculum import load_split
 
@@ -70,10 +71,12 @@ def evaluate_policy(
     reward: RewardConfig,
     *,
     embedder: Embedder | None = None,
+    token_counter: TokenCounter | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, float]:
-    """One episode per task with `policy`; `episode_stats` plus `episodes` and `seconds`."""
+    """One episode per task with `policy`; `episode_stats` plus `episodes` and `seconds`.
+    Context tokens are counted with `token_counter` (default: the policy's own tokenizer)."""
     start = time.perf_counter()
     episodes = run_episodes(
         policy,
@@ -82,7 +85,7 @@ def evaluate_policy(
         k=1,
         progress=progress,
         embedder=embedder,
-        token_counter=policy_token_counter(policy),
+        token_counter=token_counter or policy_token_counter(policy),
         seed=seed,
         reward_fn=reward_fn(tasks, reward),
     )

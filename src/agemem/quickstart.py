@@ -1,0 +1,216 @@
+"""`agemem quickstart`: the whole recipe on the embedded defaults, offline, in minutes on a CPU.
+
+1. SFT warm start: the `tiny` model, built in-process, learns the tool protocol from the oracle's
+   deliberately imperfect trajectories (`agemem.train.sft`).
+2. Step-wise GRPO through the progressive curriculum (`agemem.train.grpo`); it scores the SFT
+   checkpoint on held-out tasks before its first step and the trained policy after its last.
+3. Baselines on the same held-out tasks, budget and token counts: `no-memory` (scripted: lets
+   everything pass and answers from the context alone) and `rag` (every stage-1 message stored,
+   the question's top-3 entries retrieved, the model answers from them: the SFT model before,
+   the GRPO model after).
+4. The report under the output directory: `report.json`, `report.md`, `learning_curves.png`,
+   `tool_mix.png`.
+
+A method's `score` is its sampled success rate (temperature 1, docs/LEARNABILITY.md's fairer
+baseline): every question answered exactly and the context never over budget. Running again
+resumes: a finished SFT is reused and GRPO continues from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from agemem.env import EnvConfig
+from agemem.memory.embed import Embedder, default_embedder
+from agemem.policy.hf import HFPolicy
+from agemem.policy.models import load_model
+from agemem.policy.scripted import NoMemoryPolicy, StoreEverythingPolicy
+from agemem.rewards import RewardConfig
+from agemem.tokens import HFTokenCounter
+from agemem.train.checkpoint import generation_length
+from agemem.train.config import PipelineConfig, load_config
+from agemem.train.curriculum import env_config, load_split
+from agemem.train.evaluate import TOOLS, evaluate_policy
+from agemem.train.grpo import run_grpo
+from agemem.train.metrics import read_metrics
+from agemem.train.plots import plot_learning_curves, plot_tool_mix
+from agemem.train.sft import run_sft
+
+METHODS = ("agemem", "no-memory", "rag")
+REPORTED = ("success", "em", "overflow", "stale", "reward/total")
+
+
+def quickstart_config(out_dir: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """The `quickstart` preset with every path under `out_dir`, then `overrides`."""
+    out = Path(out_dir)
+    paths = [
+        f"sft.run.out_dir={out / 'sft'}",
+        f"grpo.run.out_dir={out / 'grpo'}",
+        f"grpo.model.name={out / 'sft' / 'final'}",
+        "grpo.resume=true",
+    ]
+    return load_config("quickstart", paths + list(overrides or []))
+
+
+def run_quickstart(
+    out_dir: str | Path = "runs/quickstart",
+    overrides: list[str] | None = None,
+    *,
+    embedder: Embedder | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and report (module docstring); returns the report's JSON object."""
+    start = time.perf_counter()
+    console = console or Console()
+    out = Path(out_dir)
+    config = quickstart_config(out, overrides)
+    embedder = embedder or default_embedder()
+
+    sft_final = Path(config.grpo.model.name)
+    if (sft_final / "config.json").is_file():
+        console.print(f"[bold]1/4 SFT[/]: reusing {sft_final}")
+    else:
+        console.print("[bold]1/4 SFT warm start[/] on oracle trajectories")
+        sft = run_sft(config.sft, embedder=embedder)
+        if sft.interrupted:
+            raise KeyboardInterrupt("SFT stopped; run quickstart again to start over from SFT")
+
+    console.print("[bold]2/4 GRPO[/] through the curriculum (held-out evaluation before and after)")
+    grpo = run_grpo(config.grpo, embedder=embedder)
+    if grpo.interrupted:
+        raise KeyboardInterrupt("GRPO stopped after a checkpoint; run quickstart again to resume")
+    rows = list(read_metrics(Path(config.grpo.run.out_dir) / "metrics.jsonl"))
+    before = grpo.eval_before or _first_eval(rows)
+
+    console.print("[bold]3/4 baselines[/] (no-memory, rag) on the same held-out tasks")
+    baselines = {
+        "before": _baselines(config, sft_final, embedder),
+        "after": _baselines(config, grpo.final_dir, embedder),
+    }
+
+    console.print("[bold]4/4 report[/]")
+    report = {
+        "before": {"agemem": _method(before), **baselines["before"]},
+        "after": {"agemem": _method(grpo.eval_after), **baselines["after"]},
+        "held_out_tasks": config.grpo.eval.n_tasks,
+        "grpo_steps": grpo.steps,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "config": config.model_dump(mode="json"),
+    }
+    _write_report(report, rows, out, console)
+    return report
+
+
+def _first_eval(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The held-out scores logged before the first GRPO step (a resumed run does not redo them)."""
+    for row in rows:
+        if any(k.startswith("eval/") for k in row):
+            return {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
+    return {}
+
+
+def _method(scores: dict[str, float]) -> dict[str, Any]:
+    """One method's report entry from `evaluate_model`-style keys (`sampled/...`, `greedy/...`)."""
+    entry: dict[str, Any] = {"score": scores.get("sampled/success", 0.0)}
+    for mode in ("sampled", "greedy"):
+        if f"{mode}/success" not in scores:
+            continue
+        entry[mode] = {k: scores[f"{mode}/{k}"] for k in REPORTED if f"{mode}/{k}" in scores}
+        entry[mode]["tools"] = {t: scores.get(f"{mode}/tools/{t}", 0.0) for t in TOOLS}
+    return entry
+
+
+def _baselines(config: PipelineConfig, reader_dir: Path, embedder: Embedder) -> dict[str, Any]:
+    """`no-memory` and `rag` (read by the model in `reader_dir`) on the held-out tasks, counted
+    with that model's tokenizer so the budget is the one the agent had."""
+    settings = config.grpo
+    model, tokenizer = load_model(reader_dir)
+    reader = HFPolicy(
+        model,
+        tokenizer,
+        max_new_tokens=generation_length(settings.model),
+        temperature=settings.eval.temperature,
+        seed=settings.eval.seed,
+    )
+    tasks = load_split(
+        settings.tasks.source, settings.tasks.options, settings.eval.split, settings.eval.n_tasks
+    )
+    env: EnvConfig = env_config(settings.env.preset, settings.env.overrides)
+    reward = RewardConfig.preset(settings.reward.preset).with_(**settings.reward.overrides)
+    policies = {"no-memory": NoMemoryPolicy(), "rag": StoreEverythingPolicy(reader=reader)}
+    out = {}
+    for name, policy in policies.items():
+        stats = evaluate_policy(
+            policy,
+            tasks,
+            env,
+            reward,
+            embedder=embedder,
+            token_counter=HFTokenCounter(tokenizer),
+            seed=settings.eval.seed,
+        )
+        out[name] = _method({f"sampled/{k}": v for k, v in stats.items()})
+    return out
+
+
+def _write_report(
+    report: dict[str, Any], rows: list[dict[str, Any]], out: Path, console: Console
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    figures = []
+    try:
+        figures = [
+            plot_learning_curves(rows, out / "learning_curves.png"),
+            plot_tool_mix(rows, out / "tool_mix.png"),
+        ]
+    except ImportError as err:
+        console.print(f"[yellow]no plots: {err}[/]")
+    (out / "report.md").write_text(report_markdown(report, figures), encoding="utf-8")
+    console.print(report_markdown(report, figures, images=False))
+    console.print(
+        f"wrote {out / 'report.json'}, {out / 'report.md'}" + "".join(f", {f}" for f in figures)
+    )
+
+
+def report_markdown(report: dict[str, Any], figures: list[Path] = (), images: bool = True) -> str:
+    """The report as markdown: scores before and after training, tool calls, wall time."""
+    lines = [
+        "# agemem quickstart",
+        "",
+        f"Held-out synthetic tasks: {report['held_out_tasks']}; GRPO steps: {report['grpo_steps']};"
+        f" wall time {report['wall_s']:.0f} s; peak memory {report['peak_rss_mb']:.0f} MB.",
+        "Score: success rate with sampling (every question right, context never over budget).",
+        "",
+        "| method | score before | score after | EM after | overflow after "
+        "| greedy before | greedy after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in METHODS:
+        b, a = report["before"][name], report["after"][name]
+        greedy = [f"{x['greedy']['success']:.3f}" if "greedy" in x else "-" for x in (b, a)]
+        lines.append(
+            f"| {name} | {b['score']:.3f} | {a['score']:.3f} | {a['sampled']['em']:.3f} | "
+            f"{a['sampled']['overflow']:.3f} | {greedy[0]} | {greedy[1]} |"
+        )
+    lines += [
+        "",
+        "Tool calls per episode (agemem, sampled):",
+        "",
+        "| tool | before | after |",
+        "|---|---|---|",
+    ]
+    for tool in TOOLS:
+        b = report["before"]["agemem"]["sampled"]["tools"][tool]
+        a = report["after"]["agemem"]["sampled"]["tools"][tool]
+        lines.append(f"| {tool} | {b:.2f} | {a:.2f} |")
+    if images:
+        lines += [""] + [f"![{f.stem}]({f.name})" for f in figures]
+    return "\n".join(lines) + "\n"
