@@ -20,6 +20,7 @@ from agemem.train import (
     collate,
     group_advantages,
     grpo_loss,
+    pack_turns,
     step_samples,
     token_logprobs,
 )
@@ -362,3 +363,52 @@ def test_gradient_accumulation_equals_one_big_batch(aggregation) -> None:
     # negative control: averaging each micro-batch by its own count, then halving, is different
     naive = _grads(model, ref, micro, lambda b: None, aggregation) / 2
     assert not torch.allclose(naive, big, atol=1e-5, rtol=1e-3)
+
+
+# ---- packing append-only turns -----------------------------------------------------------------
+
+
+def _append_only_turns(tok, advantage: float) -> list[TrainSample]:
+    """Three turns of one conversation rendered by the chat template: each prompt is the one
+    before, its completion and a tool observation (an append-only context)."""
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False).input_ids
+
+    messages = [{"role": "user", "content": "a b c"}]
+    samples = []
+    for i, text in enumerate(["d e", "f g a", "b"]):
+        prompt = ids(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        completion = ids(text + "<|im_end|>")
+        samples.append(TrainSample(prompt, completion, [0.0] * len(completion), advantage))
+        messages += [{"role": "assistant", "content": text}, {"role": "tool", "content": f"{i}"}]
+    return samples
+
+
+def test_packed_turns_give_the_loss_and_gradient_of_separate_turns() -> None:
+    model, tok = build_tiny(["a b c d e f g 0 1 2"], seed=0, layers=2, hidden=32, ffn=64)
+    ref, _ = build_tiny(["a b c d e f g 0 1 2"], seed=1, layers=2, hidden=32, ffn=64)
+    samples = _with_old_logprobs(
+        model, _append_only_turns(tok, 1.5) + _append_only_turns(tok, -0.5)
+    )
+    packed = pack_turns(samples)
+    assert [len(p.spans) for p in packed] == [3, 3]  # one row per conversation
+    assert sum(p.length for p in packed) < sum(s.length for s in samples)
+    # every generated token keeps its position and value in the packed row
+    batch = collate(packed)
+    assert batch.n_tokens == sum(s.n_generated for s in samples)
+
+    separate = _grads(model, ref, [collate(samples)], lambda b: None, "token-mean")
+    together = _grads(model, ref, [batch], lambda b: None, "token-mean")
+    assert torch.allclose(together, separate, atol=1e-6, rtol=1e-4)
+
+
+def test_turns_are_not_packed_across_a_rewritten_context_or_another_advantage() -> None:
+    _, tok = build_tiny(["a b c d e f g 0 1 2"], seed=0, layers=2, hidden=32, ffn=64)
+    turns = _append_only_turns(tok, 1.0)
+    last, second = turns[2], turns[1]
+    summarised = last.prompt_ids[:3] + last.prompt_ids[5:]  # earlier tokens rewritten
+    rewritten = TrainSample(summarised, last.completion_ids, last.old_logprobs, 1.0)
+    other = TrainSample(second.prompt_ids, second.completion_ids, second.old_logprobs, 2.0)
+    assert [len(p.spans) for p in pack_turns([turns[0], turns[1], rewritten])] == [2, 1]
+    assert [len(p.spans) for p in pack_turns([turns[0], other])] == [1, 1]

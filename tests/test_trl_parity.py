@@ -36,6 +36,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from agemem.bench.grpo import trl_inputs
 from agemem.policy.tiny import build_tiny
 from agemem.train import TrainSample, collate, group_advantages, grpo_loss, token_logprobs
 
@@ -149,41 +150,6 @@ def _samples(trainer, tok) -> list[TrainSample]:
     return samples
 
 
-def _trl_inputs(trainer, samples: list[TrainSample], pad_id: int, n_items: int) -> dict:
-    """What TRL's `_generate_and_score_completions` hands to `_compute_loss`."""
-    width_p = max(len(s.prompt_ids) for s in samples)
-    width_c = max(len(s.completion_ids) for s in samples)
-    prompt_ids = torch.full((len(samples), width_p), pad_id)
-    prompt_mask = torch.zeros(len(samples), width_p, dtype=torch.long)
-    completion_ids = torch.full((len(samples), width_c), pad_id)
-    completion_mask = torch.zeros(len(samples), width_c, dtype=torch.long)
-    old = torch.zeros(len(samples), width_c)
-    for row, s in enumerate(samples):
-        p, c = len(s.prompt_ids), len(s.completion_ids)
-        prompt_ids[row, width_p - p :] = torch.tensor(s.prompt_ids)  # left padding
-        prompt_mask[row, width_p - p :] = 1
-        completion_ids[row, :c] = torch.tensor(s.completion_ids)  # right padding
-        completion_mask[row, :c] = 1
-        old[row, :c] = torch.tensor(s.old_logprobs)
-    with torch.no_grad():
-        ref, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.ref_model,
-            torch.cat([prompt_ids, completion_ids], 1),
-            torch.cat([prompt_mask, completion_mask], 1),
-            width_c,
-        )
-    return {
-        "prompt_ids": prompt_ids,
-        "prompt_mask": prompt_mask,
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-        "advantages": torch.tensor([s.advantage for s in samples]),
-        "old_per_token_logps": old,
-        "ref_per_token_logps": ref,
-        "num_items_in_batch": torch.tensor(n_items),
-    }
-
-
 def _ours(trainer, samples, aggregation, normalizer=None):
     batch = collate(samples)
     logp = token_logprobs(trainer.model, batch.input_ids, batch.attention_mask)
@@ -213,7 +179,7 @@ def test_loss_and_gradient_equal_trl(tiny, aggregation, loss_type) -> None:
     ours, metrics = _ours(trainer, samples, aggregation)
     ours.backward()
     ours_grad = _grads(trainer.model)
-    theirs = trainer._compute_loss(trainer.model, _trl_inputs(trainer, samples, 0, n_items))
+    theirs = trainer._compute_loss(trainer.model, trl_inputs(trainer, samples, 0, n_items))
     theirs.backward()
     theirs_grad = _grads(trainer.model)
 
@@ -238,7 +204,7 @@ def test_gradient_accumulation_equals_trl_dapo(tiny) -> None:
     whole, _ = _ours(trainer, samples, "token-mean")
     ours = sum(_ours(trainer, m, "token-mean", normalizer=n_items)[0] for m in micro)
     theirs = sum(
-        trainer._compute_loss(trainer.model, _trl_inputs(trainer, m, 0, n_items)) for m in micro
+        trainer._compute_loss(trainer.model, trl_inputs(trainer, m, 0, n_items)) for m in micro
     )
     assert ours.item() == pytest.approx(whole.item(), abs=1e-6)
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)

@@ -84,6 +84,35 @@ def bench_rollout(
     _write_json(payload, json_path)
 
 
+@bench_app.command("grpo")
+def bench_grpo(
+    preset: Annotated[str, typer.Option(help="tiny, or a model preset / checkpoint dir.")] = (
+        "tiny"
+    ),
+    tasks: Annotated[int, typer.Option(help="Synthetic tasks (k episodes each).")] = 8,
+    k: Annotated[int, typer.Option(help="Episodes per task.")] = 4,
+    micro_batch_size: Annotated[int, typer.Option(help="Rows per forward/backward.")] = 16,
+    repeats: Annotated[int, typer.Option(help="Updates timed on each side (median).")] = 3,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    seed: int = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Training tokens/s of our GRPO update against TRL's GRPOTrainer, same episodes."""
+    import torch
+
+    from agemem.bench.grpo import run_grpo_bench
+
+    if min(tasks, k, micro_batch_size, repeats) < 1:
+        raise typer.BadParameter("--tasks, --k, --micro-batch-size and --repeats must be >= 1")
+    if threads:
+        torch.set_num_threads(threads)
+    payload = run_grpo_bench(
+        preset, n_tasks=tasks, k=k, micro_batch_size=micro_batch_size, repeats=repeats, seed=seed
+    )
+    typer.echo(json.dumps({k: v for k, v in payload.items() if not isinstance(v, dict)}))
+    _write_json(payload, json_path)
+
+
 @app.command()
 def show(
     path: Annotated[Path, typer.Argument(help="Episode JSONL file.")],

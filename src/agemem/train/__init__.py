@@ -7,22 +7,24 @@
 One update, in order::
 
     samples = step_samples(episodes)                      # advantage broadcast to every turn
-    batch = collate(samples)
+    batch = collate(pack_turns(samples))                  # append-only turns share a row
     logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
     with torch.no_grad():
         ref = token_logprobs(ref_model, batch.input_ids, batch.attention_mask)
     loss, metrics = grpo_loss(logp, batch.old_logprobs, ref, batch.advantages, batch.loss_mask)
 """
 
-from agemem.train.batch import Batch, TrainSample, collate, step_samples
+from agemem.train.batch import Batch, PackedSample, TrainSample, collate, pack_turns, step_samples
 from agemem.train.grpo_loss import group_advantages, grpo_loss, token_logprobs
 
 __all__ = [
     "Batch",
+    "PackedSample",
     "TrainSample",
     "collate",
     "group_advantages",
     "grpo_loss",
+    "pack_turns",
     "step_samples",
     "token_logprobs",
 ]

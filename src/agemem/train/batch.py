@@ -4,6 +4,11 @@ Step-wise GRPO trains on model turns, not on one growing sequence: Summary_conte
 Filter_context rewrite the context, so each turn's prompt (the exact context the model saw) is its
 own sample. Observations and system messages only ever appear inside later prompts, so masking
 every prompt token leaves exactly the generated tokens in the loss.
+
+Where a context only grew (the next prompt starts with this turn's prompt and completion, token
+for token), `pack_turns` joins the turns into one sequence: causal attention gives every
+generated token the very context it was sampled in, so the loss is the same while the shared
+prefix is computed once (an episode of n append-only turns costs one pass, not n).
 """
 
 from __future__ import annotations
@@ -41,6 +46,71 @@ class TrainSample:
     @classmethod
     def from_step(cls, step: StepSample, advantage: float) -> TrainSample:
         return cls(step.prompt_ids, step.completion_ids, step.logprobs, advantage)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.completion_ids)
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.completion_ids)
+
+    def packed(self) -> PackedSample:
+        end = self.length
+        ids = self.prompt_ids + self.completion_ids
+        return PackedSample(ids, [(len(self.prompt_ids), end)], self.old_logprobs, self.advantage)
+
+
+@dataclass(frozen=True)
+class PackedSample:
+    """Consecutive turns of one episode in one sequence (`pack_turns`): `spans` are the
+    [start, end) ranges of each turn's generated tokens in `ids`, `old_logprobs` theirs in order.
+    """
+
+    ids: list[int]
+    spans: list[tuple[int, int]]
+    old_logprobs: list[float]
+    advantage: float
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_generated(self) -> int:
+        return sum(end - start for start, end in self.spans)
+
+
+Sample = TrainSample | PackedSample
+
+
+def pack_turns(samples: Sequence[TrainSample]) -> list[PackedSample]:
+    """Join each turn to the sequence before it when its prompt starts with that whole sequence
+    and its advantage is the same (module docstring); samples in episode order, as
+    `step_samples` gives them. A rewritten context starts a new sequence.
+
+    >>> a = TrainSample([1, 2], [3], [-0.5], 1.0)
+    >>> b = TrainSample([1, 2, 3, 9], [4, 5], [-0.1, -0.2], 1.0)
+    >>> [(p.ids, p.spans, p.old_logprobs) for p in pack_turns([a, b])]
+    [([1, 2, 3, 9, 4, 5], [(2, 3), (4, 6)], [-0.5, -0.1, -0.2])]
+    """
+    packed: list[PackedSample] = []
+    for sample in samples:
+        last = packed[-1] if packed else None
+        if (
+            last is not None
+            and last.advantage == sample.advantage
+            and sample.prompt_ids[: last.length] == last.ids
+        ):
+            packed[-1] = PackedSample(
+                sample.prompt_ids + sample.completion_ids,
+                [*last.spans, (len(sample.prompt_ids), sample.length)],
+                last.old_logprobs + sample.old_logprobs,
+                sample.advantage,
+            )
+        else:
+            packed.append(sample.packed())
+    return packed
 
 
 def step_samples(
@@ -99,13 +169,15 @@ class Batch:
         return Batch(*(t.to(device) for t in vars(self).values()))
 
 
-def collate(samples: Sequence[TrainSample], *, pad_id: int = 0) -> Batch:
-    """Pad samples on the right into one `Batch`. `pad_id` is only a filler: padded positions
-    are outside the attention mask, and right padding sits after every real token, so no real
-    token attends to it (causal attention) and its value changes no log-prob."""
+def collate(samples: Sequence[Sample], *, pad_id: int = 0) -> Batch:
+    """Pad samples (single turns or packed ones) on the right into one `Batch`. `pad_id` is only
+    a filler: padded positions are outside the attention mask, and right padding sits after every
+    real token, so no real token attends to it (causal attention) and its value changes no
+    log-prob."""
     if not samples:
         raise ValueError("no samples to collate")
-    width = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    rows = [s.packed() if isinstance(s, TrainSample) else s for s in samples]
+    width = max(s.length for s in rows)
     shape = (len(samples), width)
     batch = Batch(
         input_ids=torch.full(shape, pad_id, dtype=torch.long),
@@ -114,11 +186,11 @@ def collate(samples: Sequence[TrainSample], *, pad_id: int = 0) -> Batch:
         old_logprobs=torch.zeros(shape),
         advantages=torch.zeros(shape),
     )
-    for row, s in enumerate(samples):
-        start, end = len(s.prompt_ids), len(s.prompt_ids) + len(s.completion_ids)
-        batch.input_ids[row, :end] = torch.tensor(s.prompt_ids + s.completion_ids)
-        batch.attention_mask[row, :end] = 1
-        batch.loss_mask[row, start:end] = 1.0
-        batch.old_logprobs[row, start:end] = torch.tensor(s.old_logprobs)
-        batch.advantages[row, start:end] = s.advantage
+    for row, s in enumerate(rows):
+        batch.input_ids[row, : s.length] = torch.tensor(s.ids)
+        batch.attention_mask[row, : s.length] = 1
+        generated = torch.cat([torch.arange(start, end) for start, end in s.spans])
+        batch.loss_mask[row, generated] = 1.0
+        batch.old_logprobs[row, generated] = torch.tensor(s.old_logprobs)
+        batch.advantages[row, generated] = s.advantage
     return batch

@@ -46,7 +46,7 @@ from agemem.memory.embed import Embedder
 from agemem.policy.hf import HFPolicy
 from agemem.rewards import RewardConfig, reward_fn
 from agemem.tasks import Task
-from agemem.train.batch import TrainSample, collate, step_samples
+from agemem.train.batch import Sample, TrainSample, collate, pack_turns, step_samples
 from agemem.train.checkpoint import (
     checkpoint_dir,
     generation_length,
@@ -256,8 +256,10 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
         # Advantage 0 and no KL: the turn's loss is exactly 0. One such turn is kept when
         # nothing else is left, so that every process joins the gradient all-reduce.
         trained = [s for s in samples if s.advantage != 0] or trained[:1]
+    # token-mean weighs every generated token alike, so turns sharing a prefix can share a row
+    rows_in = pack_turns(trained) if token_mean else trained
 
-    def loss_of(chunk: list[TrainSample]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_of(chunk: list[Sample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate(chunk, pad_id=pad_id).to(accelerator.device)
         logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
         ref = _reference_logprobs(run, batch) if config.beta else None
@@ -279,7 +281,7 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
     rows: list[dict[str, float]] = []
     losses: list[float] = []  # each micro-batch's share of the step's loss
     for _ in range(config.ppo_epochs):
-        chunks = micro_batches(trained, config.micro_batch_size)
+        chunks = micro_batches(rows_in, config.micro_batch_size)
         step_rows = accumulate(accelerator, model, chunks, loss_of)
         stepped = optimizer_step(
             accelerator, model, run.optimizer, run.scheduler, config.optim.grad_clip
@@ -290,6 +292,7 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
     summed = global_count(accelerator, sum(losses)) / accelerator.num_processes
     metrics["loss"] = summed / config.ppo_epochs
     metrics["trained_turns"] = global_count(accelerator, len(trained))
+    metrics["trained_rows"] = global_count(accelerator, len(rows_in))
     return {f"update/{k}": v for k, v in metrics.items()}
 
 

@@ -15,15 +15,17 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from agemem.train.batch import TrainSample
+from agemem.train.batch import Sample
 from agemem.train.config import OptimSettings, RunSettings
+
+S = TypeVar("S", bound=Sample)
 
 
 def setup(run: RunSettings) -> Accelerator:
@@ -57,10 +59,10 @@ def make_optimizer(
     return optimizer, scheduler
 
 
-def micro_batches(samples: Sequence[TrainSample], size: int) -> list[list[TrainSample]]:
+def micro_batches(samples: Sequence[S], size: int) -> list[list[S]]:
     """Chunks of `size` samples, sorted by length so each chunk pads little. The order changes no
     gradient: the micro-batch losses are summed over one optimizer step."""
-    ordered = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
+    ordered = sorted(samples, key=lambda s: s.length)
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 

@@ -33,7 +33,7 @@ from agemem.policy.scripted import OraclePolicy
 from agemem.rewards import RewardConfig, reward_fn
 from agemem.tasks import Task
 from agemem.tokens import HFTokenCounter
-from agemem.train.batch import TrainSample, collate
+from agemem.train.batch import PackedSample, Sample, TrainSample, collate, pack_turns
 from agemem.train.checkpoint import generation_length, load_for_training, save_model
 from agemem.train.config import SFTConfig
 from agemem.train.curriculum import env_config, load_split
@@ -155,7 +155,7 @@ def tiny_corpus(
 
 
 def sft_loss(
-    model: torch.nn.Module, samples: Sequence[TrainSample], normalizer: float, pad_id: int
+    model: torch.nn.Module, samples: Sequence[Sample], normalizer: float, pad_id: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Summed negative log-likelihood of the completion tokens over `normalizer` (the optimizer
     step's completion tokens): the prompt and padding are outside `loss_mask`."""
@@ -226,7 +226,7 @@ def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult
 
 def _prepare(
     config: SFTConfig, env: EnvConfig, reward: RewardConfig, embedder: Embedder | None
-) -> tuple[torch.nn.Module, Any, list[TrainSample], dict[str, float]]:
+) -> tuple[torch.nn.Module, Any, list[PackedSample], dict[str, float]]:
     """The model to train, its tokenizer, the samples and a summary of the data."""
     tasks = load_split(config.tasks.source, config.tasks.options, "train", config.n_tasks)
     corpus = tiny_corpus(tasks, env, reward, embedder) if config.model.name == "tiny" else []
@@ -252,8 +252,10 @@ def _prepare(
         "completion_tokens": float(sum(len(s.completion_ids) for s in samples)),
         "prompt_tokens": float(sum(len(s.prompt_ids) for s in samples)),
     }
+    packed = pack_turns(samples)  # append-only turns of an episode share one row
+    data["rows"] = float(len(packed))
     log.info("SFT data: %s", data)
-    return model, tokenizer, samples, data
+    return model, tokenizer, packed, data
 
 
 def sft_step(
@@ -261,13 +263,13 @@ def sft_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    samples: Sequence[TrainSample],
+    samples: Sequence[Sample],
     config: SFTConfig,
     pad_id: int,
 ) -> dict[str, float]:
     """One optimizer step on this process's share of a batch: token mean over all processes."""
     start = time.perf_counter()
-    tokens = global_count(accelerator, sum(len(s.completion_ids) for s in samples))
+    tokens = global_count(accelerator, sum(s.n_generated for s in samples))
     normalizer = tokens / accelerator.num_processes
     chunks = micro_batches(samples, config.micro_batch_size)
     rows = accumulate(accelerator, model, chunks, lambda c: sft_loss(model, c, normalizer, pad_id))
