@@ -142,7 +142,7 @@ def _facts_table(episode: Episode) -> Table:
 
 
 def render_episode(episode: Episode, console: Console, *, full: bool = False) -> None:
-    names = STAGE_NAMES[episode.facts.method]
+    names = STAGE_NAMES.get(episode.facts.method, {})  # baselines: stages shown by number
     console.print(
         Rule(
             f"[bold]{escape(episode.task_id)}[/] · {episode.family} · "

@@ -94,9 +94,14 @@ def emit(
     answer: str | None = None,
     native: bool = False,
 ) -> Turn:
-    """A turn in AgeMem's tag protocol (or as OpenAI tool calls when `native`)."""
+    """A turn in AgeMem's tag protocol (or as OpenAI tool calls when `native`).
+
+    The answer follows a space (answers are stripped when read): with a word-level tokenizer
+    (the tiny model's) a word then has the same token as in the retrieved entries and the think
+    text, so answering is copying. Measured: without the space, an SFT tiny model wrote
+    "<think>memory says orange</think><answer>white</answer>" (held-out EM 0.135, greedy)."""
     if answer is not None:
-        return Turn(text=f"<think>{think}</think><answer>{answer}</answer>")
+        return Turn(text=f"<think>{think}</think><answer> {answer}</answer>")
     calls = calls or []
     if native and not calls:
         return Turn(text=f"<think>{think}</think>ok")  # a reply without calls lets a message pass
