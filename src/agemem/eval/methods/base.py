@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from agemem.env.config import EnvConfig
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder
 from agemem.policy.base import Policy
@@ -37,6 +38,12 @@ class RunContext:
     top_k: int = 5  # memories retrieved per query (ours; AgeMem does not state one)
     seed: int = 0
     progress: bool = True
+    batch_size: int = 8  # contexts per `policy.act` call where the method can batch
+    model_context: int | None = None  # the model's window in tokens (full-context fills it)
+    # AgeMem-style agents keep only the last N stage-1 messages in context (None: all, as in the
+    # paper). Long conversations (LoCoMo: ~400-700 turns) would otherwise outgrow the window.
+    stage1_window: int | None = None
+    env: EnvConfig | None = None  # agent methods' episode rules (None: the paper preset at t_max)
 
 
 @runtime_checkable
