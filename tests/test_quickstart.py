@@ -31,7 +31,7 @@ SMALL = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, embedder):
     out = tmp_path_factory.mktemp("quickstart")
-    return out, run_quickstart(out, SMALL, embedder=embedder)
+    return out, run_quickstart(out, SMALL, seeds=2, embedder=embedder)
 
 
 def test_report_has_before_and_after_for_every_method(run):
@@ -43,6 +43,11 @@ def test_report_has_before_and_after_for_every_method(run):
         for method in METHODS:
             assert 0.0 <= report[when][method]["score"] <= 1.0
     assert report["grpo_steps"] == 2 and report["wall_s"] > 0 and report["peak_rss_mb"] > 0
+    # two GRPO seeds from one SFT checkpoint: `after` is their mean
+    first, second = (run["agemem"]["score"] for run in report["after_by_seed"])
+    assert report["after"]["agemem"]["score"] == pytest.approx((first + second) / 2)
+    assert [run["seed"] for run in report["after_by_seed"]] == [0, 1]
+    assert (out / "grpo-seed1" / "final" / "config.json").is_file()
     # no-memory cannot answer after stage 2 reset its context: by construction it scores 0
     assert report["after"]["no-memory"]["score"] == 0.0
 
@@ -52,6 +57,7 @@ def test_report_files_and_plots(run):
     markdown = (out / "report.md").read_text()
     for method in METHODS:
         assert f"| {method} |" in markdown
+    assert "| 1 |" in markdown  # the per-seed table
     for figure in ("learning_curves.png", "tool_mix.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![learning_curves](learning_curves.png)" in markdown
@@ -59,6 +65,6 @@ def test_report_files_and_plots(run):
 
 def test_running_again_resumes_instead_of_retraining(run, embedder):
     out, first = run
-    again = run_quickstart(out, SMALL, embedder=embedder)
+    again = run_quickstart(out, SMALL, seeds=2, embedder=embedder)
     assert again["grpo_steps"] == 2  # the finished run is not trained further
     assert again["before"]["agemem"] == first["before"]["agemem"]  # read back from metrics

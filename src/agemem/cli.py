@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from agemem.eval.cli import eval_command, report_command
+
 app = typer.Typer(
     help="agemem: LLM agents that manage their own long- and short-term memory.",
     no_args_is_help=True,
@@ -17,6 +19,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print numbers and write JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.command("eval")(eval_command)
+app.command("report")(report_command)
 store_app = typer.Typer(
     help="Inspect, export and import a memory store file.", no_args_is_help=True
 )
@@ -200,6 +204,7 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="Run directory (runs are resumed).")] = Path(
         "runs/quickstart"
     ),
+    seeds: Annotated[int, typer.Option(min=1, help="GRPO runs from the one SFT checkpoint.")] = 1,
     overrides: Overrides = None,
 ) -> None:
     """SFT + step-wise GRPO of the tiny model on synthetic tasks, evaluated before and after
@@ -207,7 +212,7 @@ def quickstart(
     from agemem.quickstart import run_quickstart
 
     with _config_errors():
-        run_quickstart(out, overrides)
+        run_quickstart(out, overrides, seeds=seeds)
 
 
 @app.command()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from agemem.policy.scripted import NoMemoryPolicy, StoreEverythingPolicy
 from agemem.rewards import RewardConfig
 from agemem.tokens import HFTokenCounter
 from agemem.train.checkpoint import generation_length
-from agemem.train.config import PipelineConfig, load_config
+from agemem.train.config import GRPOConfig, PipelineConfig, load_config
 from agemem.train.curriculum import env_config, load_split
 from agemem.train.evaluate import TOOLS, evaluate_policy
 from agemem.train.grpo import run_grpo
@@ -62,10 +63,17 @@ def run_quickstart(
     out_dir: str | Path = "runs/quickstart",
     overrides: list[str] | None = None,
     *,
+    seeds: int = 1,
     embedder: Embedder | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and report (module docstring); returns the report's JSON object."""
+    """Train, evaluate and report (module docstring); returns the report's JSON object.
+
+    `seeds` > 1 trains GRPO that many times from the one SFT checkpoint (run seeds s, s+1, ...;
+    directories `grpo`, `grpo-seed1`, ...): `after` is then the mean over seeds and
+    `after_by_seed` holds each."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     start = time.perf_counter()
     console = console or Console()
     out = Path(out_dir)
@@ -81,31 +89,69 @@ def run_quickstart(
         if sft.interrupted:
             raise KeyboardInterrupt("SFT stopped; run quickstart again to start over from SFT")
 
-    console.print("[bold]2/4 GRPO[/] through the curriculum (held-out evaluation before and after)")
-    grpo = run_grpo(config.grpo, embedder=embedder)
-    if grpo.interrupted:
-        raise KeyboardInterrupt("GRPO stopped after a checkpoint; run quickstart again to resume")
-    rows = list(read_metrics(Path(config.grpo.run.out_dir) / "metrics.jsonl"))
-    before = grpo.eval_before or _first_eval(rows)
+    runs = []
+    for i in range(seeds):
+        settings = _seed_settings(config.grpo, out, i)
+        console.print(
+            f"[bold]2/4 GRPO[/] seed {settings.run.seed} through the curriculum "
+            "(held-out evaluation before and after)"
+        )
+        grpo = run_grpo(settings, embedder=embedder)
+        if grpo.interrupted:
+            raise KeyboardInterrupt(
+                "GRPO stopped after a checkpoint; run quickstart again to resume"
+            )
+        rows = list(read_metrics(Path(settings.run.out_dir) / "metrics.jsonl"))
+        runs.append((settings, grpo, rows))
+    first_settings, first, first_rows = runs[0]
+    before = first.eval_before or _first_eval(first_rows)
 
     console.print("[bold]3/4 baselines[/] (no-memory, rag) on the same held-out tasks")
-    baselines = {
-        "before": _baselines(config, sft_final, embedder),
-        "after": _baselines(config, grpo.final_dir, embedder),
-    }
+    by_seed = [
+        {"seed": settings.run.seed, "agemem": _method(grpo.eval_after)}
+        | _baselines(settings, grpo.final_dir, embedder)
+        for settings, grpo, _ in runs
+    ]
 
     console.print("[bold]4/4 report[/]")
     report = {
-        "before": {"agemem": _method(before), **baselines["before"]},
-        "after": {"agemem": _method(grpo.eval_after), **baselines["after"]},
+        "before": {"agemem": _method(before), **_baselines(first_settings, sft_final, embedder)},
+        "after": {name: _mean([run[name] for run in by_seed]) for name in METHODS},
+        "after_by_seed": by_seed,
         "held_out_tasks": config.grpo.eval.n_tasks,
-        "grpo_steps": grpo.steps,
+        "grpo_steps": first.steps,
+        "seeds": seeds,
         "wall_s": round(time.perf_counter() - start, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "config": config.model_dump(mode="json"),
     }
-    _write_report(report, rows, out, console)
+    _write_report(report, {f"seed {s.run.seed}": rows for s, _, rows in runs}, out, console)
     return report
+
+
+def _seed_settings(settings: GRPOConfig, out: Path, index: int) -> GRPOConfig:
+    """The GRPO config of the `index`-th seed: its own run seed and directory; the SFT
+    checkpoint is evaluated before training only once (by the first)."""
+    if index == 0:
+        return settings
+    return settings.model_copy(
+        update={
+            "run": settings.run.model_copy(
+                update={
+                    "seed": settings.run.seed + index,
+                    "out_dir": str(out / f"grpo-seed{index}"),
+                }
+            ),
+            "eval": settings.eval.model_copy(update={"before": False}),
+        }
+    )
+
+
+def _mean(entries: list[Any]) -> Any:
+    """The element-wise mean of equally shaped report entries (nested dicts of numbers)."""
+    if isinstance(entries[0], dict):
+        return {k: _mean([e[k] for e in entries]) for k in entries[0]}
+    return sum(entries) / len(entries)
 
 
 def _first_eval(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -127,10 +173,9 @@ def _method(scores: dict[str, float]) -> dict[str, Any]:
     return entry
 
 
-def _baselines(config: PipelineConfig, reader_dir: Path, embedder: Embedder) -> dict[str, Any]:
+def _baselines(settings: GRPOConfig, reader_dir: Path, embedder: Embedder) -> dict[str, Any]:
     """`no-memory` and `rag` (read by the model in `reader_dir`) on the held-out tasks, counted
     with that model's tokenizer so the budget is the one the agent had."""
-    settings = config.grpo
     model, tokenizer = load_model(reader_dir)
     reader = HFPolicy(
         model,
@@ -161,33 +206,38 @@ def _baselines(config: PipelineConfig, reader_dir: Path, embedder: Embedder) -> 
 
 
 def _write_report(
-    report: dict[str, Any], rows: list[dict[str, Any]], out: Path, console: Console
+    report: dict[str, Any], runs: dict[str, list[dict[str, Any]]], out: Path, console: Console
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    figures = []
+    figures: list[Path] = []
     try:
         figures = [
-            plot_learning_curves(rows, out / "learning_curves.png"),
-            plot_tool_mix(rows, out / "tool_mix.png"),
+            plot_learning_curves(runs, out / "learning_curves.png"),
+            plot_tool_mix(runs, out / "tool_mix.png"),
         ]
     except ImportError as err:
         console.print(f"[yellow]no plots: {err}[/]")
     (out / "report.md").write_text(report_markdown(report, figures), encoding="utf-8")
     console.print(report_markdown(report, figures, images=False))
-    console.print(
-        f"wrote {out / 'report.json'}, {out / 'report.md'}" + "".join(f", {f}" for f in figures)
-    )
+    written = [out / "report.json", out / "report.md", *figures]
+    console.print("wrote " + ", ".join(str(f) for f in written))
 
 
-def report_markdown(report: dict[str, Any], figures: list[Path] = (), images: bool = True) -> str:
-    """The report as markdown: scores before and after training, tool calls, wall time."""
+def report_markdown(
+    report: dict[str, Any], figures: Sequence[Path] = (), images: bool = True
+) -> str:
+    """The report as markdown: scores before and after training (and per seed), tool calls,
+    wall time."""
+    seeds = report.get("seeds", 1)
     lines = [
         "# agemem quickstart",
         "",
-        f"Held-out synthetic tasks: {report['held_out_tasks']}; GRPO steps: {report['grpo_steps']};"
-        f" wall time {report['wall_s']:.0f} s; peak memory {report['peak_rss_mb']:.0f} MB.",
-        "Score: success rate with sampling (every question right, context never over budget).",
+        f"Held-out synthetic tasks: {report['held_out_tasks']}; GRPO steps: {report['grpo_steps']}"
+        f" x {seeds} seed(s); wall time {report['wall_s']:.0f} s; peak memory"
+        f" {report['peak_rss_mb']:.0f} MB.",
+        "Score: success rate with sampling (every question right, context never over budget);"
+        f" after = mean over {seeds} seed(s).",
         "",
         "| method | score before | score after | EM after | overflow after "
         "| greedy before | greedy after |",
@@ -200,6 +250,11 @@ def report_markdown(report: dict[str, Any], figures: list[Path] = (), images: bo
             f"| {name} | {b['score']:.3f} | {a['score']:.3f} | {a['sampled']['em']:.3f} | "
             f"{a['sampled']['overflow']:.3f} | {greedy[0]} | {greedy[1]} |"
         )
+    if seeds > 1:
+        lines += ["", "| seed | agemem after | gain over SFT (points) |", "|---|---|---|"]
+        for run in report["after_by_seed"]:
+            gain = 100 * (run["agemem"]["score"] - report["before"]["agemem"]["score"])
+            lines.append(f"| {run['seed']} | {run['agemem']['score']:.3f} | {gain:+.1f} |")
     lines += [
         "",
         "Tool calls per episode (agemem, sampled):",

@@ -40,7 +40,7 @@ from agemem.train.loop import micro_batches
 from agemem.train.sft import sft_samples
 
 CLIP_LOW, CLIP_HIGH, BETA = 0.2, 0.28, 0.1
-APPEND_ONLY = PRESETS["synthetic"].with_(keep_stage12_turns=True, stage1_history=True)
+APPEND_ONLY = PRESETS["synthetic"].with_(keep_stage12_turns=True, stage1_window=None)
 NO_CONTEXT_TOOLS = OracleRates(stage2_filter=0.0, stage2_summary=0.0)
 
 

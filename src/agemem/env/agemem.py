@@ -208,7 +208,9 @@ class MemoryEnv(EpisodeEnv):
             )
             related = [(self._aliases.show(item.id), item.content) for item in items]
             self._recorder.facts.auto_retrieved_ids.extend(i for i, _ in related)
-        if not self.config.stage1_history:
+        window = self.config.stage1_window
+        shown = sum(m["role"] != "system" for m in self._context.messages)
+        if window is not None and shown >= window:
             self._context.reset(keep_system=True)
         self._context.append({"role": "user", "content": stage1_message(text, related)})
 

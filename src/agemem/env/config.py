@@ -45,10 +45,11 @@ class EnvConfig:
     - `keep_stage12_turns`: keep the agent's stage-1/2 outputs and their observations in the
       context (ours: True). False keeps only the incoming messages there: the agent sees its store
       through the auto-retrieved memories, and in stage 2 its own tool calls cost no context.
-    - `stage1_history`: stage-1 contexts hold every message so far (ours: True, as AgeMem's
-      conversation). False shows only the current message with its auto-retrieved memories: with
-      `keep_stage12_turns=False` the earlier messages add nothing the memories do not show, and
-      they would be most of every stage-1 prompt's tokens.
+    - `stage1_window`: when the stage-1 context holds this many messages (system prompt aside),
+      it is cleared before the next one (None: never, AgeMem's whole conversation). 1 shows only
+      the current message with its auto-retrieved memories: with `keep_stage12_turns=False` the
+      earlier messages add nothing the memories do not show, and they would be most of every
+      stage-1 prompt's tokens. Long conversations (LoCoMo) need a window to fit a model's context.
     - `id_space`: show memory ids as `mem_1` .. `mem_<id_space>`, drawn at random per entry, instead
       of the store's 8-hex-digit ids (a small id space is what let a tiny model learn to copy ids,
       docs/LEARNABILITY.md). When the space is used up, further entries show their real id.
@@ -75,7 +76,7 @@ class EnvConfig:
     stage3_max_turns: int = 8
     auto_retrieve_k: int = 3
     keep_stage12_turns: bool = True
-    stage1_history: bool = True
+    stage1_window: int | None = None
     id_space: int | None = None
     stage_tools: tuple[tuple[str, ...], ...] = PAPER_STAGE_TOOLS
     native_tools: bool = False
@@ -94,6 +95,10 @@ class EnvConfig:
         _require(self.t_max_margin >= 0, "t_max_margin must be >= 0")
         _require(self.n_max is None or self.n_max >= 1, "n_max must be >= 1 or None")
         _require(self.stage3_max_turns >= 1, "stage3_max_turns must be >= 1")
+        _require(
+            self.stage1_window is None or self.stage1_window >= 1,
+            "stage1_window must be >= 1 or None",
+        )
         _require(self.auto_retrieve_k >= 0, "auto_retrieve_k must be >= 0 (0: show none)")
         _require(self.id_space is None or self.id_space >= 1, "id_space must be >= 1 or None")
         _require(len(self.stage_tools) == 3, "stage_tools needs one tuple of names per stage")
@@ -153,7 +158,7 @@ PRESETS: dict[str, EnvConfig] = {
         stage3_max_turns=3,
         auto_retrieve_k=2,
         keep_stage12_turns=False,
-        stage1_history=False,
+        stage1_window=1,
         id_space=9,
         system_prompt="compact",
     ),

@@ -15,6 +15,7 @@ from rich.progress import Progress
 
 from agemem.env.agemem import MemoryEnv
 from agemem.env.atommem import AtomMemEnv
+from agemem.env.base import EpisodeEnv
 from agemem.env.config import PRESETS, EnvConfig
 from agemem.env.embed_cache import cached
 from agemem.env.record import EnvError
@@ -88,6 +89,19 @@ def run_episodes(
     ]
     if config.method == "agemem":
         embedder.embed(sorted(_known_texts(tasks)))  # one batch now instead of one call per use
+    return drive(policy, envs, slots, progress=progress, reward_fn=reward_fn)
+
+
+def drive(
+    policy: Policy,
+    envs: Sequence[EpisodeEnv],
+    slots: Sequence[tuple[Task, str]],
+    *,
+    progress: bool = False,
+    reward_fn: Callable[[Episode], dict[str, float]] | None = None,
+) -> list[Episode]:
+    """Run `envs[i]` on `slots[i]` = (task, group id) to the end, all at once: one `policy.act`
+    call per step over every live episode. Closes the envs; episodes in slot order."""
     episodes: list[Episode | None] = [None] * len(slots)
     try:
         contexts = {i: envs[i].reset(task) for i, (task, _) in enumerate(slots)}

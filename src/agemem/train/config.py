@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agemem.train.curriculum import Phase
+from agemem.train.curriculum import Phase, progressive
 
 
 class ConfigError(ValueError):
@@ -223,7 +223,8 @@ class PipelineConfig(_Config):
 def _quickstart() -> PipelineConfig:
     """The tiny model on the synthetic curriculum (docs/LEARNABILITY.md), minutes on 2 cores.
 
-    GRPO runs without KL (beta 0), as in the LEARNABILITY experiment: SFT leaves the strategy
+    GRPO goes through AgeMem's three phases (`progressive`: memory, context, integrated, in
+    thirds of the 50 steps). It runs without KL (beta 0), as in the LEARNABILITY experiment: SFT leaves the strategy
     deliberately random (the oracle's imperfect rates), so a KL pull towards the SFT reference
     pulls towards exactly the random strategy RL has to leave, and at lr 3e-4 over 50 steps the
     clipped ratio already bounds each update. The paper's beta 0.1 stays the default elsewhere.
@@ -245,6 +246,7 @@ def _quickstart() -> PipelineConfig:
     grpo = GRPOConfig(
         run=RunSettings(out_dir="runs/quickstart/grpo", threads=1, save_every=10),
         model=ModelSettings(name="runs/quickstart/sft/final", max_new_tokens=64),
+        curriculum=progressive(50),
         steps=50,
         tasks_per_step=8,
         k=8,

@@ -33,47 +33,45 @@ def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[f
     return [s for s, _ in points], [v for _, v in points]
 
 
-def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Rollout reward and success per GRPO step (with held-out evaluations as points)."""
+Runs = dict[str, Sequence[dict[str, Any]]]  # label -> a run's metrics records
+
+
+def plot_learning_curves(runs: Runs, path: str | Path) -> Path:
+    """Per GRPO step, for each run: rollout reward (left), rollout success and overflow (right),
+    with the held-out evaluations as points."""
     plt = require_matplotlib()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    steps, reward = _series(rows, "rollout/reward_mean")
-    left.plot(steps, reward, label="rollout reward (mean)")
-    left.set_xlabel("GRPO step")
-    left.set_ylabel("reward")
-    left.grid(alpha=0.3)
-    left.legend()
-    for key, label in (("rollout/success", "rollout success"), ("rollout/overflow", "overflow")):
-        steps, values = _series(rows, key)
-        right.plot(steps, values, label=label)
-    for key, label in (
-        ("eval/sampled/success", "held-out (sampled)"),
-        ("eval/greedy/success", "held-out (greedy)"),
-    ):
-        steps, values = _series(rows, key)
-        if steps:
-            right.plot(steps, values, "o--", label=label)
-    right.set_xlabel("GRPO step")
-    right.set_ylabel("share of episodes")
-    right.set_ylim(-0.02, 1.02)
-    right.grid(alpha=0.3)
-    right.legend()
+    for i, (label, rows) in enumerate(runs.items()):
+        color = f"C{i}"
+        left.plot(*_series(rows, "rollout/reward_mean"), color=color, label=label)
+        right.plot(*_series(rows, "rollout/success"), color=color, label=f"{label}: success")
+        right.plot(*_series(rows, "rollout/overflow"), ":", color=color, label=f"{label}: overflow")
+        steps, values = _series(rows, "eval/sampled/success")
+        right.plot(steps, values, "o", color=color, label=f"{label}: held-out success")
+    left.set(xlabel="GRPO step", ylabel="rollout reward (mean)")
+    right.set(xlabel="GRPO step", ylabel="share of episodes", ylim=(-0.02, 1.02))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return _save(fig, plt, path)
 
 
-def plot_tool_mix(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Tool calls per episode over GRPO steps, one line per tool (rollout means)."""
+def plot_tool_mix(runs: Runs, path: str | Path) -> Path:
+    """Tool calls per episode over GRPO steps (rollout means), one panel per tool, one line per
+    run."""
     plt = require_matplotlib()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for tool in TOOLS:
-        steps, values = _series(rows, f"rollout/tools/{tool}")
-        if steps:
-            ax.plot(steps, values, label=tool)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("calls per episode")
-    ax.set_title("Tool-call mix over training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True)
+    for ax, tool in zip(axes.flat, TOOLS, strict=True):
+        for i, (label, rows) in enumerate(runs.items()):
+            ax.plot(*_series(rows, f"rollout/tools/{tool}"), color=f"C{i}", label=label)
+        ax.set_title(tool, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("GRPO step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("calls per episode")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Tool-call mix over training")
     return _save(fig, plt, path)
 
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every method on synthetic (held-out seeds), hotpotqa (test split) and locomo (one full
+# conversation) with SmolLM2-135M, greedy decoding; then one merged table and plots:
+# $OUT/report.md, $OUT/results.json, $OUT/score_vs_tokens.png, $OUT/tool_calls.png.
+# Resumable: rerun the same command after an interruption and finished tasks are skipped.
+#
+# Knobs (environment variables):
+#   OUT=runs/compare      where the runs and the report go
+#   LIMIT=N               cap every benchmark at N tasks (a quick check; LoCoMo's 1 stays 1)
+#   BENCHMARKS, METHODS   space-separated subsets (default: all below)
+#   POLICY=DIR            a trained checkpoint: adds the `agemem` rows (agemem-norl is its base)
+#   THREADS=2             torch threads (the machine's cores)
+#   AGEMEM=".venv/bin/agemem"   the command (e.g. ".venv/bin/python -m agemem.eval")
+# Estimated time on 2 CPU cores (see the closing note of issue 5): ~9-10 hours in full;
+# with a GPU (`HFPolicy` moves to CUDA by itself) minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+read -r -a AGEMEM <<< "${AGEMEM:-.venv/bin/agemem}"
+OUT=${OUT:-runs/compare}
+export OMP_NUM_THREADS=${THREADS:-2}
+BENCHMARKS=${BENCHMARKS:-"synthetic hotpotqa locomo"}
+METHODS=${METHODS:-"no-memory full-context rag mem0-style a-mem-style agemem-norl agemem-rag atommem"}
+declare -A TASKS=([synthetic]=30 [hotpotqa]=200 [locomo]=1)
+
+run() {  # benchmark method [extra args...]
+  local b=$1 m=$2 n=${TASKS[$1]}
+  shift 2
+  if [[ -n "${LIMIT:-}" && "$LIMIT" -lt "$n" ]]; then n=$LIMIT; fi
+  echo "== $b / $m ($n tasks)"
+  "${AGEMEM[@]}" eval --benchmark "$b" --method "$m" --limit "$n" --out "$OUT/$b/$m" "$@" \
+    > "$OUT/$b.$m.log"
+}
+
+mkdir -p "$OUT"
+for b in $BENCHMARKS; do
+  for m in $METHODS; do run "$b" "$m"; done
+  if [[ -n "${POLICY:-}" ]]; then run "$b" agemem --policy "$POLICY"; fi
+done
+dirs=()
+for b in $BENCHMARKS; do
+  for d in "$OUT/$b"/*/; do [[ -f "$d/results.json" ]] && dirs+=("$d"); done
+done
+"${AGEMEM[@]}" report "${dirs[@]}" --out "$OUT"
+echo "machine: $(nproc --all) cores, $(uname -sm), OMP_NUM_THREADS=$OMP_NUM_THREADS"

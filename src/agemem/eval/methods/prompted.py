@@ -1,0 +1,246 @@
+"""The prompt-only baselines: one model call per question, the prompt built by the method.
+
+- `no-memory`: the task's messages as one transcript (stage-1 messages, then the distractors, as
+  an AgeMem episode shows them), cut from the oldest end so that the prompt fits `t_max`.
+- `full-context`: the same transcript whole, or cut only where it exceeds the model's window
+  (`RunContext.model_context` less `reserve` tokens for the answer; no window known: whole).
+- `rag`: every message goes into a fresh store (the store's hybrid BM25 + dense search, which
+  measured best on LoCoMo evidence recall); each question retrieves its top-k messages, shown in
+  rank order as a static context. No agent decides anything.
+
+Choices (ours, the issue leaves them open): the answer instruction `ANSWER_SYSTEM` asks for a
+short answer; the answer is the reply's first non-empty line (inside `<answer>` tags if the
+model used them). Questions of all tasks are batched together, `RunContext.batch_size` prompts
+per `act` call, and each question's latency is its share of its batch's wall time (plus, for
+rag, its retrieval and its share of indexing its task).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agemem.env.render import incoming_text
+from agemem.episode import (
+    CallRecord,
+    Episode,
+    EpisodeFacts,
+    GoldQuestion,
+    ParsedActions,
+    StepSample,
+    StoredMemory,
+)
+from agemem.eval.methods.base import RunContext
+from agemem.memory.sqlite import SQLiteStore
+from agemem.memory.store import NewMemory
+from agemem.policy.base import Message
+from agemem.summarize import strip_think
+from agemem.tasks.base import Task
+
+ANSWER_SYSTEM = (
+    "Answer the question from the information below. Reply with the answer only: a few words, "
+    "no explanation."
+)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
+_LEAD_IN = re.compile(r"^(?:the )?answer\b[^:]{0,60}:\s*", re.IGNORECASE)  # "The answer ... is:"
+
+
+def task_lines(task: Task) -> list[str]:
+    """The task's messages in episode order: stage-1 messages (with speaker and time), then
+    the distractors."""
+    return [incoming_text(m) for m in task.contextual] + list(task.distractors)
+
+
+def answer_prompt(
+    lines: Sequence[str], question: str, header: str = "Information"
+) -> list[Message]:
+    body = "\n".join(lines) if lines else "(nothing)"
+    return [
+        {"role": "system", "content": ANSWER_SYSTEM},
+        {"role": "user", "content": f"{header}:\n{body}\n\nQuestion: {question}"},
+    ]
+
+
+def clean_answer(text: str) -> str:
+    """The answer in a reply: inside `<answer>` if present, else the first non-empty line.
+
+    >>> clean_answer("<think>hm</think> Answer: Paris\\nBecause...")
+    'Paris'
+    >>> clean_answer('The answer to the question is: "Gus likes red."')
+    'Gus likes red.'
+    """
+    text = strip_think(text)
+    tagged = _ANSWER_TAG.search(text)
+    if tagged:
+        text = tagged.group(1)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return _LEAD_IN.sub("", line).strip().strip('"').strip()
+
+
+def fit_recent(lines: list[str], question: str, budget: int | None, ctx: RunContext) -> list[str]:
+    """The most recent `lines` whose prompt fits `budget` tokens (all of them when None)."""
+    if budget is None:
+        return lines
+    overhead = ctx.token_counter.count_messages(answer_prompt([], question))
+    room, kept = budget - overhead, 0
+    for line in reversed(lines):
+        room -= ctx.token_counter.count_text(line) + 1  # +1: the newline between lines
+        if room < 0:
+            break
+        kept += 1
+    chosen = lines[len(lines) - kept :]
+    while chosen and ctx.token_counter.count_messages(answer_prompt(chosen, question)) > budget:
+        chosen = chosen[1:]  # the per-line estimate missed the chat framing: drop one more
+    return chosen
+
+
+@dataclass
+class _Job:
+    """One question to ask: where its answer goes, its prompt, and time already spent on it."""
+
+    episode: int
+    question: int
+    messages: list[Message]
+    seconds: float = 0.0
+    retrieved: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)  # operations run for it (tool-call tables)
+
+
+class PromptedMethod:
+    """Shared loop of the prompt-only baselines; subclasses build each question's prompt."""
+
+    name = "prompted"
+    max_new_tokens = 32  # answers are a few words (ours)
+
+    def run(self, tasks: Sequence[Task], ctx: RunContext) -> list[Episode]:
+        episodes = [_empty_episode(task, self.name, ctx.t_max) for task in tasks]
+        jobs = [job for i, task in enumerate(tasks) for job in self.jobs(i, task, ctx)]
+        for start in range(0, len(jobs), ctx.batch_size):
+            self._ask(jobs[start : start + ctx.batch_size], episodes, ctx)
+        return episodes
+
+    def jobs(self, index: int, task: Task, ctx: RunContext) -> list[_Job]:
+        raise NotImplementedError
+
+    def _ask(self, batch: list[_Job], episodes: list[Episode], ctx: RunContext) -> None:
+        start = time.perf_counter()
+        turns = ctx.policy.act([job.messages for job in batch])
+        share = (time.perf_counter() - start) / len(batch)
+        for job, turn in zip(batch, turns, strict=True):
+            episode = episodes[job.episode]
+            facts = episode.facts
+            answer = clean_answer(turn.text)
+            tokens = ctx.token_counter.count_messages(job.messages)
+            facts.answers[job.question] = answer
+            facts.tokens_at_answer[job.question] = tokens
+            facts.seconds[job.question] = job.seconds + share
+            facts.retrieved_ids.extend(job.retrieved)
+            facts.max_tokens = max(facts.max_tokens, tokens)
+            episode.steps.append(
+                StepSample(
+                    turn=len(episode.steps),
+                    stage=3,
+                    messages=job.messages,
+                    text=turn.text,
+                    actions=ParsedActions(format="plain", answer=answer),
+                    prompt_ids=list(turn.prompt_ids),
+                    completion_ids=list(turn.completion_ids),
+                    logprobs=list(turn.logprobs),
+                    tokens=tokens,
+                    finish_reason=turn.finish_reason,
+                    question=job.question,
+                )
+            )
+            facts.calls += [
+                CallRecord(turn=len(episode.steps) - 1, stage=3, name=name, ok=True)
+                for name in job.calls
+            ]
+            facts.rounds = len(episode.steps)
+            facts.ended_by = "answered"
+
+
+def _empty_episode(task: Task, method: str, t_max: int) -> Episode:
+    n = len(task.questions)
+    facts = EpisodeFacts(
+        method=method,
+        questions=[
+            GoldQuestion(text=q.text, answers=list(q.answers), category=q.category)
+            for q in task.questions
+        ],
+        answers=[None] * n,
+        tokens_at_answer=[None] * n,
+        t_max=t_max,
+        seconds=[0.0] * n,
+    )
+    return Episode(task_id=task.id, group_id=task.id, family=task.family, steps=[], facts=facts)
+
+
+class NoMemoryMethod(PromptedMethod):
+    """The context only, truncated at `t_max` (oldest messages dropped first)."""
+
+    name = "no-memory"
+
+    def jobs(self, index: int, task: Task, ctx: RunContext) -> list[_Job]:
+        lines = task_lines(task)
+        return [
+            _Job(
+                index,
+                q,
+                answer_prompt(fit_recent(lines, question.text, ctx.t_max, ctx), question.text),
+            )
+            for q, question in enumerate(task.questions)
+        ]
+
+
+class FullContextMethod(PromptedMethod):
+    """Everything in the prompt, cut only where it exceeds the model's window."""
+
+    name = "full-context"
+
+    def __init__(self, *, reserve: int = 256) -> None:
+        self.reserve = reserve  # tokens left free for the answer and the chat framing (ours)
+
+    def jobs(self, index: int, task: Task, ctx: RunContext) -> list[_Job]:
+        lines = task_lines(task)
+        budget = None if ctx.model_context is None else ctx.model_context - self.reserve
+        return [
+            _Job(
+                index,
+                q,
+                answer_prompt(fit_recent(lines, question.text, budget, ctx), question.text),
+            )
+            for q, question in enumerate(task.questions)
+        ]
+
+
+class RagMethod(PromptedMethod):
+    """Store every message; each question retrieves its top-k (`RunContext.top_k`)."""
+
+    name = "rag"
+
+    def jobs(self, index: int, task: Task, ctx: RunContext) -> list[_Job]:
+        start = time.perf_counter()
+        with SQLiteStore(":memory:", ctx.embedder) as store:
+            results = store.add_many([NewMemory(line) for line in task_lines(task)], dedupe=False)
+            self.stored[task.id] = [
+                StoredMemory(id=r.item.id, content=r.item.content) for r in results
+            ]
+            indexing = (time.perf_counter() - start) / len(task.questions)
+            jobs = []
+            for q, question in enumerate(task.questions):
+                t0 = time.perf_counter()
+                items = store.search(question.text, top_k=ctx.top_k)
+                seconds = indexing + time.perf_counter() - t0
+                prompt = answer_prompt([i.content for i in items], question.text, "Retrieved")
+                ids = [i.id for i in items]
+                jobs.append(_Job(index, q, prompt, seconds, ids, ["rag/retrieve"]))
+        return jobs
+
+    def run(self, tasks: Sequence[Task], ctx: RunContext) -> list[Episode]:
+        self.stored: dict[str, list[StoredMemory]] = {}
+        episodes = super().run(tasks, ctx)
+        for episode in episodes:
+            episode.facts.final_memories = self.stored.pop(episode.task_id, [])
+        return episodes

@@ -1,0 +1,238 @@
+"""Reports people read: markdown tables in the papers' layout, and PNG plots.
+
+`merge_runs(dirs)` reads each run's `results.json`; `markdown_table(results)` renders
+- the main table, methods x benchmarks (AgeMem's Table 2 layout): each QA cell is
+  `EM / F1` in %, `judge / EM / F1` when a judge graded the run; interactive cells are
+  `success / progress`;
+- a detail table per run: questions, memory quality, evidence recall, prompt tokens per question
+  (the answering prompt, and all model calls), latency p50/p95;
+- tool calls per episode by operation (AgeMem's Table 3 layout);
+- LoCoMo-style per-category scores where runs have categories.
+`write_plots` draws score vs prompt tokens per question and the tool-call mix per method
+(matplotlib, the optional `plot` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agemem.eval.benchmarks import BENCHMARKS
+from agemem.eval.methods import METHODS
+
+RESULTS = "results.json"
+
+
+class ReportError(ValueError):
+    """A run directory that cannot be reported; the message names the fix."""
+
+
+def load_results(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / RESULTS
+    if not path.is_file():
+        raise ReportError(
+            f"{directory} has no {RESULTS}; pass a directory written by `agemem eval --out`"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} is not JSON ({err.msg}); rerun `agemem eval` into it") from None
+    if not isinstance(data, dict) or not {"benchmark", "method", "metrics"} <= data.keys():
+        raise ReportError(f"{path} is not an agemem results file; rerun `agemem eval` into it")
+    return data
+
+
+def merge_runs(directories: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Every run's results, ordered by method then benchmark (registry order)."""
+    if not directories:
+        raise ReportError("no run directories given; pass one or more `agemem eval --out` dirs")
+    runs = [load_results(d) for d in directories]
+    return sorted(
+        runs, key=lambda r: (_order(r["method"], METHODS), _order(r["benchmark"], BENCHMARKS))
+    )
+
+
+def _order(name: str, registry: dict[str, Any]) -> tuple[int, str]:
+    names = list(registry)
+    return (names.index(name) if name in names else len(names), name)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def score_cell(metrics: dict[str, Any]) -> str:
+    """`EM / F1` (or `judge / EM / F1`, or `success / progress`) in %.
+
+    >>> score_cell({"em": 0.25, "f1": 0.5})
+    '25.0 / 50.0'
+    """
+    if "em" not in metrics:
+        return f"{_pct(metrics.get('success'))} / {_pct(metrics.get('progress'))}"
+    cell = f"{_pct(metrics['em'])} / {_pct(metrics['f1'])}"
+    return f"{_pct(metrics['judge'])} / {cell}" if "judge" in metrics else cell
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _label(run: dict[str, Any]) -> str:
+    model = run.get("model")
+    return f"{run['method']} ({Path(model).name})" if model else run["method"]
+
+
+def main_table(runs: list[dict[str, Any]]) -> str:
+    benchmarks = list(dict.fromkeys(r["benchmark"] for r in runs))
+    cells: dict[str, dict[str, str]] = {}
+    for run in runs:
+        cells.setdefault(_label(run), {})[run["benchmark"]] = score_cell(run["metrics"])
+    rows = [[label, *(row.get(b, "") for b in benchmarks)] for label, row in cells.items()]
+    return _table(["method", *benchmarks], rows)
+
+
+def detail_table(runs: list[dict[str, Any]]) -> str:
+    header = [
+        "benchmark", "method", "tasks", "questions", "EM", "F1", "judge", "memory quality",
+        "evidence recall", "prompt tokens/q", "model tokens/q", "latency p50 s", "p95 s",
+    ]  # fmt: skip
+    rows = []
+    for run in runs:
+        m = run["metrics"]
+        rows.append(
+            [
+                run["benchmark"],
+                _label(run),
+                str(run["n"]),
+                str(m.get("n_questions", "-")),
+                _pct(m.get("em")),
+                _pct(m.get("f1")),
+                _pct(m.get("judge")),
+                _pct(m.get("memory_quality")),
+                _pct(m.get("evidence_recall")),
+                _num(m.get("prompt_tokens_mean")),
+                _num(m.get("model_tokens_per_question")),
+                _num(m.get("latency_p50_s"), 2),
+                _num(m.get("latency_p95_s"), 2),
+            ]  # fmt: skip
+        )
+    return _table(header, rows)
+
+
+def tool_table(runs: list[dict[str, Any]]) -> str | None:
+    names = sorted({n for r in runs for n in r["metrics"].get("tool_calls", {})})
+    if not names:
+        return None
+    rows = [
+        [
+            r["benchmark"],
+            _label(r),
+            *(_num(r["metrics"]["tool_calls"].get(n, 0.0), 2) for n in names),
+        ]
+        for r in runs
+    ]
+    return _table(["benchmark", "method", *names], rows)
+
+
+def category_table(runs: list[dict[str, Any]]) -> str | None:
+    with_categories = [r for r in runs if r["metrics"].get("by_category")]
+    if not with_categories:
+        return None
+    categories = sorted({c for r in with_categories for c in r["metrics"]["by_category"]})
+    rows = []
+    for run in with_categories:
+        by = run["metrics"]["by_category"]
+        rows.append(
+            [
+                run["benchmark"],
+                _label(run),
+                *(score_cell(by[c]) if c in by else "" for c in categories),
+            ]
+        )
+    return _table(["benchmark", "method", *categories], rows)
+
+
+def markdown_table(runs: list[dict[str, Any]]) -> str:
+    """All tables of the module docstring, as one markdown text."""
+    judged = any("judge" in r["metrics"] for r in runs)
+    unit = "judge / EM / F1" if judged else "EM / F1"
+    parts = [f"Scores in % ({unit}; interactive: success / progress).", "", main_table(runs)]
+    parts += ["", "Details (tokens per question; latency in seconds per question).", ""]
+    parts.append(detail_table(runs))
+    tools = tool_table(runs)
+    if tools:
+        parts += ["", "Memory operations per episode (calls that ran).", "", tools]
+    categories = category_table(runs)
+    if categories:
+        parts += ["", f"Per question category ({unit}).", "", categories]
+    return "\n".join(parts)
+
+
+def write_plots(runs: list[dict[str, Any]], out: str | Path) -> list[Path]:
+    """`score_vs_tokens.png` and `tool_calls.png` under `out`; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ReportError(
+            "plots need matplotlib: pip install 'agemem[plot]' (or pass --no-plots)"
+        ) from None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [_score_plot(plt, runs, out / "score_vs_tokens.png")]
+    if tool_table(runs):
+        paths.append(_tool_plot(plt, runs, out / "tool_calls.png"))
+    return paths
+
+
+def _score(metrics: dict[str, Any]) -> float | None:
+    return metrics.get("judge", metrics.get("f1", metrics.get("success")))
+
+
+def _score_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for benchmark in dict.fromkeys(r["benchmark"] for r in runs):
+        points = [
+            (r["metrics"].get("prompt_tokens_mean"), _score(r["metrics"]), r["method"])
+            for r in runs
+            if r["benchmark"] == benchmark
+        ]
+        points = [(x, y, m) for x, y, m in points if x is not None and y is not None]
+        ax.scatter([x for x, _, _ in points], [100 * y for _, y, _ in points], label=benchmark)
+        for x, y, method in points:
+            ax.annotate(method, (x, 100 * y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("prompt tokens per question (answering prompt)")
+    ax.set_ylabel("score % (judge, else F1)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _tool_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
+    names = sorted({n for r in runs for n in r["metrics"].get("tool_calls", {})})
+    labels = [f"{r['method']}\n{r['benchmark']}" for r in runs]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(runs)), 4.5))
+    bottom = [0.0] * len(runs)
+    for name in names:
+        values = [r["metrics"].get("tool_calls", {}).get(name, 0.0) for r in runs]
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel("calls per episode")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,325 @@
+"""`run_eval`: one method on one benchmark, resumable, into one directory.
+
+`DIR/run.json` records what the run is (benchmark, method, model, settings); a later call with
+other settings is refused rather than mixed in. Episodes are appended to `DIR/episodes.jsonl` as
+each batch of tasks finishes, so a killed run continues where it stopped: finished task ids are
+skipped (a line cut short by the kill is dropped). Tasks go to the method in fixed batches of
+`batch_size` (batch k is always tasks k*B .. k*B+B-1), so a resumed run asks the same batches as
+an uninterrupted one; with greedy decoding (the default, `temperature=0`: evaluation should not
+depend on a sampling stream) both give the same episodes. At the end `DIR/results.json` and
+`DIR/results.md` are written from every episode of the requested tasks.
+
+Interactive benchmarks are run whole by `agemem.agentic.run_benchmark` (not resumable per task).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from agemem.episode import Episode
+from agemem.eval.benchmarks import (
+    BenchmarkError,
+    BenchmarkSpec,
+    agentic_runner,
+    get_benchmark,
+    load_benchmark,
+)
+from agemem.eval.methods import METHODS, TRAINED_ONLY, make_method
+from agemem.eval.methods.base import EvalMethod, RunContext
+from agemem.eval.metrics import judge_episodes, run_metrics
+from agemem.policy.base import Policy
+from agemem.tasks import Task
+
+EPISODES = "episodes.jsonl"
+RUN = "run.json"
+RESULTS = "results.json"
+DEFAULT_MAX_NEW_TOKENS = 64  # for methods that do not say (ours)
+
+
+class EvalError(ValueError):
+    """A run that cannot go ahead as asked; the one-line message names the fix."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What defines a run. `None` fields take the benchmark's or the method's default."""
+
+    benchmark: str
+    method: str
+    policy: str | None = "smollm2-135m"  # preset name or checkpoint directory
+    base_url: str | None = None  # OpenAI-compatible server instead of a local model
+    model: str | None = None  # the server's model name
+    limit: int | None = None
+    t_max: int | None = None
+    batch_size: int | None = None
+    max_new_tokens: int | None = None
+    top_k: int = 5
+    temperature: float = 0.0
+    seed: int = 0
+    judge: str | None = None  # preset or checkpoint directory of an LLM judge
+    judge_base_url: str | None = None
+    judge_model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # task-source options
+
+    def identity(self) -> dict[str, Any]:
+        """Everything but `limit`: a run may be extended to more tasks, never changed."""
+        return {k: v for k, v in asdict(self).items() if k != "limit"}
+
+
+def run_eval(settings: EvalSettings, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or finish) `settings` into `out`; returns the results written to results.json."""
+    spec = get_benchmark(settings.benchmark)
+    method = _method(settings)
+    out = _prepare(Path(out), settings)
+    if spec.interactive:
+        tasks: list[Task] = []
+        episodes = _run_interactive(spec, settings, out)
+    else:
+        tasks = load_benchmark(spec, settings.limit, settings.options)
+        if not tasks:
+            raise EvalError(f"{spec.name} gave no tasks; raise --limit")
+        episodes = _run_tasks(spec, method, settings, tasks, out, progress)
+    results = {
+        "benchmark": spec.name,
+        "method": settings.method,
+        "model": settings.model or settings.policy,
+        "n": len(episodes),
+        "metrics": run_metrics(episodes, tasks),
+        "settings": settings.identity() | {"limit": settings.limit},
+        "machine": _machine(),
+    }
+    (out / RESULTS).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    from agemem.eval.report import markdown_table
+
+    (out / "results.md").write_text(markdown_table([results]) + "\n", encoding="utf-8")
+    return results
+
+
+def _method(settings: EvalSettings) -> EvalMethod:
+    if settings.method not in METHODS:
+        raise EvalError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
+    trained = settings.base_url is not None or (
+        settings.policy is not None and Path(settings.policy).is_dir()
+    )
+    if settings.method in TRAINED_ONLY and not trained:
+        raise EvalError(
+            f"{settings.method} evaluates a trained policy: pass --policy CHECKPOINT_DIR "
+            "(agemem-norl runs the base model)"
+        )
+    return make_method(settings.method)
+
+
+def _prepare(out: Path, settings: EvalSettings) -> Path:
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out} is a file; pass a directory (one per benchmark and method)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EvalError(
+            f"cannot create --out {out} ({err.strerror}); pass a writable directory"
+        ) from None
+    run_file, identity = out / RUN, settings.identity()
+    if run_file.is_file():
+        recorded = json.loads(run_file.read_text(encoding="utf-8"))
+        changed = [k for k in identity if recorded.get(k) != identity[k]]
+        if changed:
+            k = changed[0]
+            raise EvalError(
+                f"{out} holds a run with {k}={recorded.get(k)!r}, not {identity[k]!r}; pass "
+                "another --out, or the same settings to resume it"
+            )
+    else:
+        run_file.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def finished_episodes(path: Path) -> list[Episode]:
+    """The episodes of a (maybe interrupted) run file; a last line cut short is removed."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]  # the line being written when the run was killed
+        path.write_bytes(data)
+    episodes = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        try:
+            episodes.append(Episode.from_line(line))
+        except ValueError as err:
+            raise EvalError(
+                f"{path}:{number}: {err}; delete that line (or the file, to rerun all)"
+            ) from None
+    return episodes
+
+
+def _append(path: Path, episodes: Sequence[Episode]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(e.to_line() + "\n" for e in episodes))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _run_tasks(
+    spec: BenchmarkSpec,
+    method: EvalMethod,
+    settings: EvalSettings,
+    tasks: list[Task],
+    out: Path,
+    progress: bool,
+) -> list[Episode]:
+    path = out / EPISODES
+    done = {e.task_id: e for e in finished_episodes(path)}
+    batch = settings.batch_size or spec.batch_size
+    batches = [tasks[i : i + batch] for i in range(0, len(tasks), batch)]
+    pending = [[t for t in b if t.id not in done] for b in batches]
+    pending = [b for b in pending if b]
+    if pending:
+        ctx = _context(spec, method, settings)
+        judge = _judge(settings)
+        total = sum(len(t.questions) for t in tasks)
+        with _bar(progress) as bar:
+            job = bar.add_task(f"{spec.name} / {method.name}", total=total)
+            bar.update(job, completed=sum(len(t.questions) for t in tasks if t.id in done))
+            for chunk in pending:
+                episodes = method.run(chunk, ctx)
+                if judge is not None:
+                    judge_episodes(episodes, judge)
+                _append(path, episodes)
+                done |= {e.task_id: e for e in episodes}
+                bar.advance(job, sum(len(t.questions) for t in chunk))
+    return [done[t.id] for t in tasks]
+
+
+def _bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("questions"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def _run_interactive(spec: BenchmarkSpec, settings: EvalSettings, out: Path) -> list[Episode]:
+    run_benchmark = agentic_runner()
+    path = out / EPISODES
+    done = finished_episodes(path)
+    if done and (settings.limit is None or len(done) >= settings.limit):
+        return done
+    ctx = _context(spec, None, settings)
+    try:
+        episodes = run_benchmark(spec.name, settings.method, ctx, settings.limit)
+    except (ValueError, RuntimeError, OSError) as err:  # e.g. a world that cannot run here
+        raise EvalError(f"{spec.name}: {str(err).splitlines()[0]}") from None
+    path.unlink(missing_ok=True)
+    _append(path, episodes)
+    return episodes
+
+
+def _context(spec: BenchmarkSpec, method: EvalMethod | None, settings: EvalSettings) -> RunContext:
+    from agemem.env import PRESETS, policy_token_counter
+    from agemem.memory.embed import default_embedder
+
+    hint = getattr(method, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    policy, window = _policy(settings, settings.max_new_tokens or hint)
+    t_max = settings.t_max or spec.t_max
+    env = PRESETS[spec.env_preset].with_(**spec.env_overrides)
+    return RunContext(
+        policy=policy,
+        embedder=default_embedder(),
+        token_counter=policy_token_counter(policy),
+        t_max=t_max,
+        top_k=settings.top_k,
+        seed=settings.seed,
+        progress=False,
+        batch_size=settings.batch_size or spec.batch_size,
+        model_context=window,
+        stage1_window=spec.stage1_window,
+        env=env if env.t_max is None else env.with_(t_max=t_max),
+    )
+
+
+def _policy(settings: EvalSettings, max_new_tokens: int) -> tuple[Policy, int | None]:
+    """The policy, and its window in tokens (None when unknown: a server)."""
+    if settings.base_url:
+        return _server(
+            settings.base_url, settings.model, settings.temperature, max_new_tokens
+        ), None
+    if not settings.policy:
+        raise EvalError("no model: pass --policy PRESET_OR_DIR or --base-url URL --model NAME")
+    return _local(settings.policy, settings.temperature, max_new_tokens, settings.seed)
+
+
+def _server(url: str, model: str | None, temperature: float, max_new_tokens: int) -> Policy:
+    from agemem.policy.openai import OpenAIPolicy
+
+    if not model:
+        raise EvalError(f"--base-url {url} needs --model NAME (the model the server serves)")
+    return OpenAIPolicy(url, model, temperature=temperature, max_tokens=max_new_tokens)
+
+
+def _local(
+    name: str, temperature: float, max_new_tokens: int, seed: int
+) -> tuple[Policy, int | None]:
+    import torch
+
+    from agemem.policy.hf import HFPolicy
+    from agemem.policy.models import PRESETS, ModelNotAvailable
+
+    path = Path(name)
+    if (path / "state.json").is_file() and (path / "model").is_dir():
+        path = path / "model"  # a trainer checkpoint directory: its model
+    try:
+        policy = HFPolicy.from_pretrained(
+            name if name in PRESETS else path,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        )
+    except (ModelNotAvailable, OSError, ValueError) as err:
+        raise EvalError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from None
+    window = PRESETS[name].max_context if name in PRESETS else None
+    window = window or getattr(policy.model.config, "max_position_embeddings", None)
+    return policy, window
+
+
+def _judge(settings: EvalSettings) -> Policy | None:
+    """The judge grades with greedy decoding and a few tokens (a number is all it writes)."""
+    if settings.judge_base_url:
+        return _server(settings.judge_base_url, settings.judge_model, 0.0, 8)
+    if settings.judge:
+        return _local(settings.judge, 0.0, 8, settings.seed)[0]
+    return None
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+__all__ = ["BenchmarkError", "EvalError", "EvalSettings", "finished_episodes", "run_eval"]

@@ -1,0 +1,159 @@
+"""`agemem eval` end to end: every method of ours on real questions with real models (the
+in-process `tiny` model where only the plumbing is under test, SmolLM2-135M where the answers
+matter), resume after a killed process, and one-line errors through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from agemem.eval.cli import eval_command, report_command
+from agemem.eval.runner import EvalSettings, finished_episodes, run_eval
+
+OURS = ("no-memory", "full-context", "rag", "agemem-norl", "agemem-rag", "atommem")
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    app.command("report")(report_command)
+    return app
+
+
+@pytest.mark.parametrize("method", OURS)
+def test_each_method_runs_hotpotqa_questions_end_to_end(method, tmp_path):
+    settings = EvalSettings("hotpotqa", method, policy="tiny", limit=2, max_new_tokens=6, t_max=512)
+    results = run_eval(settings, tmp_path, progress=False)
+    episodes = finished_episodes(tmp_path / "episodes.jsonl")
+    assert [e.facts.method for e in episodes] == [method, method]
+    assert results["n"] == 2 and results["metrics"]["n_questions"] == 2
+    m = results["metrics"]
+    assert 0.0 <= m["f1"] <= 1.0 and m["model_tokens_per_question"] > 0
+    assert m["latency_p95_s"] >= m["latency_p50_s"] > 0
+    assert all(e.steps for e in episodes)  # every model call is recorded for `agemem show`
+    if method in ("no-memory", "full-context", "rag"):
+        assert m["answered"] == 1.0 and m["prompt_tokens_mean"] > 0
+    if method == "no-memory":  # the budget cuts HotpotQA's ~1,500-token transcript
+        assert all(s.tokens <= 512 for e in episodes for s in e.steps)
+    if method == "rag":
+        assert m["tool_calls"] == {"rag/retrieve": 1.0} and "memory_quality" in m
+    assert json.loads((tmp_path / "results.json").read_text())["method"] == method
+
+
+def test_smollm2_answers_synthetic_questions_from_the_transcript(tmp_path):
+    """The real small model reads the facts it is given: F1 above zero, tokens as measured."""
+    settings = EvalSettings("synthetic", "no-memory", limit=4, batch_size=4)
+    m = run_eval(settings, tmp_path, progress=False)["metrics"]
+    assert m["f1"] > 0.1
+    assert 100 < m["prompt_tokens_mean"] <= 256  # the synthetic budget
+
+
+def test_rag_on_a_locomo_conversation_reports_categories_and_evidence_recall(tmp_path):
+    settings = EvalSettings(
+        "locomo",
+        "rag",
+        policy="tiny",
+        limit=1,
+        max_new_tokens=2,
+        batch_size=64,
+        options={"categories": (2, 3)},
+    )
+    m = run_eval(settings, tmp_path, progress=False)["metrics"]
+    assert set(m["by_category"]) == {"temporal", "open-domain"}
+    assert m["n_questions"] == sum(c["n"] for c in m["by_category"].values()) > 20
+    assert 0.2 < m["evidence_recall"] < 1.0  # top-5 hybrid search finds some evidence
+
+
+def _kill_when(path: Path, lines: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.is_file() and path.read_text().count("\n") >= lines:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run ended before it could be killed; make it longer")
+
+
+def test_a_killed_run_resumes_to_the_same_table(tmp_path):
+    args = [
+        "--benchmark", "synthetic", "--method", "agemem-norl", "--policy", "tiny",
+        "--limit", "4", "--batch-size", "1", "--max-new-tokens", "12", "--no-progress",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "agemem.eval", "eval", *args]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*command, "--out", str(killed)], env=env)
+    _kill_when(killed / "episodes.jsonl", 2, process)
+    with (killed / "episodes.jsonl").open("a") as f:
+        f.write('{"task_id": "cut sh')  # as if killed in the middle of a write
+    assert 2 <= len(finished_episodes(killed / "episodes.jsonl")) < 4
+    subprocess.run([*command, "--out", str(killed)], env=env, check=True)
+    settings = EvalSettings(
+        "synthetic", "agemem-norl", policy="tiny", limit=4, batch_size=1, max_new_tokens=12
+    )
+    run_eval(settings, whole, progress=False)  # the uninterrupted run, in this process
+
+    def table(directory: Path) -> dict:
+        metrics = json.loads((directory / "results.json").read_text())["metrics"]
+        return {k: v for k, v in metrics.items() if not k.startswith("latency")}
+
+    assert table(killed) == table(whole)
+    assert len(finished_episodes(killed / "episodes.jsonl")) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--benchmark", "nope", "--method", "rag"], "unknown benchmark 'nope'; choose one of"),
+        (["--benchmark", "hotpotqa", "--method", "nope"], "unknown method 'nope'; choose one of"),
+        (["--benchmark", "hotpotqa", "--method", "agemem"], "pass --policy CHECKPOINT_DIR"),
+        (["--benchmark", "hotpotqa", "--method", "rag", "--limit", "0"], "--limit must be >= 1"),
+        (["--benchmark", "babyai", "--method", "rag"], "agemem.agentic"),
+        (
+            ["--benchmark", "hotpotqa", "--method", "rag", "--policy", "no-such-model"],
+            "cannot load model 'no-such-model'",
+        ),
+    ],
+)
+def test_user_errors_are_one_line(args, message, tmp_path, monkeypatch):
+    if "babyai" in args and _agentic_present():
+        pytest.skip("agemem.agentic is installed here")
+    result = CliRunner().invoke(_app(), ["eval", *args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def _agentic_present() -> bool:
+    try:
+        from agemem.agentic import run_benchmark  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_missing_data_changed_settings_and_bad_dirs_name_the_fix(tmp_path, monkeypatch):
+    app, runner = _app(), CliRunner()
+    monkeypatch.setenv("AGEMEM_LOCOMO", str(tmp_path / "absent.json"))
+    result = runner.invoke(app, ["eval", "--benchmark", "locomo", "--method", "rag",
+                                 "--policy", "tiny", "--out", str(tmp_path / "l")])  # fmt: skip
+    assert result.exit_code == 1 and "snap-research/LoCoMo" in result.output
+    base = ["eval", "--benchmark", "synthetic", "--method", "rag", "--policy", "tiny",
+            "--limit", "1", "--max-new-tokens", "2", "--out", str(tmp_path / "s")]  # fmt: skip
+    assert runner.invoke(app, base).exit_code == 0
+    result = runner.invoke(app, [*base, "--top-k", "3"])
+    assert result.exit_code == 1 and "holds a run with top_k=5, not 3" in result.output
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, [*base[:-1], str(tmp_path / "file")])
+    assert result.exit_code == 1 and "is a file; pass a directory" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and "has no results.json" in result.output
