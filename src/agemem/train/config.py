@@ -237,9 +237,12 @@ def _quickstart() -> PipelineConfig:
         # keep every oracle episode: SFT teaches the tools' mechanics, the oracle's imperfect
         # strategy is left for RL to improve (-inf rather than None: TOML has no null)
         min_reward=float("-inf"),
-        steps=300,
+        # 600 steps: at 300 the model copied retrieved values unreliably (held-out greedy EM
+        # 0.21 against the oracle's 0.76: "memory says tea" then "<answer> water")
+        steps=600,
         batch_size=64,
-        micro_batch_size=64,
+        # micro-batches of 16 turns sorted by length pad far less than one of 64 (same gradient)
+        micro_batch_size=16,
         optim=OptimSettings(lr=3e-3, warmup_steps=20, schedule="cosine"),
         eval=EvalSettings(n_tasks=200),
     )
@@ -252,7 +255,7 @@ def _quickstart() -> PipelineConfig:
         k=8,
         beta=0.0,
         optim=OptimSettings(lr=3e-4),
-        micro_batch_size=64,
+        micro_batch_size=16,
         eval=EvalSettings(n_tasks=200),
     )
     return PipelineConfig(sft=sft, grpo=grpo)
