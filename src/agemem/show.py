@@ -153,7 +153,8 @@ def render_episode(episode: Episode, console: Console, *, full: bool = False) ->
     for step in episode.steps:
         if step.stage != stage:
             stage = step.stage
-            console.print(Rule(f"stage {stage}: {names.get(stage, '')}", style="blue"))
+            name = names.get(stage)
+            console.print(Rule(f"stage {stage}: {name}" if name else f"stage {stage}", style="blue"))
         console.print(_step_panel(step, previous, episode.facts.method == "atommem", full))
         previous = step
     console.print(_answers_table(episode))
