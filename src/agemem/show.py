@@ -153,8 +153,8 @@ def render_episode(episode: Episode, console: Console, *, full: bool = False) ->
     for step in episode.steps:
         if step.stage != stage:
             stage = step.stage
-            name = names.get(stage)
-            console.print(Rule(f"stage {stage}: {name}" if name else f"stage {stage}", style="blue"))
+            title = f"stage {stage}: {names[stage]}" if stage in names else f"stage {stage}"
+            console.print(Rule(title, style="blue"))
         console.print(_step_panel(step, previous, episode.facts.method == "atommem", full))
         previous = step
     console.print(_answers_table(episode))
