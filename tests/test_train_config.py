@@ -97,3 +97,15 @@ def test_curriculum_phases_follow_each_other_and_shape_tasks_and_env():
     assert len(task.distractors) == 8 and task.metadata["t_max"] == 76
     with pytest.raises(ValueError):
         Phase(name="x", steps=0)
+
+
+def test_cli_reports_a_bad_override_in_one_line():
+    from typer.testing import CliRunner
+
+    from agemem.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--set", "grpo.stepz=3"])
+    assert result.exit_code == 2
+    assert "grpo.stepz" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["sft", "--preset", "nope.toml"])
+    assert result.exit_code == 2 and "no such config file" in result.output
