@@ -3,7 +3,10 @@ check on a real chat model (its checkpoint is converted once per machine, then c
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+import torch
 
 from agemem.policy.base import Policy
 from agemem.policy.hf import HFPolicy
@@ -13,6 +16,13 @@ from agemem.policy.tiny import build_tiny
 CORPUS = [
     "Alice lives in Paris. Bob moved to Rome last year. Where does Alice live?",
     "Remember this: the meeting is on Monday at noon.",
+]
+SYSTEM = "Remember this: Alice lives in Paris. Bob moved to Rome last year. " * 3
+# One shared system prompt, then user turns of different lengths: the prefix cache serves the
+# system prompt and pads between it and each suffix.
+SHARED_CONTEXTS = [
+    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    for question in ("Where does Alice live?", "Bob?", "Remember this: where does Bob live now?")
 ]
 CONTEXTS = [
     [{"role": "user", "content": "Where does Alice live?"}],
@@ -143,3 +153,78 @@ def test_smollm2_stop_string_spanning_tokens(smollm2):
     stopped = HFPolicy(model, tok, max_new_tokens=10, temperature=0, stop=[stop]).act([context])
     assert stopped[0].completion_ids == first_stop(tok, ids, [stop])
     assert stopped[0].finish_reason == "stop" and stop in stopped[0].text
+
+
+def common_length(*prompts: list[int]) -> int:
+    return next(i for i in range(min(map(len, prompts))) if len({p[i] for p in prompts}) > 1)
+
+
+def split_prompts(policy: HFPolicy, contexts) -> tuple[int, int]:
+    """(length of the token prefix common to the contexts' prompts, tokens after it over all
+    prompts): what a batch computes when that prefix is not cached / already cached."""
+    prompts = [policy.encode_prompt(c) for c in contexts]
+    shared = common_length(*prompts)
+    assert len({len(p) - shared for p in prompts}) == len(prompts)  # suffixes differ in length
+    return shared, sum(len(p) - shared for p in prompts)
+
+
+def test_prefix_cached_logprobs_equal_a_forward_pass(tiny):
+    policy = HFPolicy(*tiny, max_new_tokens=16, temperature=1.0, seed=1)
+    turns = policy.act(SHARED_CONTEXTS)
+    assert policy.stats.computed_tokens < policy.stats.prompt_tokens / 2  # the prefix was shared
+    assert_logprobs_match_forward_pass(policy, turns, tolerance=1e-4)
+
+
+def test_prefix_cache_changes_no_greedy_output(tiny):
+    on = HFPolicy(*tiny, max_new_tokens=20, temperature=0, stop=())
+    off = HFPolicy(*tiny, max_new_tokens=20, temperature=0, stop=(), prefix_cache=False)
+    for contexts in (SHARED_CONTEXTS, CONTEXTS, SHARED_CONTEXTS[:1]):
+        cached, plain = on.act(contexts), off.act(contexts)
+        assert [t.completion_ids for t in cached] == [t.completion_ids for t in plain]
+        for a, b in zip(cached, plain, strict=True):
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-4
+    assert off.stats.computed_tokens == off.stats.prompt_tokens
+    assert on.stats.cached_share > 0
+
+
+def test_prefix_is_reused_across_calls_and_rebuilt_when_it_changes(tiny):
+    policy = HFPolicy(*tiny, max_new_tokens=4, temperature=0)
+    policy.act(SHARED_CONTEXTS)
+    shared, suffixes = split_prompts(policy, SHARED_CONTEXTS)
+    assert policy.stats.computed_tokens == shared + suffixes  # the prefix once, for all rows
+    before = policy.stats.computed_tokens
+    policy.act(SHARED_CONTEXTS[1:])  # same system prompt: only the suffixes are computed
+    assert policy.stats.computed_tokens - before == split_prompts(policy, SHARED_CONTEXTS[1:])[1]
+    other = [[{"role": "system", "content": "Bob?"}, *c[1:]] for c in SHARED_CONTEXTS]
+    before = policy.stats.computed_tokens
+    turns = policy.act(other)  # the kept prefix no longer fits: cropped, then extended
+    new_shared, new_suffixes = split_prompts(policy, other)
+    kept = common_length(*(policy.encode_prompt(c) for c in (other[0], SHARED_CONTEXTS[1])))
+    assert policy.stats.computed_tokens - before == new_shared - kept + new_suffixes
+    plain = HFPolicy(*tiny, max_new_tokens=4, temperature=0, prefix_cache=False).act(other)
+    assert [t.completion_ids for t in turns] == [t.completion_ids for t in plain]
+
+
+def test_prefix_is_rebuilt_after_an_in_place_weight_update(tiny):
+    """A policy kept across an optimizer step must not serve KV computed with the old weights."""
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    policy = HFPolicy(model, tok, max_new_tokens=12, temperature=1.0, seed=2)
+    policy.act(SHARED_CONTEXTS)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.k_proj.weight.mul_(3.0)
+    turns = policy.act(SHARED_CONTEXTS)
+    assert_logprobs_match_forward_pass(policy, turns, tolerance=1e-4)
+
+
+def test_smollm2_prefix_cache_is_exact(smollm2):
+    model, tok = smollm2
+    on = HFPolicy(model, tok, max_new_tokens=8, temperature=1.0, seed=0)
+    turns = on.act(SHARED_CONTEXTS)
+    assert on.stats.computed_tokens < on.stats.prompt_tokens / 2
+    assert_logprobs_match_forward_pass(on, turns, tolerance=2e-4)
+    greedy = HFPolicy(model, tok, max_new_tokens=8, temperature=0, stop=())
+    plain = HFPolicy(model, tok, max_new_tokens=8, temperature=0, stop=(), prefix_cache=False)
+    cached = greedy.act(SHARED_CONTEXTS)
+    assert [t.completion_ids for t in cached] == [
+        t.completion_ids for t in plain.act(SHARED_CONTEXTS)
+    ]

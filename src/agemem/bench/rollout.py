@@ -8,7 +8,9 @@ each side (totals over both of its passes), and the speedup. Sampling makes the 
 generate different texts, so token counts differ a little; the rates are what compare. The
 defaults keep the run to a few minutes on 2 idle CPU cores: synthetic tasks, the `synthetic`
 env preset, 32 new tokens per turn and at most 6 turns per episode. Prompt processing is part
-of the time on both sides (the same prompts on each).
+of the time on both sides (the same prompts on each); the policy's prefix cache serves the
+prompts' shared prefix on both. Each side also reports the share of prompt tokens the cache
+served and the policy's prefill and decode seconds (the rest is the env: tools, embeddings).
 """
 
 from __future__ import annotations
@@ -23,23 +25,26 @@ import torch
 
 from agemem.env import PRESETS, EnvConfig, run_episodes
 from agemem.episode import Episode
-from agemem.policy.base import Policy
+from agemem.policy.hf import GenerationStats, HFPolicy
 from agemem.tasks import Task, load_tasks
 
+Run = tuple[list[Episode], float, GenerationStats]
 
-def _run(
-    policy: Policy, batches: Sequence[Sequence[Task]], config: EnvConfig
-) -> tuple[list[Episode], float]:
+
+def _run(policy: HFPolicy, batches: Sequence[Sequence[Task]], config: EnvConfig) -> Run:
+    policy.stats = GenerationStats()
     start = time.perf_counter()
     episodes: list[Episode] = []
     for batch in batches:
         episodes += run_episodes(policy, batch, config, progress=False)
-    return episodes, time.perf_counter() - start
+    return episodes, time.perf_counter() - start, policy.stats
 
 
-def _totals(runs: list[tuple[list[Episode], float]]) -> dict[str, Any]:
-    episodes = [e for run, _ in runs for e in run]
-    seconds = sum(s for _, s in runs)
+def _totals(runs: list[Run]) -> dict[str, Any]:
+    episodes = [e for run, _, _ in runs for e in run]
+    seconds = sum(s for _, s, _ in runs)
+    stats = [g for _, _, g in runs]
+    prompt_tokens = sum(g.prompt_tokens for g in stats)
     steps = [s for e in episodes for s in e.steps]
     generated = sum(len(s.completion_ids) for s in steps)
     return {
@@ -47,6 +52,9 @@ def _totals(runs: list[tuple[list[Episode], float]]) -> dict[str, Any]:
         "turns": len(steps),
         "generated_tokens": generated,
         "prompt_tokens": sum(len(s.prompt_ids) for s in steps),
+        "prompt_cache_share": round(1 - sum(g.computed_tokens for g in stats) / prompt_tokens, 3),
+        "prefill_s": round(sum(g.prefill_s for g in stats), 3),
+        "decode_s": round(sum(g.decode_s for g in stats), 3),
         "seconds": round(seconds, 3),
         "tokens_per_s": round(generated / seconds, 2),
         "episodes_per_min": round(60 * len(episodes) / seconds, 3),
@@ -63,8 +71,6 @@ def run_rollout_bench(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Measure both sides on `n_tasks` synthetic test tasks and return the JSON payload."""
-    from agemem.policy.hf import HFPolicy
-
     if n_tasks < 1 or batch < 1:
         raise ValueError("n_tasks and batch must be >= 1")
     load_at_start = os.getloadavg()
@@ -89,6 +95,8 @@ def run_rollout_bench(
         "speedup": round(batched["tokens_per_s"] / sequential["tokens_per_s"], 3),
         "episodes_per_min": batched["episodes_per_min"],
         "sequential_episodes_per_min": sequential["episodes_per_min"],
+        "prompt_cache_share": batched["prompt_cache_share"],
+        "sequential_prompt_cache_share": sequential["prompt_cache_share"],
         "batched": batched,
         "sequential": sequential,
         "machine": {

@@ -8,13 +8,24 @@ long turns do not drag short ones, and records each sampled token's logprob as i
 Logprobs are `log_softmax` of the model's raw logits, before temperature, top-k or top-p: that is
 log pi_theta(token | prefix), the quantity the trainer's importance ratio compares with a plain
 forward pass (`completion_logprobs`). Sampling itself uses the warped distribution.
+
+Prefix cache (on by default, because it is exact): a batch's prompts all start with the same
+chat-template header and system prompt, and an episode's consecutive prompts often share longer
+prefixes. The policy keeps the KV of the longest prefix common to the last batch (one prefix per
+policy object, so memory stays bounded), crops and extends it for the next batch, and copies it
+to every row, so prefill (compute-bound: as costly batched as not) runs once for the shared part.
+Each row's suffix follows at its true positions (explicit `position_ids`), with the padding
+between prefix and suffix masked out, so every logit is that of a plain forward pass over the
+row's full prompt, up to float rounding. Models with sliding-window layers, whose cache drops old
+tokens, do without it.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -27,6 +38,7 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
 
 from agemem.policy.base import Message, ToolSpec, Turn
 from agemem.policy.models import PRESETS, load_model
@@ -75,12 +87,39 @@ def completion_logprobs(
     return [token_lp[row, scored - len(c) :] for row, c in enumerate(completions)]
 
 
+@dataclass
+class GenerationStats:
+    """Where generation work went, summed over `generate` calls: the prompt tokens the prefix
+    cache spared the model, and prefill against decode time."""
+
+    prompt_tokens: int = 0  # prompt tokens over all rows
+    computed_tokens: int = 0  # prompt tokens run through the model; the rest came from the cache
+    prefill_s: float = 0.0  # prompts -> first logits, prefix-cache upkeep included
+    decode_s: float = 0.0  # the sampling loop after that
+
+    @property
+    def cached_share(self) -> float:
+        """Share of prompt tokens served from the prefix cache (0 before any prompt)."""
+        return 1 - self.computed_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+@dataclass
+class _PrefixKV:
+    """The KV (one row) of a token prefix, and the weights it was computed with."""
+
+    ids: list[int]
+    kv: DynamicCache
+    weights: tuple[tuple[int, int], ...]
+
+
 class HFPolicy:
     """A `Policy` over a local transformers model: one batched generation for all contexts.
 
     Defaults (ours; the papers leave them open): temperature 1.0 and no top-p/top-k truncation,
     so GRPO explores; `temperature=0` decodes greedily. The seed fixes the sampling stream of
-    this policy object: the same calls in the same order give the same turns.
+    this policy object: the same calls in the same order give the same turns. `prefix_cache`
+    (default on: exact, see the module docstring) reuses the KV of the prompts' shared prefix;
+    `stats` sums the prompt tokens it served and the prefill and decode time.
     """
 
     def __init__(
@@ -95,6 +134,7 @@ class HFPolicy:
         seed: int = 0,
         device: str | torch.device | None = None,
         stop: Sequence[str] = DEFAULT_STOP,
+        prefix_cache: bool = True,
     ) -> None:
         _check_settings(max_new_tokens, temperature, top_p, top_k)
         self.model = (model.to(device) if device is not None else model).eval()
@@ -113,6 +153,9 @@ class HFPolicy:
         if top_p < 1.0:
             self._warpers.append(TopPLogitsWarper(top_p))
         self._generator = torch.Generator(self.device).manual_seed(seed)
+        self.prefix_cache = prefix_cache and _full_attention_only(self.model)
+        self._prefix: _PrefixKV | None = None
+        self.stats = GenerationStats()
 
     @classmethod
     def from_pretrained(
@@ -148,14 +191,25 @@ class HFPolicy:
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]]) -> list[Turn]:
-        """Sample one completion per prompt (token ids), all prompts in one left-padded batch."""
+        """Sample one completion per prompt (token ids), all prompts in one batch: the shared
+        prefix's KV from the prefix cache, then each row's suffix, left-padded."""
         if not prompts:
             return []
         if any(not p for p in prompts):
             raise ValueError("empty prompt: the chat template produced no tokens")
-        ids, mask, positions = left_pad(prompts, self.pad_id, self.device)
-        cache = DynamicCache(config=self.model.config)
+        start = time.perf_counter()
+        shared = _shared_prefix(prompts) if self.prefix_cache else []
+        cache = self._batch_cache(shared, len(prompts))
+        ids, mask, positions = left_pad(
+            [p[len(shared) :] for p in prompts], self.pad_id, self.device
+        )
+        mask = torch.cat([mask.new_ones((len(prompts), len(shared))), mask], dim=1)
+        positions = positions + len(shared)
         logits = self._forward(ids, mask, positions, cache)
+        self.stats.prompt_tokens += sum(len(p) for p in prompts)
+        self.stats.computed_tokens += sum(len(p) - len(shared) for p in prompts)
+        self.stats.prefill_s += time.perf_counter() - start
+        start = time.perf_counter()
         next_pos = positions[:, -1:] + 1
         rows = list(range(len(prompts)))  # batch row -> prompt index, shrinks as rows finish
         tokens: list[list[int]] = [[] for _ in prompts]
@@ -184,6 +238,7 @@ class HFPolicy:
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             logits = self._forward(picked[:, None], mask, next_pos, cache)
             next_pos = next_pos + 1
+        self.stats.decode_s += time.perf_counter() - start
         return [
             Turn(
                 text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
@@ -194,6 +249,35 @@ class HFPolicy:
             )
             for i in range(len(prompts))
         ]
+
+    def _batch_cache(self, shared: list[int], rows: int) -> DynamicCache:
+        """A fresh cache holding the KV of `shared` in each of `rows` rows (the kept prefix is
+        copied, never extended by the batch)."""
+        if not shared:
+            return DynamicCache(config=self.model.config)
+        layers = [
+            (layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
+            for layer in self._prefix_kv(shared).layers
+        ]
+        return DynamicCache(layers, config=self.model.config)
+
+    def _prefix_kv(self, ids: list[int]) -> DynamicCache:
+        """The one-row KV of `ids`: the kept prefix cropped to what it shares with `ids`, then
+        extended by the rest of `ids`; rebuilt from scratch when the weights changed in place."""
+        weights = _weights_version(self.model)
+        kept, self._prefix = self._prefix, None  # kept again only once consistent with `ids`
+        if kept is None or kept.weights != weights:
+            kept = _PrefixKV([], DynamicCache(config=self.model.config), weights)
+        common = len(_shared_prefix([kept.ids, ids], keep_last=False))
+        if common < len(kept.ids):
+            kept.kv.crop(common - len(kept.ids))
+        if common < len(ids):
+            rest = torch.tensor([ids[common:]], dtype=torch.long, device=self.device)
+            self.model(input_ids=rest, past_key_values=kept.kv, use_cache=True, logits_to_keep=1)
+            self.stats.computed_tokens += len(ids) - common
+        kept.ids = list(ids)
+        self._prefix = kept
+        return kept.kv
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
@@ -225,6 +309,27 @@ class HFPolicy:
         window = max(len(s) for s in self.stop) + 1
         tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=False)
         return any(s in tail for s in self.stop)
+
+
+def _shared_prefix(prompts: Sequence[Sequence[int]], keep_last: bool = True) -> list[int]:
+    """The longest token prefix common to all `prompts`; with `keep_last`, shorter than each of
+    them, so every row still feeds at least one token and gets next-token logits."""
+    first = prompts[0]
+    length = min(len(p) for p in prompts) - (1 if keep_last else 0)
+    for other in prompts[1:]:
+        length = next((i for i in range(length) if other[i] != first[i]), length)
+    return list(first[:length])
+
+
+def _weights_version(model: PreTrainedModel) -> tuple[tuple[int, int], ...]:
+    """Changes whenever a parameter is replaced or modified in place (optimizer steps, loading a
+    state dict): torch bumps a tensor's version counter on every in-place write."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def _full_attention_only(model: PreTrainedModel) -> bool:
+    """Whether every cache layer keeps all past tokens, as a cropped, reused prefix needs."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
