@@ -22,9 +22,12 @@ def rendered(path: Path, **options) -> str:
     return console.export_text()
 
 
+AGENTIC = {"babyai", "pddl", "scienceworld", "twc"}
+
+
 def test_there_is_an_example_per_family():
     families = {load_episodes(f)[0].family for f in FILES}
-    assert families == {"synthetic", "hotpotqa", "hotpotqa-long", "locomo"}
+    assert families == {"synthetic", "hotpotqa", "hotpotqa-long", "locomo"} | AGENTIC
     assert any("tiny" in f.name for f in FILES)
     assert all(f.stat().st_size < 64_000 for f in FILES)
 
@@ -37,6 +40,8 @@ def test_each_example_renders_stages_outputs_answers_and_facts(path):
     names = ["stage 1: memory construction", "stage 3: question"]
     if episode.facts.method == "atommem":
         names = ["stage 1: reading chunks", "stage 2: answering"]
+    if episode.family in AGENTIC:  # one interactive stage, shown by number
+        names = ["stage 3"]
     assert all(name in text for name in names)
     assert f"turn {len(episode.steps) - 1} " in text and "model: " in text
     for question in episode.facts.questions:
