@@ -35,14 +35,13 @@ Every note's metadata holds the id of the contextual message it records
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agemem.episode import CallAction, Episode, Observation
+from agemem.episode import CallAction, Observation
 from agemem.eval.methods.base import RunContext
 from agemem.eval.methods.llm_json import (
     JsonReadError,
@@ -57,6 +56,7 @@ from agemem.eval.methods.pipeline import (
     Build,
     EpisodeLog,
     Incoming,
+    PipelineMethod,
     Prompt,
     Steps,
     answer_questions,
@@ -66,7 +66,6 @@ from agemem.eval.methods.pipeline import (
     message_stream,
     numbered,
     parsed,
-    run_pipelines,
 )
 from agemem.memory.store import MemoryItem, MemoryStore, Scope
 from agemem.policy.base import Message
@@ -141,7 +140,7 @@ class Note:
         )
 
 
-class AMemStyleMethod:
+class AMemStyleMethod(PipelineMethod):
     """A-Mem's note construction, link generation, memory evolution and link-following retrieval
     (module docstring: what is the paper's, what is ours).
 
@@ -166,18 +165,10 @@ class AMemStyleMethod:
         self.batch_size = check_positive("batch_size", batch_size)
         self.store_path = store_path
 
-    def run(self, tasks: Sequence[Task], ctx: RunContext) -> list[Episode]:
-        def pipeline(task: Task, store: MemoryStore, scope: Scope, log: EpisodeLog) -> Steps:
-            return _Run(self, ctx, store, scope, log).steps(task)
-
-        return run_pipelines(
-            self.name,
-            tasks,
-            ctx,
-            pipeline,
-            store_path=self.store_path,
-            batch_size=self.batch_size,
-        )
+    def steps(
+        self, ctx: RunContext, task: Task, store: MemoryStore, scope: Scope, log: EpisodeLog
+    ) -> Steps:
+        return _Run(self, ctx, store, scope, log).steps(task)
 
 
 class _Run:

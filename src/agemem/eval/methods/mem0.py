@@ -38,13 +38,12 @@ Every entry's metadata holds the ids of the contextual messages its facts came f
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agemem.episode import CallAction, Episode, Observation
+from agemem.episode import CallAction, Observation
 from agemem.eval.methods.base import RunContext
 from agemem.eval.methods.llm_json import (
     JsonReadError,
@@ -59,6 +58,7 @@ from agemem.eval.methods.pipeline import (
     Build,
     EpisodeLog,
     Incoming,
+    PipelineMethod,
     Prompt,
     Steps,
     answer_questions,
@@ -69,7 +69,6 @@ from agemem.eval.methods.pipeline import (
     message_stream,
     numbered,
     parsed,
-    run_pipelines,
 )
 from agemem.memory.store import MemoryItem, MemoryNotFound, MemoryStore, Scope
 from agemem.policy.base import Message
@@ -98,7 +97,7 @@ DECIDE_INSTRUCTION = (
 )
 
 
-class Mem0StyleMethod:
+class Mem0StyleMethod(PipelineMethod):
     """Mem0's extract-then-update pipeline (module docstring: what is the paper's, what is ours).
 
     `recent_messages` (m) and `similar_memories` (s) default to the paper's 10; `summary_every`
@@ -126,18 +125,10 @@ class Mem0StyleMethod:
         self.batch_size = check_positive("batch_size", batch_size)
         self.store_path = store_path
 
-    def run(self, tasks: Sequence[Task], ctx: RunContext) -> list[Episode]:
-        def pipeline(task: Task, store: MemoryStore, scope: Scope, log: EpisodeLog) -> Steps:
-            return _Run(self, ctx, store, scope, log).steps(task)
-
-        return run_pipelines(
-            self.name,
-            tasks,
-            ctx,
-            pipeline,
-            store_path=self.store_path,
-            batch_size=self.batch_size,
-        )
+    def steps(
+        self, ctx: RunContext, task: Task, store: MemoryStore, scope: Scope, log: EpisodeLog
+    ) -> Steps:
+        return _Run(self, ctx, store, scope, log).steps(task)
 
 
 class _Run:

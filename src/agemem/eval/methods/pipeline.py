@@ -105,6 +105,28 @@ def run_pipelines(
         store.close()
 
 
+class PipelineMethod:
+    """What the pipeline baselines share: `run` is `run_pipelines` over each task's `steps`."""
+
+    name: str
+    batch_size: int
+    store_path: str | Path | None
+
+    def run(self, tasks: Sequence[Task], ctx: RunContext) -> list[Episode]:
+        def pipeline(task: Task, store: MemoryStore, scope: Scope, log: EpisodeLog) -> Steps:
+            return self.steps(ctx, task, store, scope, log)
+
+        return run_pipelines(
+            self.name, tasks, ctx, pipeline, store_path=self.store_path, batch_size=self.batch_size
+        )
+
+    def steps(
+        self, ctx: RunContext, task: Task, store: MemoryStore, scope: Scope, log: EpisodeLog
+    ) -> Steps:
+        """One task's model calls (a generator: see `lockstep`)."""
+        raise NotImplementedError
+
+
 def _episode(
     method: str, index: int, task: Task, store: MemoryStore, t_max: int, pipeline: Pipeline
 ) -> Job[Episode]:
