@@ -45,6 +45,7 @@ def start_dir(tmp_path_factory, embedder) -> Path:
         [
             f"run.out_dir={out}",
             "run.progress=false",
+            "run.threads=1",  # two test workers share the 2 cores
             "n_tasks=24",
             "steps=40",
             "batch_size=32",
@@ -64,6 +65,7 @@ def grpo_config(start_dir: Path, out_dir: Path, *overrides: str):
             f"model.name={start_dir}",
             f"run.out_dir={out_dir}",
             "run.progress=false",
+            "run.threads=1",
             "run.save_every=0",
             "model.max_new_tokens=48",
             "tasks_per_step=2",

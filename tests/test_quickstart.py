@@ -18,11 +18,13 @@ SMALL = [
     "sft.model.tiny_shape={layers: 2, hidden: 64, heads: 2, ffn: 128}",
     "sft.eval.n_tasks=0",
     "sft.run.progress=false",
+    "sft.run.threads=1",  # two test workers share the 2 cores
     "grpo.steps=2",
     "grpo.tasks_per_step=2",
     "grpo.k=2",
     "grpo.curriculum=[]",
     "grpo.run.progress=false",
+    "grpo.run.threads=1",
     "grpo.run.save_every=1",
     "grpo.eval.n_tasks=6",
 ]

@@ -26,6 +26,7 @@ def small_sft_config(out_dir, **changes):
     overrides = [
         f"run.out_dir={out_dir}",
         "run.progress=false",
+        "run.threads=1",  # two test workers share the 2 cores
         "n_tasks=24",
         "steps=40",
         "batch_size=32",

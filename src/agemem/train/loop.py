@@ -33,7 +33,8 @@ def setup(run: RunSettings) -> Accelerator:
 
     Threads: measured on this project's 2-core machine with the tiny model (a 64 x 224-token
     forward and backward): 1.8 s on 1 thread, 2.7-5.5 s on 2 while other work shares the cores;
-    hence `threads=1` in the CPU presets (set it to 2 on an idle 2-core machine)."""
+    on the idle machine 2 threads win (quickstart 14 min 7 s against 20 min 41 s), hence
+    `threads=2` in the quickstart preset; set `run.threads=1` when the cores are shared."""
     if run.threads is not None:
         torch.set_num_threads(run.threads)
     random.seed(run.seed)
