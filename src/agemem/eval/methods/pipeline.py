@@ -249,23 +249,29 @@ def evidence_of(item: MemoryItem) -> list[str]:
     return [str(i) for i in ids] if isinstance(ids, list) else []
 
 
+def blank_facts(method: str, task: Task, t_max: int) -> EpisodeFacts:
+    """The facts of an episode of `task` before anything happened: its gold questions, no
+    answers yet."""
+    n = len(task.questions)
+    return EpisodeFacts(
+        method=method,
+        questions=[
+            GoldQuestion(text=q.text, answers=list(q.answers), category=q.category)
+            for q in task.questions
+        ],
+        answers=[None] * n,
+        tokens_at_answer=[None] * n,
+        t_max=t_max,
+        seconds=[0.0] * n,
+    )
+
+
 class EpisodeLog:
     """Builds one task's `Episode` as its pipeline runs."""
 
     def __init__(self, method: str, task: Task, t_max: int) -> None:
         self.task = task
-        n = len(task.questions)
-        self.facts = EpisodeFacts(
-            method=method,
-            questions=[
-                GoldQuestion(text=q.text, answers=list(q.answers), category=q.category)
-                for q in task.questions
-            ],
-            answers=[None] * n,
-            tokens_at_answer=[None] * n,
-            t_max=t_max,
-            seconds=[0.0] * n,
-        )
+        self.facts = blank_facts(method, task, t_max)
         self.steps: list[StepSample] = []
 
     @property

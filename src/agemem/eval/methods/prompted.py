@@ -26,13 +26,12 @@ from agemem.env.render import incoming_text
 from agemem.episode import (
     CallRecord,
     Episode,
-    EpisodeFacts,
-    GoldQuestion,
     ParsedActions,
     StepSample,
     StoredMemory,
 )
 from agemem.eval.methods.base import RunContext
+from agemem.eval.methods.pipeline import blank_facts
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import NewMemory
 from agemem.policy.base import Message
@@ -162,18 +161,7 @@ class PromptedMethod:
 
 
 def _empty_episode(task: Task, method: str, t_max: int) -> Episode:
-    n = len(task.questions)
-    facts = EpisodeFacts(
-        method=method,
-        questions=[
-            GoldQuestion(text=q.text, answers=list(q.answers), category=q.category)
-            for q in task.questions
-        ],
-        answers=[None] * n,
-        tokens_at_answer=[None] * n,
-        t_max=t_max,
-        seconds=[0.0] * n,
-    )
+    facts = blank_facts(method, task, t_max)
     return Episode(task_id=task.id, group_id=task.id, family=task.family, steps=[], facts=facts)
 
 
