@@ -24,6 +24,7 @@ from agemem.train import (
     step_samples,
     token_logprobs,
 )
+from agemem.train.loop import micro_batches
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -122,6 +123,38 @@ def test_token_logprobs_match_one_prefix_at_a_time() -> None:
                 logits = model(input_ids=torch.tensor([seq[:t]])).logits[0, -1]
                 expected = torch.log_softmax(logits, -1)[seq[t]]
                 assert lp[row, t].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_token_logprobs_on_generated_positions_only() -> None:
+    """`only=loss_mask` projects just the generated positions onto the vocabulary: the same values
+    and the same gradient as the full pass, exactly 0 elsewhere."""
+    model, tok = build_tiny(["a b c d e f g 0 1 2"], seed=0, layers=2, hidden=32, ffn=64)
+    batch = collate(pack_turns(_append_only_turns(tok, 1.0)) + _random_samples(len(tok), 3, 5))
+    mask = batch.loss_mask.bool()
+
+    def grad_of(lp: torch.Tensor) -> torch.Tensor:
+        model.zero_grad()
+        (lp * batch.loss_mask * torch.linspace(0.5, 1.5, lp.shape[1])).sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    full = token_logprobs(model, batch.input_ids, batch.attention_mask)
+    only = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    assert torch.allclose(only[mask], full[mask], atol=1e-6)
+    assert (only[~mask] == 0).all()
+    assert torch.allclose(grad_of(only), grad_of(full), atol=1e-6, rtol=1e-4)
+
+    with pytest.raises(ValueError, match="position 0"):
+        token_logprobs(model, batch.input_ids, batch.attention_mask, torch.ones_like(mask))
+
+
+def test_micro_batches_cap_rows_and_padded_tokens() -> None:
+    samples = [TrainSample([1] * n, [2], [0.0], 1.0) for n in (9, 1, 4, 2, 30, 3)]  # lengths n+1
+    by_rows = micro_batches(samples, 4)
+    assert [[s.length for s in c] for c in by_rows] == [[2, 3, 4, 5], [10, 31]]
+    # at most 10 padded tokens (rows x longest): a 31-token row still goes, alone
+    capped = micro_batches(samples, 4, max_tokens=10)
+    assert [[s.length for s in c] for c in capped] == [[2, 3], [4, 5], [10], [31]]
+    assert sorted(s.length for c in capped for s in c) == sorted(s.length for s in samples)
 
 
 # ---- the loss by hand --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from agemem.rewards import reward_fn
 from agemem.tasks.synthetic import generate_tasks
 from agemem.train.checkpoint import load_for_training
 from agemem.train.config import ModelSettings, load_config
+from agemem.train.loop import micro_batches
 from agemem.train.metrics import read_metrics
 from agemem.train.sft import keep_episodes, run_sft, sft_loss, sft_samples
 
@@ -83,6 +84,34 @@ def test_samples_mask_prompt_tokens_and_loss_is_completion_nll(sft_run, embedder
     expected = -sum(sum(policy.logprobs_of(s.prompt_ids, s.completion_ids)) for s in chunk)
     assert math.isclose(float(loss), expected / tokens, rel_tol=1e-4)
     assert metrics["tokens"] == tokens
+
+
+def test_gradient_checkpointing_and_token_capped_micro_batches_keep_the_gradient(sft_run, embedder):
+    """Recomputed activations and micro-batches cut by padded tokens change memory, not the
+    gradient of the step's loss."""
+    result, _ = sft_run
+    tasks = generate_tasks("train", limit=2)
+    episodes = run_episodes(
+        OraclePolicy(tasks), tasks, EnvConfig.preset("synthetic"), progress=False,
+        embedder=embedder,
+    )  # fmt: skip
+
+    def gradient(checkpointing: bool, max_tokens: int | None) -> torch.Tensor:
+        settings = ModelSettings(name=str(result.final_dir), gradient_checkpointing=checkpointing)
+        model, tokenizer = load_for_training(settings)
+        samples = sft_samples(episodes, HFPolicy(model, tokenizer))
+        model.train()
+        total = float(sum(s.n_generated for s in samples))
+        chunks = micro_batches(samples, 64, max_tokens)
+        for chunk in chunks:
+            sft_loss(model, chunk, total, tokenizer.pad_token_id)[0].backward()
+        assert model.is_gradient_checkpointing == checkpointing
+        assert len(chunks) > 1 if max_tokens else len(chunks) == 1
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    plain = gradient(False, None)
+    assert torch.allclose(gradient(True, None), plain, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(gradient(False, 512), plain, atol=1e-6, rtol=1e-4)
 
 
 def test_keep_episodes_filters_by_reward(embedder):

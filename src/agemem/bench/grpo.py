@@ -85,9 +85,9 @@ def ours_step(
     normalizer = float(sum(s.n_generated for s in samples))
     for chunk in micro_batches(pack_turns(samples), rows):
         batch = collate(chunk)
-        logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+        logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
         with torch.no_grad():
-            ref_logp = token_logprobs(ref, batch.input_ids, batch.attention_mask)
+            ref_logp = token_logprobs(ref, batch.input_ids, batch.attention_mask, batch.loss_mask)
         loss, _ = grpo_loss(
             logp, batch.old_logprobs, ref_logp, batch.advantages, batch.loss_mask,
             clip_low=CLIP_LOW, clip_high=CLIP_HIGH, beta=BETA, normalizer=normalizer,

@@ -8,9 +8,9 @@ One update, in order::
 
     samples = step_samples(episodes)                      # advantage broadcast to every turn
     batch = collate(pack_turns(samples))                  # append-only turns share a row
-    logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+    logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
     with torch.no_grad():
-        ref = token_logprobs(ref_model, batch.input_ids, batch.attention_mask)
+        ref = token_logprobs(ref_model, batch.input_ids, batch.attention_mask, batch.loss_mask)
     loss, metrics = grpo_loss(logp, batch.old_logprobs, ref, batch.advantages, batch.loss_mask)
 """
 

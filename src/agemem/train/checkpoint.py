@@ -67,6 +67,8 @@ def load_for_training(
         model, tokenizer = load_model(settings.name)
     if not settings.system_prompt:
         tokenizer.chat_template = without_system(tokenizer.chat_template, settings.name)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if settings.lora is not None:
         model = _with_lora(model, settings, adapter)
     elif adapter is not None:

@@ -261,7 +261,7 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
 
     def loss_of(chunk: list[Sample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate(chunk, pad_id=pad_id).to(accelerator.device)
-        logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+        logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
         ref = _reference_logprobs(run, batch) if config.beta else None
         loss, metrics = grpo_loss(
             logp,
@@ -281,7 +281,7 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
     rows: list[dict[str, float]] = []
     losses: list[float] = []  # each micro-batch's share of the step's loss
     for _ in range(config.ppo_epochs):
-        chunks = micro_batches(rows_in, config.micro_batch_size)
+        chunks = micro_batches(rows_in, config.micro_batch_size, config.micro_batch_tokens)
         step_rows = accumulate(accelerator, model, chunks, loss_of)
         stepped = optimizer_step(
             accelerator, model, run.optimizer, run.scheduler, config.optim.grad_clip
@@ -301,9 +301,11 @@ def _reference_logprobs(run: _Run, batch: Any) -> torch.Tensor:
         if run.reference == "adapters-off":
             peft_model = run.accelerator.unwrap_model(run.model)
             with peft_model.disable_adapter():
-                return token_logprobs(peft_model, batch.input_ids, batch.attention_mask)
+                return token_logprobs(
+                    peft_model, batch.input_ids, batch.attention_mask, batch.loss_mask
+                )
         assert isinstance(run.reference, torch.nn.Module)
-        return token_logprobs(run.reference, batch.input_ids, batch.attention_mask)
+        return token_logprobs(run.reference, batch.input_ids, batch.attention_mask, batch.loss_mask)
 
 
 def _gathered_stats(

@@ -78,7 +78,10 @@ def group_advantages(
 
 
 def token_logprobs(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    only: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log pi(input_ids[:, t] | input_ids[:, :t]) for every position t, shape (batch, seq_len).
 
@@ -87,17 +90,35 @@ def token_logprobs(
     logits in float32 (no temperature), the convention `HFPolicy` records sampling logprobs in,
     so the importance ratio compares like with like. Right padding needs no position ids.
     Differentiable: call it under `torch.no_grad()` for the old or reference policy.
+
+    `only` (a (batch, seq_len) mask, e.g. `loss_mask`): compute just those positions and leave 0
+    elsewhere. The vocabulary projection then runs on the generated tokens alone (transformers'
+    boolean `logits_to_keep`): with SmolLM2's 49k-word vocabulary, full logits of 8 rows of 2,000
+    tokens take 3 GB per float32 copy, and the loss's backward holds several copies.
     """
     if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
         raise ValueError(
             f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)}"
             " must be the same (batch, seq_len) shape"
         )
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    # log_softmax picked at the target, without materialising the full log_softmax tensor
-    picked = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return nn.functional.pad(picked, (1, 0))
+    if only is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        picked = _picked(logits.float(), input_ids[:, 1:])
+        return nn.functional.pad(picked, (1, 0))
+    wanted = only.bool()
+    if wanted[:, 0].any():
+        raise ValueError("position 0 has no preceding logit: `only` must be False there")
+    keep = nn.functional.pad(wanted[:, 1:], (0, 1))  # the logit at t-1 predicts token t
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    picked = _picked(logits.float(), input_ids[wanted])  # both in row-major order
+    return torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device).masked_scatter(
+        wanted, picked
+    )
+
+
+def _picked(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits) at `targets`, without materialising the full log_softmax tensor."""
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 # ---- 4. the loss -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the last runs under `no_sync`). DDP averages the ranks' gradients, so a loss nor
 
 from __future__ import annotations
 
+import ctypes
 import random
 import signal
 import sys
@@ -26,6 +27,7 @@ from agemem.train.batch import Sample
 from agemem.train.config import OptimSettings, RunSettings
 
 S = TypeVar("S", bound=Sample)
+_M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
 def setup(run: RunSettings) -> Accelerator:
@@ -37,10 +39,27 @@ def setup(run: RunSettings) -> Accelerator:
     `threads=2` in the quickstart preset; set `run.threads=1` when the cores are shared."""
     if run.threads is not None:
         torch.set_num_threads(run.threads)
+    return_large_blocks_to_the_os()
     random.seed(run.seed)
     np.random.seed(run.seed % 2**32)
     torch.manual_seed(run.seed)
     return Accelerator(cpu=run.device == "cpu" or not torch.cuda.is_available())
+
+
+def return_large_blocks_to_the_os(threshold: int = 1 << 20) -> None:
+    """Serve every allocation above `threshold` bytes by its own mmap, unmapped when freed.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MB), so the
+    activations of a training step soon come from the heap, whose freed pieces are rarely given
+    back: measured on SmolLM2 with LoRA, 4 rows x 1,024 tokens, forward and backward twice, peak
+    RSS grew from 11.7 to 16.7 GB across the two passes (a real run was killed at 23.9 GB);
+    with the threshold fixed it stayed at 7.4 GB. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def make_optimizer(
@@ -60,11 +79,22 @@ def make_optimizer(
     return optimizer, scheduler
 
 
-def micro_batches(samples: Sequence[S], size: int) -> list[list[S]]:
-    """Chunks of `size` samples, sorted by length so each chunk pads little. The order changes no
-    gradient: the micro-batch losses are summed over one optimizer step."""
-    ordered = sorted(samples, key=lambda s: s.length)
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+def micro_batches(samples: Sequence[S], size: int, max_tokens: int | None = None) -> list[list[S]]:
+    """Chunks of at most `size` samples and, with `max_tokens`, at most that many padded tokens
+    (rows x longest row; a longer row goes alone), sorted by length so each chunk pads little.
+    The order and the cut change no gradient: the micro-batch losses are summed over one
+    optimizer step. The token cap bounds activation memory, which grows with padded tokens."""
+    chunks: list[list[S]] = []
+    for sample in sorted(samples, key=lambda s: s.length):
+        chunk = chunks[-1] if chunks else None
+        fits = chunk is not None and len(chunk) < size
+        if fits and max_tokens is not None:
+            fits = (len(chunk) + 1) * sample.length <= max_tokens  # sorted: it is the longest
+        if fits:
+            chunk.append(sample)
+        else:
+            chunks.append([sample])
+    return chunks
 
 
 def global_count(accelerator: Accelerator, count: float) -> float:

@@ -160,7 +160,7 @@ def sft_loss(
     """Summed negative log-likelihood of the completion tokens over `normalizer` (the optimizer
     step's completion tokens): the prompt and padding are outside `loss_mask`."""
     batch = collate(samples, pad_id=pad_id).to(next(model.parameters()).device)
-    logp = token_logprobs(model, batch.input_ids, batch.attention_mask)
+    logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
     nll = -(logp * batch.loss_mask).sum()
     tokens = float(batch.loss_mask.sum())
     return nll / normalizer, {"loss": float(nll.detach()) / max(tokens, 1.0), "tokens": tokens}
@@ -271,7 +271,7 @@ def sft_step(
     start = time.perf_counter()
     tokens = global_count(accelerator, sum(s.n_generated for s in samples))
     normalizer = tokens / accelerator.num_processes
-    chunks = micro_batches(samples, config.micro_batch_size)
+    chunks = micro_batches(samples, config.micro_batch_size, config.micro_batch_tokens)
     rows = accumulate(accelerator, model, chunks, lambda c: sft_loss(model, c, normalizer, pad_id))
     return {
         "loss": sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows),
