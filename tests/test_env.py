@@ -184,7 +184,10 @@ def test_synthetic_preset_budget_comes_from_the_task(embedder):
     env = MemoryEnv(PRESETS["synthetic"], embedder=cached(embedder))
     env.reset(task)
     facts = env.episode().facts
-    assert facts.t_max == task.metadata["t_max"] + PRESETS["synthetic"].t_max_margin + facts.system_tokens
+    assert (
+        facts.t_max
+        == task.metadata["t_max"] + PRESETS["synthetic"].t_max_margin + facts.system_tokens
+    )
     assert env.context[0]["content"] == system_prompt(compact=True)
     env.close()
     with pytest.raises(EnvConfigError, match="metadata"):

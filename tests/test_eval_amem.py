@@ -21,8 +21,9 @@ from agemem.eval.methods.amem import (
     LINK_INSTRUCTION,
     AMemStyleMethod,
 )
+from agemem.eval.methods.answering import ANSWER_INSTRUCTION
 from agemem.eval.methods.base import EvalMethod, RunContext
-from agemem.eval.methods.pipeline import ANSWER_INSTRUCTION, EVIDENCE_KEY, retrieved_evidence
+from agemem.eval.methods.pipeline import EVIDENCE_KEY, retrieved_evidence
 from agemem.memory.sqlite import SQLiteStore
 from agemem.policy.base import Message, Turn
 from agemem.tasks.base import ContextMessage, Question, Task

@@ -15,10 +15,11 @@ from collections.abc import Callable
 import pytest
 
 from agemem.episode import Episode
+from agemem.eval.methods.answering import ANSWER_INSTRUCTION
 from agemem.eval.methods.base import EvalMethod, RunContext
 from agemem.eval.methods.lockstep import run_lockstep
 from agemem.eval.methods.mem0 import EXTRACT_INSTRUCTION, Mem0StyleMethod
-from agemem.eval.methods.pipeline import ANSWER_INSTRUCTION, EVIDENCE_KEY, retrieved_evidence
+from agemem.eval.methods.pipeline import EVIDENCE_KEY, retrieved_evidence
 from agemem.memory.sqlite import SQLiteStore
 from agemem.policy.base import Message, Turn
 from agemem.tasks.base import ContextMessage, Question, Task
@@ -232,7 +233,7 @@ def test_summary_window_and_budget(embedder):
     small = context(ScriptedLLM(rule), embedder, t_max=question_only - 10)
     (tight,) = Mem0StyleMethod().run([task("one one", "two two")], small)
     answer = tight.steps[-1]
-    assert "(no memories)" in answer.messages[-1]["content"]
+    assert "(nothing)" in answer.messages[-1]["content"]
     assert tight.facts.retrieved_ids == []
     assert [o.turn for o in tight.facts.overflows] == [
         s.turn for s in tight.steps if s.tokens > small.t_max

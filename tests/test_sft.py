@@ -105,7 +105,7 @@ def test_gradient_checkpointing_and_token_capped_micro_batches_keep_the_gradient
         chunks = micro_batches(samples, 64, max_tokens)
         for chunk in chunks:
             sft_loss(model, chunk, total, tokenizer.pad_token_id)[0].backward()
-        assert model.is_gradient_checkpointing == checkpointing
+        assert model.is_activation_checkpointing == checkpointing
         assert len(chunks) > 1 if max_tokens else len(chunks) == 1
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 

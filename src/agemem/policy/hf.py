@@ -18,6 +18,10 @@ Each row's suffix follows at its true positions (explicit `position_ids`), with 
 between prefix and suffix masked out, so every logit is that of a plain forward pass over the
 row's full prompt, up to float rounding. Models with sliding-window layers, whose cache drops old
 tokens, do without it.
+
+KV buffer: a batch's cache is allocated once for its longest possible turn (`_BufferedLayer`) and
+each decoding step writes into it, instead of transformers' default of concatenating the whole
+cache at every token, a copy that grows with the batch.
 """
 
 from __future__ import annotations
@@ -153,7 +157,8 @@ class HFPolicy:
         if top_p < 1.0:
             self._warpers.append(TopPLogitsWarper(top_p))
         self._generator = torch.Generator(self.device).manual_seed(seed)
-        self.prefix_cache = prefix_cache and _full_attention_only(self.model)
+        self._full_attention = _full_attention_only(self.model)
+        self.prefix_cache = prefix_cache and self._full_attention
         self._prefix: _PrefixKV | None = None
         self.stats = GenerationStats()
 
@@ -199,9 +204,11 @@ class HFPolicy:
             raise ValueError("empty prompt: the chat template produced no tokens")
         start = time.perf_counter()
         shared = _shared_prefix(prompts) if self.prefix_cache else []
-        cache = self._batch_cache(shared, len(prompts))
         ids, mask, positions = left_pad(
             [p[len(shared) :] for p in prompts], self.pad_id, self.device
+        )
+        cache = self._batch_cache(
+            shared, len(prompts), len(shared) + ids.shape[1] + self.max_new_tokens
         )
         mask = torch.cat([mask.new_ones((len(prompts), len(shared))), mask], dim=1)
         positions = positions + len(shared)
@@ -250,16 +257,20 @@ class HFPolicy:
             for i in range(len(prompts))
         ]
 
-    def _batch_cache(self, shared: list[int], rows: int) -> DynamicCache:
-        """A fresh cache holding the KV of `shared` in each of `rows` rows (the kept prefix is
-        copied, never extended by the batch)."""
-        if not shared:
-            return DynamicCache(config=self.model.config)
-        layers = [
-            (layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
-            for layer in self._prefix_kv(shared).layers
-        ]
-        return DynamicCache(layers, config=self.model.config)
+    def _batch_cache(self, shared: list[int], rows: int, capacity: int) -> DynamicCache:
+        """A fresh cache for `rows` rows of up to `capacity` tokens, holding the KV of `shared`
+        in each row (the kept prefix is copied, never extended by the batch)."""
+        cache = DynamicCache(config=self.model.config)
+        if not self._full_attention:  # sliding-window layers keep their own cache type
+            return cache
+        cache.layers = [_BufferedLayer(capacity) for _ in cache.layers]
+        if shared:
+            kept = self._prefix_kv(shared).layers
+            for layer, prefix in zip(cache.layers, kept, strict=True):
+                layer.update(
+                    prefix.keys.expand(rows, -1, -1, -1), prefix.values.expand(rows, -1, -1, -1)
+                )
+        return cache
 
     def _prefix_kv(self, ids: list[int]) -> DynamicCache:
         """The one-row KV of `ids`: the kept prefix cropped to what it shares with `ids`, then
@@ -309,6 +320,50 @@ class HFPolicy:
         window = max(len(s) for s in self.stop) + 1
         tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=False)
         return any(s in tail for s in self.stop)
+
+
+class _BufferedLayer(DynamicLayer):
+    """A full-attention cache layer writing into a buffer allocated once for the whole turn.
+
+    `DynamicLayer` concatenates its whole cache with every new token: a copy of the full KV at
+    each decoding step, which grows with the batch (8 rows of 700 tokens: ~100 MB per step on
+    SmolLM2) and ate much of batching's gain on CPU. Here each step writes one column in place;
+    `keys`/`values` are views of the filled part, so attention sees exactly what it would see.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.filled = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        rows, heads, _, dim = key_states.shape
+        self._keys = key_states.new_empty(rows, heads, self.capacity, dim)
+        self._values = value_states.new_empty(rows, heads, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.filled + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV buffer of {self.capacity} tokens cannot take token {end}")
+        self._keys[:, :, self.filled : end] = key_states
+        self._values[:, :, self.filled : end] = value_states
+        self.filled = end
+        self._expose()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys = self._keys[:, :, : self.filled]
+        self.values = self._values[:, :, : self.filled]
 
 
 def _shared_prefix(prompts: Sequence[Sequence[int]], keep_last: bool = True) -> list[int]:

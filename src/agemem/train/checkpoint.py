@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,18 +115,21 @@ def without_system(template: str | None, name: str) -> str:
 def _with_lora(
     model: PreTrainedModel, settings: ModelSettings, adapter: str | Path | None
 ) -> PeftModel:
-    if adapter is not None:
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    lora = settings.lora
-    assert lora is not None
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` alias; nothing to act on
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
+        if adapter is not None:
+            return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        lora = settings.lora
+        assert lora is not None
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
 
 
 def save_model(

@@ -18,7 +18,6 @@ ingest, prompts cut to the budget, the episode record, and the answer step.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,12 +38,12 @@ from agemem.episode import (
     StepSample,
     StoredMemory,
 )
+from agemem.eval.methods.answering import answer_messages, read_answer
 from agemem.eval.methods.base import RunContext
 from agemem.eval.methods.lockstep import Job, Reply, run_lockstep
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import MemoryItem, MemoryStore, Scope
 from agemem.policy.base import Message
-from agemem.summarize import strip_think
 from agemem.tasks.base import Task
 from agemem.tokens import TokenCounter
 
@@ -194,39 +193,13 @@ def numbered(texts: Sequence[str]) -> str:
     return "\n".join(f"[{i}] {text}" for i, text in enumerate(texts))
 
 
-# Ours (the papers' answer prompts are written for LoCoMo with GPT-4o-mini): one instruction for
-# both baselines, asking for the short answers that exact match and token F1 score.
-ANSWER_INSTRUCTION = (
-    "Answer the question using the memories below. Reply with the answer only, in as few words "
-    "as possible."
-)
-_ANSWER_PREFIX = re.compile(r"^\s*answer\s*:\s*", re.IGNORECASE)
-
-
 def answer_prompt(
     question: str, memories: Sequence[str], counter: TokenCounter, t_max: int
 ) -> Prompt:
     """The answer chat with as many of `memories` (best first) as fit the budget."""
-
-    def build(k: int) -> list[Message]:
-        shown = "\n".join(f"- {m}" for m in memories[:k]) or "(no memories)"
-        return chat(ANSWER_INSTRUCTION, f"Memories:\n{shown}\n\nQuestion: {question}")
-
-    return fit_prompt(build, len(memories), counter, t_max)
-
-
-def read_answer(text: str) -> str | None:
-    """The first non-empty line of the output, without `<think>` or an `Answer:` label; None
-    when nothing is left (an unanswered question).
-
-    >>> read_answer("<think>rome, I think</think>\\nAnswer: Rome\\nBecause...")
-    'Rome'
-    """
-    for line in strip_think(text).splitlines():
-        line = _ANSWER_PREFIX.sub("", line).strip()
-        if line:
-            return line
-    return None
+    return fit_prompt(
+        lambda k: answer_messages(question, memories[:k], "Memories"), len(memories), counter, t_max
+    )
 
 
 def parsed(

@@ -8,16 +8,14 @@
   measured best on LoCoMo evidence recall); each question retrieves its top-k messages, shown in
   rank order as a static context. No agent decides anything.
 
-Choices (ours, the issue leaves them open): the answer instruction `ANSWER_SYSTEM` asks for a
-short answer; the answer is the reply's first non-empty line (inside `<answer>` tags if the
-model used them). Questions of all tasks are batched together, `RunContext.batch_size` prompts
-per `act` call, and each question's latency is its share of its batch's wall time (plus, for
-rag, its retrieval and its share of indexing its task).
+Choices (ours, the issue leaves them open): the answer prompt and reader are those of every
+answering baseline (`answering`). Questions of all tasks are batched together,
+`RunContext.batch_size` prompts per `act` call, and each question's latency is its share of its
+batch's wall time (plus, for rag, its retrieval and its share of indexing its task).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,20 +28,15 @@ from agemem.episode import (
     StepSample,
     StoredMemory,
 )
+from agemem.eval.methods.answering import answer_messages, read_answer
 from agemem.eval.methods.base import RunContext
 from agemem.eval.methods.pipeline import blank_facts
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import NewMemory
 from agemem.policy.base import Message
-from agemem.summarize import strip_think
 from agemem.tasks.base import Task
 
-ANSWER_SYSTEM = (
-    "Answer the question from the information below. Reply with the answer only: a few words, "
-    "no explanation."
-)
-_ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
-_LEAD_IN = re.compile(r"^(?:the )?answer\b[^:]{0,60}:\s*", re.IGNORECASE)  # "The answer ... is:"
+TRANSCRIPT = "Information"  # the header over the task's messages in the answer prompt
 
 
 def task_lines(task: Task) -> list[str]:
@@ -52,45 +45,22 @@ def task_lines(task: Task) -> list[str]:
     return [incoming_text(m) for m in task.contextual] + list(task.distractors)
 
 
-def answer_prompt(
-    lines: Sequence[str], question: str, header: str = "Information"
-) -> list[Message]:
-    body = "\n".join(lines) if lines else "(nothing)"
-    return [
-        {"role": "system", "content": ANSWER_SYSTEM},
-        {"role": "user", "content": f"{header}:\n{body}\n\nQuestion: {question}"},
-    ]
-
-
-def clean_answer(text: str) -> str:
-    """The answer in a reply: inside `<answer>` if present, else the first non-empty line.
-
-    >>> clean_answer("<think>hm</think> Answer: Paris\\nBecause...")
-    'Paris'
-    >>> clean_answer('The answer to the question is: "Gus likes red."')
-    'Gus likes red.'
-    """
-    text = strip_think(text)
-    tagged = _ANSWER_TAG.search(text)
-    if tagged:
-        text = tagged.group(1)
-    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return _LEAD_IN.sub("", line).strip().strip('"').strip()
-
-
 def fit_recent(lines: list[str], question: str, budget: int | None, ctx: RunContext) -> list[str]:
     """The most recent `lines` whose prompt fits `budget` tokens (all of them when None)."""
     if budget is None:
         return lines
-    overhead = ctx.token_counter.count_messages(answer_prompt([], question))
+    overhead = ctx.token_counter.count_messages(answer_messages(question, [], TRANSCRIPT))
     room, kept = budget - overhead, 0
     for line in reversed(lines):
-        room -= ctx.token_counter.count_text(line) + 1  # +1: the newline between lines
+        room -= ctx.token_counter.count_text(f"- {line}") + 1  # +1: the newline after it
         if room < 0:
             break
         kept += 1
     chosen = lines[len(lines) - kept :]
-    while chosen and ctx.token_counter.count_messages(answer_prompt(chosen, question)) > budget:
+    while (
+        chosen
+        and ctx.token_counter.count_messages(answer_messages(question, chosen, TRANSCRIPT)) > budget
+    ):
         chosen = chosen[1:]  # the per-line estimate missed the chat framing: drop one more
     return chosen
 
@@ -130,7 +100,7 @@ class PromptedMethod:
         for job, turn in zip(batch, turns, strict=True):
             episode = episodes[job.episode]
             facts = episode.facts
-            answer = clean_answer(turn.text)
+            answer = read_answer(turn.text)
             tokens = ctx.token_counter.count_messages(job.messages)
             facts.answers[job.question] = answer
             facts.tokens_at_answer[job.question] = tokens
@@ -176,7 +146,9 @@ class NoMemoryMethod(PromptedMethod):
             _Job(
                 index,
                 q,
-                answer_prompt(fit_recent(lines, question.text, ctx.t_max, ctx), question.text),
+                answer_messages(
+                    question.text, fit_recent(lines, question.text, ctx.t_max, ctx), TRANSCRIPT
+                ),
             )
             for q, question in enumerate(task.questions)
         ]
@@ -197,7 +169,9 @@ class FullContextMethod(PromptedMethod):
             _Job(
                 index,
                 q,
-                answer_prompt(fit_recent(lines, question.text, budget, ctx), question.text),
+                answer_messages(
+                    question.text, fit_recent(lines, question.text, budget, ctx), TRANSCRIPT
+                ),
             )
             for q, question in enumerate(task.questions)
         ]
@@ -221,7 +195,7 @@ class RagMethod(PromptedMethod):
                 t0 = time.perf_counter()
                 items = store.search(question.text, top_k=ctx.top_k)
                 seconds = indexing + time.perf_counter() - t0
-                prompt = answer_prompt([i.content for i in items], question.text, "Retrieved")
+                prompt = answer_messages(question.text, [i.content for i in items], "Retrieved")
                 ids = [i.id for i in items]
                 jobs.append(_Job(index, q, prompt, seconds, ids, ["rag/retrieve"]))
         return jobs
