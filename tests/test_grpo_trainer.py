@@ -129,9 +129,15 @@ def test_one_step_changes_the_weights_and_logs_every_metric(start_dir, tmp_path,
         "rollout/flat_groups", "rollout/success", "rollout/em", "rollout/overflow",
         "rollout/stale", "rollout/tools/Update_memory", "rollout/tools/Filter_context",
         "rollout/reward/penalty_stale", "rollout/turns", "rollout/generated_tokens",
-        "rollout_s", "update_s", "step_s", "phase",
+        "rollout_s", "update_s", "step_s", "phase", "update/forward_tokens",
+        "rollout/tokens_per_s", "update/tokens_per_s",
     ):  # fmt: skip
         assert key in step1, key
+    generated = step1["rollout/generated_tokens"]
+    assert step1["update/tokens"] == generated  # one pass over every generated token
+    assert step1["rollout/tokens_per_s"] == pytest.approx(generated / step1["rollout_s"])
+    assert step1["update/tokens_per_s"] == pytest.approx(generated / step1["update_s"])
+    assert step1["update/forward_tokens"] > generated  # the prompts go through the model too
     assert step1["rollout/flat_groups"] < 1.0  # some advantage was not zero
     assert step1["update/grad_norm"] > 0 and step1["update/lr"] == pytest.approx(config.optim.lr)
     assert step1["update/kl"] >= 0

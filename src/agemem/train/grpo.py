@@ -204,14 +204,18 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
 
     # 5. what happened, over all processes
     rollouts = _gathered_stats(accelerator, episodes, mine, samples, config.reward.key)
+    update_s = time.perf_counter() - start - rollout_s
     return {
         "phase": phase.name if phase else "default",
         "phase_index": phase_index,
         **rollouts,
         **update,
         "rollout_s": rollout_s,
-        "update_s": time.perf_counter() - start - rollout_s,
+        "update_s": update_s,
         "step_s": time.perf_counter() - start,
+        # throughput of this process's share (generated tokens sampled / trained per second)
+        "rollout/tokens_per_s": sum(s.n_generated for s in samples) / rollout_s,
+        "update/tokens_per_s": sum(s.n_generated for s in samples) * config.ppo_epochs / update_s,
     }
 
 
@@ -293,6 +297,8 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
     metrics["loss"] = summed / config.ppo_epochs
     metrics["trained_turns"] = global_count(accelerator, len(trained))
     metrics["trained_rows"] = global_count(accelerator, len(rows_in))
+    # every token through the model (prompts included), per pass
+    metrics["forward_tokens"] = global_count(accelerator, sum(r.length for r in rows_in))
     return {f"update/{k}": v for k, v in metrics.items()}
 
 
