@@ -85,13 +85,14 @@ def test_group_advantages_rejects_bad_input(rewards, groups, kwargs, message) ->
 
 
 class Bigram(nn.Module):
-    """Logits at position t depend on token t only: a table lookup, so the right answer is known."""
+    """Logits at position t depend on token t only: a table lookup, so the right answer is known.
+    It takes a causal LM's call (`use_cache` has nothing to cache here)."""
 
     def __init__(self, table: torch.Tensor) -> None:
         super().__init__()
         self.table = nn.Parameter(table)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool):
         return SimpleNamespace(logits=self.table[input_ids])
 
 

@@ -69,7 +69,9 @@ def load_for_training(
     if not settings.system_prompt:
         tokenizer.chat_template = without_system(tokenizer.chat_template, settings.name)
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     if settings.lora is not None:
         model = _with_lora(model, settings, adapter)
     elif adapter is not None:
