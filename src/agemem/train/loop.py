@@ -39,7 +39,8 @@ def setup(run: RunSettings) -> Accelerator:
     `threads=2` in the quickstart preset; set `run.threads=1` when the cores are shared."""
     if run.threads is not None:
         torch.set_num_threads(run.threads)
-    return_large_blocks_to_the_os()
+    if run.mmap_threshold_mb:
+        return_large_blocks_to_the_os(run.mmap_threshold_mb << 20)
     random.seed(run.seed)
     np.random.seed(run.seed % 2**32)
     torch.manual_seed(run.seed)
