@@ -86,7 +86,22 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _label(run: dict[str, Any]) -> str:
     model = run.get("model")
-    return f"{run['method']} ({Path(model).name})" if model else run["method"]
+    return f"{run['method']} ({model_name(model)})" if model else run["method"]
+
+
+def model_name(model: str) -> str:
+    """A preset as is; a checkpoint directory by its path under `runs/` (else its last three
+    parts), since its own name is often just `final`.
+
+    >>> model_name("smollm2-135m"), model_name("/tmp/x/runs/quickstart/grpo/final")
+    ('smollm2-135m', 'quickstart/grpo/final')
+    >>> model_name("/data/ckpt/my-run/final")
+    'ckpt/my-run/final'
+    """
+    parts = Path(model).parts
+    if "runs" in parts:
+        return "/".join(parts[len(parts) - parts[::-1].index("runs") :])
+    return "/".join(parts[-3:])
 
 
 def main_table(runs: list[dict[str, Any]]) -> str:
