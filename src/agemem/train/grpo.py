@@ -205,6 +205,7 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
     # 5. what happened, over all processes
     rollouts = _gathered_stats(accelerator, episodes, mine, samples, config.reward.key)
     update_s = time.perf_counter() - start - rollout_s
+    generated = sum(s.n_generated for s in samples)
     return {
         "phase": phase.name if phase else "default",
         "phase_index": phase_index,
@@ -214,8 +215,8 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
         "update_s": update_s,
         "step_s": time.perf_counter() - start,
         # throughput of this process's share (generated tokens sampled / trained per second)
-        "rollout/tokens_per_s": sum(s.n_generated for s in samples) / rollout_s,
-        "update/tokens_per_s": sum(s.n_generated for s in samples) * config.ppo_epochs / update_s,
+        "rollout/tokens_per_s": generated / rollout_s,
+        "update/tokens_per_s": generated * config.ppo_epochs / update_s,
     }
 
 

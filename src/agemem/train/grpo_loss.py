@@ -102,7 +102,7 @@ def token_logprobs(
             " must be the same (batch, seq_len) shape"
         )
     if only is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, **_NO_CACHE)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         logits = logits.logits[:, :-1]
         picked = _picked(logits.float(), input_ids[:, 1:])
         return nn.functional.pad(picked, (1, 0))
@@ -111,15 +111,12 @@ def token_logprobs(
         raise ValueError("position 0 has no preceding logit: `only` must be False there")
     keep = nn.functional.pad(wanted[:, 1:], (0, 1))  # the logit at t-1 predicts token t
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **_NO_CACHE
+        input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False
     ).logits
     picked = _picked(logits.float(), input_ids[wanted])  # both in row-major order
     return torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device).masked_scatter(
         wanted, picked
     )
-
-
-_NO_CACHE = {"use_cache": False}  # a scoring pass keeps no KV cache for later tokens
 
 
 def _picked(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from agemem.episode import CallAction, Observation
-from agemem.eval.methods.base import RunContext
+from agemem.eval.methods.base import RunContext, chat
 from agemem.eval.methods.llm_json import (
     JsonReadError,
     index_field,
@@ -60,7 +60,6 @@ from agemem.eval.methods.pipeline import (
     Prompt,
     Steps,
     answer_questions,
-    chat,
     check_positive,
     fit_prompt,
     message_stream,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from agemem.eval.methods.base import chat
 from agemem.policy.base import Message
 from agemem.summarize import strip_think
 
@@ -31,10 +32,7 @@ def answer_messages(question: str, items: Sequence[str], header: str) -> list[Me
     'Memories:\\n- Ann met Bo.\\n\\nQuestion: Who?'
     """
     shown = "\n".join(f"- {item}" for item in items) or "(nothing)"
-    return [
-        {"role": "system", "content": ANSWER_INSTRUCTION},
-        {"role": "user", "content": f"{header}:\n{shown}\n\nQuestion: {question}"},
-    ]
+    return chat(ANSWER_INSTRUCTION, f"{header}:\n{shown}\n\nQuestion: {question}")
 
 
 def read_answer(text: str) -> str | None:

@@ -183,10 +183,6 @@ def fit_prompt(build: Build, n: int, counter: TokenCounter, t_max: int) -> Promp
         k -= 1
 
 
-def chat(instruction: str, content: str) -> list[Message]:
-    return [{"role": "system", "content": instruction}, {"role": "user", "content": content}]
-
-
 def numbered(texts: Sequence[str]) -> str:
     """Items as `[0] text` lines: small indices instead of store ids, which small models copy
     reliably (Mem0's implementation maps its UUIDs to integers for the same reason)."""
