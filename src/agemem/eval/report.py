@@ -214,30 +214,46 @@ def _score(metrics: dict[str, Any]) -> float | None:
 
 
 def _score_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for benchmark in dict.fromkeys(r["benchmark"] for r in runs):
-        points = [
-            (r["metrics"].get("prompt_tokens_mean"), _score(r["metrics"]), r["method"])
-            for r in runs
-            if r["benchmark"] == benchmark
-        ]
-        points = [(x, y, m) for x, y, m in points if x is not None and y is not None]
-        ax.scatter([x for x, _, _ in points], [100 * y for _, y, _ in points], label=benchmark)
-        for x, y, method in points:
-            ax.annotate(method, (x, 100 * y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("prompt tokens per question (answering prompt)")
-    ax.set_ylabel("score % (judge, else F1)")
-    ax.legend(fontsize=8)
+    """One panel per benchmark; each method label keeps its colour and marker in every panel,
+    and one legend names them (annotations next to points overlap when scores tie)."""
+    benchmarks = list(dict.fromkeys(r["benchmark"] for r in runs))
+    labels = list(dict.fromkeys(_label(r) for r in runs))
+    colours = plt.get_cmap("tab20").colors
+    styles = {
+        label: (colours[i % len(colours)], "osD^v<>ph*"[i % 10]) for i, label in enumerate(labels)
+    }
+    fig, axes = plt.subplots(
+        1, len(benchmarks), figsize=(3.6 * len(benchmarks) + 3, 4), squeeze=False
+    )
+    for ax, benchmark in zip(axes[0], benchmarks, strict=True):
+        for run in (r for r in runs if r["benchmark"] == benchmark):
+            x, y = run["metrics"].get("prompt_tokens_mean"), _score(run["metrics"])
+            if x is None or y is None:
+                continue
+            colour, marker = styles[_label(run)]
+            ax.scatter([x], [100 * y], color=colour, marker=marker, s=45, label=_label(run))
+        ax.set_xscale("log")
+        ax.set_title(benchmark, fontsize=9)
+        ax.set_xlabel("prompt tokens per question", fontsize=8)
+        ax.set_ylim(-4, 104)
+    axes[0][0].set_ylabel("score % (judge, else F1; interactive: success)")
+    handles = {}  # label -> handle, once per label across panels
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(
+        list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1, 0.5),
+        fontsize=7,
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def _tool_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
     names = sorted({n for r in runs for n in r["metrics"].get("tool_calls", {})})
-    labels = [f"{r['method']}\n{r['benchmark']}" for r in runs]
+    labels = [f"{_label(r)}\n{r['benchmark']}" for r in runs]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(runs)), 4.5))
     bottom = [0.0] * len(runs)
     for name in names:
