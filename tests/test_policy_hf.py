@@ -156,7 +156,8 @@ def test_smollm2_stop_string_spanning_tokens(smollm2):
 
 
 def common_length(*prompts: list[int]) -> int:
-    return next(i for i in range(min(map(len, prompts))) if len({p[i] for p in prompts}) > 1)
+    shortest = min(map(len, prompts))
+    return next((i for i in range(shortest) if len({p[i] for p in prompts}) > 1), shortest)
 
 
 def split_prompts(policy: HFPolicy, contexts) -> tuple[int, int]:
@@ -188,7 +189,7 @@ def test_prefix_cache_changes_no_greedy_output(tiny):
 
 
 def test_prefix_is_reused_across_calls_and_rebuilt_when_it_changes(tiny):
-    policy = HFPolicy(*tiny, max_new_tokens=4, temperature=0)
+    policy = HFPolicy(*tiny, max_new_tokens=4, temperature=0, row_cache_tokens=0)
     policy.act(SHARED_CONTEXTS)
     shared, suffixes = split_prompts(policy, SHARED_CONTEXTS)
     assert policy.stats.computed_tokens == shared + suffixes  # the prefix once, for all rows
@@ -203,6 +204,46 @@ def test_prefix_is_reused_across_calls_and_rebuilt_when_it_changes(tiny):
     assert policy.stats.computed_tokens - before == new_shared - kept + new_suffixes
     plain = HFPolicy(*tiny, max_new_tokens=4, temperature=0, prefix_cache=False).act(other)
     assert [t.completion_ids for t in turns] == [t.completion_ids for t in plain]
+
+
+def next_turns(contexts, turns, observations):
+    """Each context continued by its turn and a new user message, as an episode's next prompt."""
+    return [
+        [*c, {"role": "assistant", "content": t.text}, {"role": "user", "content": o}]
+        for c, t, o in zip(contexts, turns, observations, strict=True)
+    ]
+
+
+def test_row_cache_computes_only_the_new_tokens_of_each_episode(tiny):
+    """Second turns extend each row's first prompt by different lengths: only the tokens past
+    what each row shares with its earlier prompt are computed, and nothing changes."""
+    on = HFPolicy(*tiny, max_new_tokens=6, temperature=0, stop=())
+    off = HFPolicy(*tiny, max_new_tokens=6, temperature=0, stop=(), prefix_cache=False)
+    first = on.act(SHARED_CONTEXTS)
+    second = next_turns(SHARED_CONTEXTS, first, ["Rome.", "Alice lives in Paris now?", "Bob"])
+    before = on.stats.computed_tokens
+    cached = on.act(second[::-1])  # another row order: rows are matched by content
+    prompts = [on.encode_prompt(c) for c in second[::-1]]
+    earlier = [t.prompt_ids for t in first[::-1]]
+    new = sum(len(p) - common_length(p, e) for p, e in zip(prompts, earlier, strict=True))
+    assert on.stats.computed_tokens - before == new
+    assert new < sum(map(len, prompts)) / 4
+    plain = off.act(second[::-1])
+    assert [t.completion_ids for t in cached] == [t.completion_ids for t in plain]
+    assert_logprobs_match_forward_pass(on, cached, tolerance=1e-4)
+
+
+def test_row_cache_stays_within_its_token_budget(tiny):
+    prompts = [HFPolicy(*tiny).encode_prompt(c) for c in SHARED_CONTEXTS]
+    budget = sum(map(len, prompts)) - 1  # one prompt too few fits
+    policy = HFPolicy(*tiny, max_new_tokens=4, temperature=0, row_cache_tokens=budget)
+    policy.act(SHARED_CONTEXTS)
+    before = policy.stats.computed_tokens
+    policy.act(SHARED_CONTEXTS)  # two rows served from the row cache, one from the prefix
+    shared = common_length(*prompts)
+    assert policy.stats.computed_tokens - before == 2 + len(prompts[0]) - shared
+    with pytest.raises(ValueError, match="row_cache_tokens"):
+        HFPolicy(*tiny, row_cache_tokens=-1)
 
 
 def test_prefix_is_rebuilt_after_an_in_place_weight_update(tiny):
@@ -228,3 +269,8 @@ def test_smollm2_prefix_cache_is_exact(smollm2):
     assert [t.completion_ids for t in cached] == [
         t.completion_ids for t in plain.act(SHARED_CONTEXTS)
     ]
+    second = next_turns(SHARED_CONTEXTS, turns, ["Rome.", "And Alice?", "Bob lives in Rome."])
+    before = on.stats.computed_tokens
+    turns = on.act(second)  # each row continues from its own first prompt
+    assert on.stats.computed_tokens - before < on.stats.prompt_tokens / 4
+    assert_logprobs_match_forward_pass(on, turns, tolerance=2e-4)
