@@ -163,3 +163,16 @@ def test_judge_scores_per_question_and_category_tables_show_it():
 
 def test_interactive_cells_show_success_and_progress():
     assert score_cell({"success": 0.5, "progress": 0.75}) == "50.0 / 75.0"
+
+
+def test_interactive_runs_report_agentboard_metrics_and_tokens_per_turn():
+    """Worlds have no tasks: success and progress come from the rewards, tokens from the turns."""
+    world = _task("babyai/GoToRedBall-v0/seed0", "babyai", questions=[Question("go", ("x",))])
+    won = _episode(world, ["success"], [None], [], steps=[_step(0, "a", 100), _step(0, "b", 300)])
+    lost = _episode(world, ["failure"], [None], [], steps=[_step(0, "c", 200)])
+    won.reward, lost.reward = {"success": 1.0, "progress": 1.0}, {"success": 0.0, "progress": 0.5}
+    m = run_metrics([won, lost], [])
+    assert m["success"] == 0.5 and m["progress"] == 0.75
+    assert m["turns"] == 1.5 and m["prompt_tokens_mean"] == 200.0
+    assert m["model_tokens_per_episode"] == 300.0
+    assert "em" not in m and "f1" not in m

@@ -111,6 +111,30 @@ def test_a_killed_run_resumes_to_the_same_table(tmp_path):
     assert len(finished_episodes(killed / "episodes.jsonl")) == 4
 
 
+def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
+    """BabyAI plays in batches of 8 worlds: a run stopped after its first batch (limit 8, then
+    extended to 10) plays only the last two worlds and ends with the table of a run in one go."""
+    pytest.importorskip("minigrid")
+    settings = dict(policy="tiny", max_new_tokens=8)
+    resumed, whole = tmp_path / "resumed", tmp_path / "whole"
+    run_eval(EvalSettings("babyai", "no-memory", limit=8, **settings), resumed, progress=False)
+    first = (resumed / "episodes.jsonl").read_text()
+    run_eval(EvalSettings("babyai", "no-memory", limit=10, **settings), resumed, progress=False)
+    assert (resumed / "episodes.jsonl").read_text().startswith(first)  # the 8 were kept
+    run_eval(EvalSettings("babyai", "no-memory", limit=10, **settings), whole, progress=False)
+    episodes = finished_episodes(resumed / "episodes.jsonl")
+    assert [e.task_id for e in episodes] == [
+        e.task_id for e in finished_episodes(whole / "episodes.jsonl")
+    ]
+    assert len({e.task_id for e in episodes}) == 10
+
+    def table(directory: Path) -> dict:
+        metrics = json.loads((directory / "results.json").read_text())["metrics"]
+        return {k: v for k, v in metrics.items() if not k.startswith("latency")}
+
+    assert table(resumed) == table(whole)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -5,7 +5,7 @@ Each environment's package is imported only when its worlds are built, so import
 package needs none of them.
 """
 
-from agemem.agentic.benchmarks import BENCHMARKS, MAX_TURNS, TASKS, run_benchmark
+from agemem.agentic.benchmarks import BENCHMARKS, MAX_TURNS, TASKS, run_benchmark, task_count
 from agemem.agentic.loop import METHODS, AgentEpisode, LoopSettings, run_worlds, system_prompt
 from agemem.agentic.world import (
     ExpertRun,
@@ -30,4 +30,5 @@ __all__ = [
     "run_expert",
     "run_worlds",
     "system_prompt",
+    "task_count",
 ]

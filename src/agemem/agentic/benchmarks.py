@@ -107,11 +107,27 @@ TASKS: dict[str, Callable[[], list[WorldFactory]]] = {
 }
 
 
+def task_count(benchmark: str, limit: int | None = None) -> int:
+    """How many tasks `run_benchmark(benchmark, ..., limit)` plays."""
+    if benchmark not in TASKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(TASKS)}")
+    return len(TASKS[benchmark]()[:limit])
+
+
 def run_benchmark(
-    benchmark: str, method: str, ctx: RunContext, limit: int | None = None
+    benchmark: str,
+    method: str,
+    ctx: RunContext,
+    limit: int | None = None,
+    *,
+    skip: int = 0,
+    on_batch: Callable[[list[Episode]], None] | None = None,
 ) -> list[Episode]:
     """Episodes of `method` on the first `limit` tasks of `benchmark` (all when None), in task
-    order. `reward["success"]` (0/1) and `reward["progress"]` ([0, 1]) are AgentBoard's metrics.
+    order, minus the first `skip` (played by an interrupted run); `on_batch` gets each batch's
+    episodes as it ends. Batches start at `skip`, so a resumed run plays the same batches as an
+    uninterrupted one when `skip` is a multiple of the batch size (the runner's case).
+    `reward["success"]` (0/1) and `reward["progress"]` ([0, 1]) are AgentBoard's metrics.
 
     `ctx.t_max` is the context budget, `ctx.top_k` what `rag` shows per step; `agemem-norl` and
     `agemem` differ only by `ctx.policy` (the caller passes the base or the trained model).
@@ -123,7 +139,9 @@ def run_benchmark(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None; got {limit}")
-    worlds = TASKS[benchmark]()[:limit]
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0; got {skip}")
+    worlds = TASKS[benchmark]()[:limit][skip:]
     settings = LoopSettings(
         method=_method(method), t_max=ctx.t_max, max_turns=MAX_TURNS[benchmark], top_k=ctx.top_k
     )
@@ -134,6 +152,7 @@ def run_benchmark(
         embedder=cached(ctx.embedder),
         token_counter=ctx.token_counter,
         batch_size=BATCH[benchmark],
+        on_batch=on_batch,
     )
 
 

@@ -275,10 +275,12 @@ def run_worlds(
     token_counter: TokenCounter,
     summarizer: Summarizer | None = None,
     batch_size: int = 8,
+    on_batch: Callable[[list[Episode]], None] | None = None,
 ) -> list[Episode]:
     """One episode per world factory, in order. Up to `batch_size` worlds run at once (one
     batched `policy.act` per turn); each world is created when its batch starts and closed at
-    its end, so heavy worlds (a JVM each for ScienceWorld) are bounded by `batch_size`."""
+    its end, so heavy worlds (a JVM each for ScienceWorld) are bounded by `batch_size`.
+    `on_batch` gets each batch's episodes as it ends (the eval runner saves them there)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     episodes: list[Episode] = []
@@ -297,12 +299,15 @@ def run_worlds(
                         summarizer=summarizer,
                     )
                 )
-            episodes += _lockstep(runs, policy)
+            finished = _lockstep(runs, policy)
         finally:
             for run in runs:
                 run.close()
             for world in batch:
                 world.close()
+        episodes += finished
+        if on_batch is not None:
+            on_batch(finished)
     return episodes
 
 

@@ -22,12 +22,10 @@ Every default is a CLI option (`--t-max`, `--batch-size`, ...).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
-from agemem.episode import Episode
-from agemem.eval.methods.base import RunContext
 from agemem.tasks import Task, TaskError, load_tasks
 
 # Agent episodes on a CPU (ours): three stage-3 turns per question (retrieve, manage, answer;
@@ -97,13 +95,13 @@ def load_benchmark(
         raise BenchmarkError(f"{spec.name}: {err}") from None
 
 
-def agentic_runner() -> Callable[[str, str, RunContext, int | None], list[Episode]]:
-    """`agemem.agentic.run_benchmark`, or a one-line error when that module is not here."""
+def agentic() -> ModuleType:
+    """`agemem.agentic` (its `run_benchmark` and `task_count`), or a one-line error when that
+    module is not here."""
     try:
-        module = importlib.import_module("agemem.agentic")
-        return module.run_benchmark
-    except (ImportError, AttributeError) as err:
+        return importlib.import_module("agemem.agentic")
+    except ImportError as err:
         raise BenchmarkError(
-            f"interactive benchmarks need agemem.agentic.run_benchmark ({err}); install the "
+            f"interactive benchmarks need agemem.agentic ({err}); install the "
             "agentic extra (pip install 'agemem[agentic]') or pick a QA benchmark"
         ) from None

@@ -19,8 +19,10 @@ of the final memories that state a supporting fact (token F1 >= 0.5,
 `RewardConfig.overlap_threshold`), 0 without memories, AgeMem's storage-quality reading;
 `memory_recall`: the share of supporting facts some final memory states. From
 `agemem.train.evaluate.episode_stats`: `success` (every question right, no overflow),
-`overflow`, `format_errors`, `turns`. Interactive episodes: `success` and `progress` from
-their rewards.
+`overflow`, `format_errors`, `turns`. Interactive episodes (no tasks: `tasks` is empty):
+`success` and `progress` from their rewards (AgentBoard's), `turns` per episode, and
+`prompt_tokens_mean`, the mean prompt the model acted from per turn (their counterpart of
+tokens per question), with `model_tokens_per_episode` for the bill.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ def run_metrics(episodes: Sequence[Episode], tasks: Sequence[Task]) -> dict[str,
         raise ValueError("no episodes to score: run the method first")
     by_id = {task.id: task for task in tasks}
     out: dict[str, Any] = {}
-    if any(_n(e) for e in episodes):
+    if not tasks:
+        out |= _interactive_metrics(episodes)
+    elif any(_n(e) for e in episodes):
         out |= _question_metrics(episodes, by_id)
         stats = episode_stats(episodes, [by_id[e.task_id] for e in episodes])
         out |= {k: stats[k] for k in ("success", "overflow", "format_errors", "turns")}
@@ -82,6 +86,15 @@ def run_metrics(episodes: Sequence[Episode], tasks: Sequence[Task]) -> dict[str,
     )
     out["failed_calls"] = sum(not c.ok for e in episodes for c in e.facts.calls) / len(episodes)
     return out
+
+
+def _interactive_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    steps = [s for e in episodes for s in e.steps]
+    return {
+        "turns": len(steps) / len(episodes),
+        "prompt_tokens_mean": fmean(s.tokens for s in steps) if steps else 0.0,
+        "model_tokens_per_episode": sum(s.tokens for s in steps) / len(episodes),
+    }
 
 
 def _n(episode: Episode) -> int:
@@ -174,7 +187,11 @@ def _evidence_recall(task: Task, index: int, step: StepSample | None) -> float |
 
 def _memory_metrics(episodes: Sequence[Episode], by_id: dict[str, Task]) -> dict[str, float]:
     scored = [
-        e for e in episodes if by_id[e.task_id].supporting_facts and e.facts.method not in STORELESS
+        e
+        for e in episodes
+        if e.task_id in by_id
+        and by_id[e.task_id].supporting_facts
+        and e.facts.method not in STORELESS
     ]
     if not scored:
         return {}

@@ -242,7 +242,10 @@ def _score_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     fig.legend(
-        list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1, 0.5),
+        list(handles.values()),
+        list(handles),
+        loc="center left",
+        bbox_to_anchor=(1, 0.5),
         fontsize=7,
     )
     fig.tight_layout()

@@ -9,7 +9,8 @@ an uninterrupted one; with greedy decoding (the default, `temperature=0`: evalua
 depend on a sampling stream) both give the same episodes. At the end `DIR/results.json` and
 `DIR/results.md` are written from every episode of the requested tasks.
 
-Interactive benchmarks are run whole by `agemem.agentic.run_benchmark` (not resumable per task).
+Interactive benchmarks go to `agemem.agentic.run_benchmark` in its fixed batches of worlds; each
+finished batch is appended the same way, and a resumed run skips the episodes already saved.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from agemem.episode import Episode
 from agemem.eval.benchmarks import (
     BenchmarkError,
     BenchmarkSpec,
-    agentic_runner,
+    agentic,
     get_benchmark,
     load_benchmark,
 )
@@ -88,7 +89,7 @@ def run_eval(settings: EvalSettings, out: str | Path, *, progress: bool = True) 
     out = _prepare(Path(out), settings)
     if spec.interactive:
         tasks: list[Task] = []
-        episodes = _run_interactive(spec, settings, out)
+        episodes = _run_interactive(spec, settings, out, progress)
     else:
         tasks = load_benchmark(spec, settings.limit, settings.options)
         if not tasks:
@@ -205,12 +206,12 @@ def _run_tasks(
     return [done[t.id] for t in tasks]
 
 
-def _bar(enabled: bool) -> Progress:
+def _bar(enabled: bool, unit: str = "questions") -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("questions"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -218,20 +219,35 @@ def _bar(enabled: bool) -> Progress:
     )
 
 
-def _run_interactive(spec: BenchmarkSpec, settings: EvalSettings, out: Path) -> list[Episode]:
-    run_benchmark = agentic_runner()
+def _run_interactive(
+    spec: BenchmarkSpec, settings: EvalSettings, out: Path, progress: bool
+) -> list[Episode]:
+    """Worlds in batches (`agemem.agentic.BATCH`), each batch's episodes appended as it ends;
+    a resumed run skips the episodes already in the file (always whole batches, in task order)."""
+    worlds = agentic()
     path = out / EPISODES
     done = finished_episodes(path)
-    if done and (settings.limit is None or len(done) >= settings.limit):
-        return done
-    ctx = _context(spec, None, settings)
     try:
-        episodes = run_benchmark(spec.name, settings.method, ctx, settings.limit)
-    except (ValueError, RuntimeError, OSError) as err:  # e.g. a world that cannot run here
-        raise EvalError(f"{spec.name}: {str(err).splitlines()[0]}") from None
-    path.unlink(missing_ok=True)
-    _append(path, episodes)
-    return episodes
+        total = worlds.task_count(spec.name, settings.limit)
+    except ValueError as err:
+        raise EvalError(f"{spec.name}: {err}") from None
+    if len(done) >= total:
+        return done[:total]
+    ctx = _context(spec, None, settings)
+    with _bar(progress, "episodes") as bar:
+        job = bar.add_task(f"{spec.name} / {settings.method}", total=total, completed=len(done))
+
+        def save(episodes: list[Episode]) -> None:
+            _append(path, episodes)
+            bar.advance(job, len(episodes))
+
+        try:
+            new = worlds.run_benchmark(
+                spec.name, settings.method, ctx, settings.limit, skip=len(done), on_batch=save
+            )
+        except (ValueError, RuntimeError, OSError) as err:  # e.g. a world that cannot run here
+            raise EvalError(f"{spec.name}: {str(err).splitlines()[0]}") from None
+    return done + new
 
 
 def _context(spec: BenchmarkSpec, method: EvalMethod | None, settings: EvalSettings) -> RunContext:
