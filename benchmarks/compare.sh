@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Every method on synthetic (held-out seeds), hotpotqa (test split) and locomo (one full
-# conversation) with SmolLM2-135M, greedy decoding; then one merged table and plots:
+# conversation), and the interactive worlds' methods (no-memory, rag, agemem-norl; agemem with
+# POLICY) on babyai, twc, pddl and scienceworld (one batch of worlds each), with SmolLM2-135M,
+# greedy decoding; then one merged table and plots:
 # $OUT/report.md, $OUT/results.json, $OUT/score_vs_tokens.png, $OUT/tool_calls.png.
 # Resumable: rerun the same command after an interruption and finished tasks are skipped.
 #
 # Knobs (environment variables):
 #   OUT=runs/compare      where the runs and the report go
 #   LIMIT=N               cap every benchmark at N tasks (a quick check; LoCoMo's 1 stays 1)
+#   WORLDS=N              worlds per interactive benchmark (default: one batch, 8; ScienceWorld 4)
 #   BENCHMARKS, METHODS   space-separated subsets (default: all below)
 #   POLICY=DIR            a trained checkpoint: adds the `agemem` rows (agemem-norl is its base)
 #   THREADS=2             torch threads (the machine's cores)
@@ -18,9 +21,11 @@ cd "$(dirname "$0")/.."
 read -r -a AGEMEM <<< "${AGEMEM:-.venv/bin/agemem}"
 OUT=${OUT:-runs/compare}
 export OMP_NUM_THREADS=${THREADS:-2}
-BENCHMARKS=${BENCHMARKS:-"synthetic hotpotqa locomo"}
+BENCHMARKS=${BENCHMARKS:-"synthetic hotpotqa locomo babyai twc pddl scienceworld"}
 METHODS=${METHODS:-"no-memory full-context rag mem0-style a-mem-style agemem-norl agemem-rag atommem"}
-declare -A TASKS=([synthetic]=30 [hotpotqa]=200 [locomo]=1)
+WORLD_METHODS="no-memory rag agemem-norl"  # what agemem.agentic runs (plus agemem)
+declare -A TASKS=([synthetic]=30 [hotpotqa]=200 [locomo]=1 [babyai]=${WORLDS:-8}
+  [twc]=${WORLDS:-8} [pddl]=${WORLDS:-8} [scienceworld]=${WORLDS:-4})
 
 run() {  # benchmark method [extra args...]
   local b=$1 m=$2 n=${TASKS[$1]}
@@ -33,7 +38,12 @@ run() {  # benchmark method [extra args...]
 
 mkdir -p "$OUT"
 for b in $BENCHMARKS; do
-  for m in $METHODS; do run "$b" "$m"; done
+  for m in $METHODS; do
+    if [[ $b =~ ^(babyai|twc|pddl|scienceworld)$ && " $WORLD_METHODS " != *" $m "* ]]; then
+      continue  # a text-only baseline: no interactive version
+    fi
+    run "$b" "$m"
+  done
   if [[ -n "${POLICY:-}" ]]; then run "$b" agemem --policy "$POLICY"; fi
 done
 dirs=()

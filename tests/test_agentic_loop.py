@@ -135,6 +135,22 @@ def test_no_memory_cuts_the_history_while_agemem_records_overflow(embedder):
     assert len(last) < len(full.steps[-1].messages)
 
 
+def test_the_window_moves_in_blocks_so_prompts_mostly_extend_the_last_one(embedder):
+    policy = Script(lambda turn, context, world: act("turn left"))
+    settings = LoopSettings("no-memory", t_max=900, max_turns=30)
+    (episode,) = run_worlds(
+        [policy.make(BabyAIWorld("GoToLocal", 0))],
+        policy,
+        settings,
+        embedder=embedder,
+        token_counter=COUNTER,
+    )
+    prompts = [step.messages for step in episode.steps]
+    trims = sum(b[: len(a)] != a for a, b in zip(prompts, prompts[1:], strict=False))
+    assert len(prompts) == 30 and max(s.tokens for s in episode.steps) <= 900
+    assert 2 <= trims <= len(prompts) / 4  # a window sliding every turn trims ~20 times here
+
+
 def test_rag_stores_steps_and_shows_related_memories(embedder):
     policy = Script(expert_script)
     (episode,) = run_worlds(

@@ -115,6 +115,7 @@ class AgentEpisode:
         self._counter = token_counter
         self._tools = settings.method in TOOL_METHODS
         self._window = not self._tools  # no-memory and rag cut the history to fit t_max
+        self._window_start = 0  # index of the first kept round after system prompt and goal
         self._store: MemoryStore = SQLiteStore(":memory:", embedder)
         self._context = Context(settings.t_max, token_counter, embedder, summarizer)
         self._state = AgentMemoryState(self._store, self._context)
@@ -247,14 +248,19 @@ class AgentEpisode:
         return messages
 
     def _windowed(self, messages: list[Message]) -> list[Message]:
-        """System prompt and goal, then the latest whole rounds that fit `t_max`."""
+        """System prompt and goal, then the latest whole rounds within `t_max`. The window
+        moves in blocks (ours): once the rounds overflow, the oldest go until the prompt takes at
+        most half of `t_max`, and the window stays put while later rounds fit. The kept rounds
+        then open the next turns' prompts unchanged, so the policy's row cache serves their KV;
+        a window sliding every turn makes each turn re-read all of it (~3x the prefill)."""
         head, rest = messages[:2], messages[2:]
-        starts = [i for i, m in enumerate(rest) if m["role"] == "user"]
-        for start in starts:
-            kept = head + rest[start:]
-            if self._counter.count_messages(kept) <= self.settings.t_max:
-                return kept
-        return head + rest[starts[-1] :] if starts else messages
+        limit = self.settings.t_max
+        if self._counter.count_messages(head + rest[self._window_start :]) <= limit:
+            return head + rest[self._window_start :]
+        starts = [i for i, m in enumerate(rest) if m["role"] == "user" and i > self._window_start]
+        fits = (s for s in starts if self._counter.count_messages(head + rest[s:]) <= limit // 2)
+        self._window_start = next(fits, starts[-1] if starts else self._window_start)
+        return head + rest[self._window_start :]
 
     def _finish(self) -> None:
         recorder = self._recorder_or_fail()
