@@ -8,10 +8,11 @@ rule of never both in one step then means one environment action per turn). The 
 observation comes back as a user message; refused actions come back as observations too.
 
 The four methods of the benchmark table run this same loop:
-- `no-memory`: no tools; the history is cut, oldest round first, to fit `t_max` (the usual
-  sliding window of agent benchmarks; there is nothing else the agent could do about it).
+- `no-memory`: no tools; the history is cut, oldest rounds first, to fit `t_max` (the usual
+  window of agent benchmarks; there is nothing else the agent could do about it). It moves in
+  blocks (`AgentEpisode._windowed`), so consecutive prompts share their KV.
 - `rag`: no tools; the system stores every step ("action -> observation") in the store and shows
-  the `top_k` memories most similar to each new observation with it; same sliding window.
+  the `top_k` memories most similar to each new observation with it; the same window.
 - `agemem-norl` and `agemem`: the six memory tools; nothing is cut, an over-budget context is
   recorded as overflow (as in `MemoryEnv`), and Summary/Filter are the agent's way to stay within
   `t_max`. The two differ only in the policy the caller passes (base model or RL-trained).
