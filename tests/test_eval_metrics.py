@@ -176,3 +176,7 @@ def test_interactive_runs_report_agentboard_metrics_and_tokens_per_turn():
     assert m["turns"] == 1.5 and m["prompt_tokens_mean"] == 200.0
     assert m["model_tokens_per_episode"] == 300.0
     assert "em" not in m and "f1" not in m
+    run = {"benchmark": "babyai", "method": "no-memory", "model": "m", "n": 2, "metrics": m}
+    text = markdown_table([run])
+    assert "| no-memory (m) | 50.0 / 75.0 |" in text and "prompt tokens/q" not in text
+    assert "| babyai | no-memory (m) | 2 | 50.0 | 75.0 | 1.5 | 200 | 300 | 0.00 |" in text

@@ -4,8 +4,9 @@
 - the main table, methods x benchmarks (AgeMem's Table 2 layout): each QA cell is
   `EM / F1` in %, `judge / EM / F1` when a judge graded the run; interactive cells are
   `success / progress`;
-- a detail table per run: questions, memory quality, evidence recall, prompt tokens per question
-  (the answering prompt, and all model calls), latency p50/p95;
+- a detail table per QA run: questions, memory quality, evidence recall, prompt tokens per
+  question (the answering prompt, and all model calls), latency p50/p95; and one per
+  interactive run: episodes, success, progress, turns, prompt tokens per turn and per episode;
 - tool calls per episode by operation (AgeMem's Table 3 layout);
 - LoCoMo-style per-category scores where runs have categories.
 `write_plots` draws score vs prompt tokens per question and the tool-call mix per method
@@ -113,6 +114,35 @@ def main_table(runs: list[dict[str, Any]]) -> str:
     return _table(["method", *benchmarks], rows)
 
 
+def _interactive(run: dict[str, Any]) -> bool:
+    spec = BENCHMARKS.get(run["benchmark"])
+    return spec is not None and spec.interactive
+
+
+def world_table(runs: list[dict[str, Any]]) -> str:
+    header = [
+        "benchmark", "method", "episodes", "success", "progress", "turns", "prompt tokens/turn",
+        "model tokens/episode", "failed calls",
+    ]  # fmt: skip
+    rows = []
+    for run in runs:
+        m = run["metrics"]
+        rows.append(
+            [
+                run["benchmark"],
+                _label(run),
+                str(run["n"]),
+                _pct(m.get("success")),
+                _pct(m.get("progress")),
+                _num(m.get("turns"), 1),
+                _num(m.get("prompt_tokens_mean")),
+                _num(m.get("model_tokens_per_episode")),
+                _num(m.get("failed_calls"), 2),
+            ]  # fmt: skip
+        )
+    return _table(header, rows)
+
+
 def detail_table(runs: list[dict[str, Any]]) -> str:
     header = [
         "benchmark", "method", "tasks", "questions", "EM", "F1", "judge", "memory quality",
@@ -179,8 +209,14 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
     judged = any("judge" in r["metrics"] for r in runs)
     unit = "judge / EM / F1" if judged else "EM / F1"
     parts = [f"Scores in % ({unit}; interactive: success / progress).", "", main_table(runs)]
-    parts += ["", "Details (tokens per question; latency in seconds per question).", ""]
-    parts.append(detail_table(runs))
+    qa = [r for r in runs if not _interactive(r)]
+    worlds = [r for r in runs if _interactive(r)]
+    if qa:
+        parts += ["", "Details (tokens per question; latency in seconds per question).", ""]
+        parts.append(detail_table(qa))
+    if worlds:
+        parts += ["", "Interactive worlds (success and progress in %; means per episode).", ""]
+        parts.append(world_table(worlds))
     tools = tool_table(runs)
     if tools:
         parts += ["", "Memory operations per episode (calls that ran).", "", tools]
