@@ -274,3 +274,20 @@ def test_smollm2_prefix_cache_is_exact(smollm2):
     turns = on.act(second)  # each row continues from its own first prompt
     assert on.stats.computed_tokens - before < on.stats.prompt_tokens / 4
     assert_logprobs_match_forward_pass(on, turns, tolerance=2e-4)
+
+
+def test_a_sliding_window_model_decodes_a_padded_batch_exactly(tiny):
+    """Sliding-window layers drop old tokens, so such models skip the prefix cache and prefill
+    one left-padded batch; every row still gets a plain forward pass's logprobs."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=len(tiny[1]), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    policy = HFPolicy(MistralForCausalLM(config), tiny[1], max_new_tokens=6, stop=(), seed=3)
+    assert not policy.prefix_cache
+    turns = policy.act(CONTEXTS)
+    assert policy.stats.computed_tokens == policy.stats.prompt_tokens
+    assert_logprobs_match_forward_pass(policy, turns, tolerance=1e-4)

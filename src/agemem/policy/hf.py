@@ -10,21 +10,16 @@ log pi_theta(token | prefix), the quantity the trainer's importance ratio compar
 forward pass (`completion_logprobs`). Sampling itself uses the warped distribution.
 
 Prefix cache (on by default, because it is exact): a batch's prompts all start with the same
-chat-template header and system prompt, and an episode's consecutive prompts often share longer
-prefixes. The policy keeps the KV of the longest prefix common to the last batch (one prefix per
-policy object, so memory stays bounded), crops and extends it for the next batch, and copies it
-to every row, so prefill (compute-bound: as costly batched as not) runs once for the shared part.
-Each row's suffix follows at its true positions (explicit `position_ids`), with the padding
-between prefix and suffix masked out, so every logit is that of a plain forward pass over the
-row's full prompt, up to float rounding. Models with sliding-window layers, whose cache drops old
-tokens, do without it.
-
-Row cache (part of the prefix cache): an episode's next prompt is its last prompt plus the turn
-and the new observation, so the policy also keeps each row's prompt KV (up to
-`row_cache_tokens` tokens in all, least recently used dropped first). A row whose prompt extends
-a kept one starts from it: each row's own prefix is left-padded to the batch's longest, masked
-like the suffix padding, and only the new tokens are computed. Multi-turn episodes then cost
-their new tokens per turn instead of their whole history.
+chat-template header and system prompt, and an episode's next prompt is its last prompt plus the
+turn and the new observation. The policy keeps the KV of the longest prefix common to the last
+batch (one per policy object) and of each row's last prompt (up to `row_cache_tokens` tokens in
+all, oldest dropped first). Each prompt is prefilled on its own from the longest kept prefix it
+extends, so only its new tokens are computed: prefill is compute-bound, so running it row by
+row costs little, while padding every row's new part to the longest would multiply the work.
+The rows' KV are then right-aligned in one cache, the padding before them masked out, and
+decoded together at their true positions (explicit `position_ids`), so every logit is that of a
+plain forward pass over the row's full prompt, up to float rounding. Models with sliding-window
+layers, whose cache drops old tokens, do without it and prefill one left-padded batch.
 
 KV buffer: a batch's cache is allocated once for its longest possible turn (`_BufferedLayer`) and
 each decoding step writes into it, instead of transformers' default of concatenating the whole
@@ -219,35 +214,22 @@ class HFPolicy:
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]]) -> list[Turn]:
-        """Sample one completion per prompt (token ids), all prompts in one batch: the shared
-        prefix's KV from the prefix cache, then each row's suffix, left-padded."""
+        """Sample one completion per prompt (token ids), all rows decoded in one batch. Each
+        prompt is prefilled on its own from the longest cached prefix it extends: prefill is
+        compute-bound, so batching it saves little, while padding every row's new part to the
+        longest one (one row that missed the cache) would multiply the work."""
         if not prompts:
             return []
         if any(not p for p in prompts):
             raise ValueError("empty prompt: the chat template produced no tokens")
         start = time.perf_counter()
-        shared = _shared_prefix(prompts) if self.prefix_cache else []
-        sources = self._row_sources(prompts, len(shared))
-        lengths = [len(shared) if row is None else n for row, n in sources]
-        ids, mask, positions = left_pad(
-            [p[n:] for p, n in zip(prompts, lengths, strict=True)], self.pad_id, self.device
-        )
-        width = max(lengths)
-        cache = self._batch_cache(
-            shared, sources, width, width + ids.shape[1] + self.max_new_tokens
-        )
-        prefix_mask = torch.tensor(
-            [[0] * (width - n) + [1] * n for n in lengths], dtype=mask.dtype, device=self.device
-        )
-        mask = torch.cat([prefix_mask, mask], dim=1)
-        positions = positions + torch.tensor(lengths, device=self.device)[:, None]
-        logits = self._forward(ids, mask, positions, cache)
-        self._keep_rows(prompts, sources, mask, cache)
+        if self._full_attention:
+            logits, cache, mask, next_pos = self._prefill_rows(prompts)
+        else:
+            logits, cache, mask, next_pos = self._prefill_padded(prompts)
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
-        self.stats.computed_tokens += sum(len(p) - n for p, n in zip(prompts, lengths, strict=True))
         self.stats.prefill_s += time.perf_counter() - start
         start = time.perf_counter()
-        next_pos = positions[:, -1:] + 1
         rows = list(range(len(prompts)))  # batch row -> prompt index, shrinks as rows finish
         tokens: list[list[int]] = [[] for _ in prompts]
         logprobs: list[list[float]] = [[] for _ in prompts]
@@ -287,38 +269,55 @@ class HFPolicy:
             for i in range(len(prompts))
         ]
 
-    def _batch_cache(
-        self,
-        shared: list[int],
-        sources: list[tuple[_RowKV | None, int]],
-        width: int,
-        capacity: int,
-    ) -> DynamicCache:
-        """A fresh cache for one row per source, of up to `capacity` tokens, holding in each row
-        its prefix (a kept row's first n tokens, else `shared`) right-aligned at `width`, with
-        zeros (masked) before it. Kept KV is copied, never extended by the batch."""
+    def _prefill_rows(
+        self, prompts: list[list[int]]
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+        """Each prompt from its cached prefix (a kept row, else the batch's shared prefix, else
+        nothing), then every row's KV right-aligned in one decoding cache: next-token logits,
+        the cache, its attention mask and each row's next position."""
+        shared = _shared_prefix(prompts) if self.prefix_cache else []
+        sources = self._row_sources(prompts, len(shared))
+        needs_shared = shared and any(row is None for row, _ in sources)
+        common = self._prefix_kv(shared) if needs_shared else None
+        kvs, logits = [], []
+        for prompt, (row, n) in zip(prompts, sources, strict=True):
+            kv = DynamicCache(config=self.model.config)
+            if row is not None or common is not None:
+                kept = (
+                    row.layers if row is not None else [(x.keys, x.values) for x in common.layers]
+                )
+                for layer, (keys, values) in zip(kv.layers, kept, strict=True):
+                    layer.update(keys[:, :, :n], values[:, :, :n])  # a copy: the kept KV stays
+            ids = torch.tensor([prompt[n:]], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=ids, past_key_values=kv, use_cache=True, logits_to_keep=1)
+            logits.append(out.logits[:, -1].float())
+            kvs.append(kv)
+            self.stats.computed_tokens += len(prompt) - n
+        self._keep_rows(prompts, sources, kvs)
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
         cache = DynamicCache(config=self.model.config)
-        if not self._full_attention:  # sliding-window layers keep their own cache type
-            return cache
-        cache.layers = [_BufferedLayer(capacity) for _ in cache.layers]
-        if width == 0:
-            return cache
-        needs_shared = any(row is None for row, _ in sources) and shared
-        common = self._prefix_kv(shared).layers if needs_shared else None
+        cache.layers = [_BufferedLayer(width + self.max_new_tokens) for _ in cache.layers]
         for index, layer in enumerate(cache.layers):
-            parts = []
-            for row, n in sources:
-                if row is not None:
-                    parts.append(tuple(t[:, :, :n] for t in row.layers[index]))
-                elif common is not None:
-                    parts.append((common[index].keys, common[index].values))
-                else:
-                    parts.append(None)
-            keys, values = (
-                _right_aligned([None if p is None else p[i] for p in parts], width) for i in (0, 1)
+            layer.update(
+                _right_aligned([kv.layers[index].keys for kv in kvs], width),
+                _right_aligned([kv.layers[index].values for kv in kvs], width),
             )
-            layer.update(keys, values)
-        return cache
+        mask = torch.tensor(
+            [[0] * (width - n) + [1] * n for n in lengths], dtype=torch.long, device=self.device
+        )
+        next_pos = torch.tensor(lengths, device=self.device)[:, None]
+        return torch.cat(logits), cache, mask, next_pos
+
+    def _prefill_padded(
+        self, prompts: list[list[int]]
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+        """Models with sliding-window layers: one left-padded batch in the model's own cache."""
+        ids, mask, positions = left_pad(prompts, self.pad_id, self.device)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, mask, positions, cache)
+        self.stats.computed_tokens += sum(len(p) for p in prompts)
+        return logits, cache, mask, positions[:, -1:] + 1
 
     def _row_sources(
         self, prompts: list[list[int]], shared: int
@@ -344,28 +343,18 @@ class HFPolicy:
         self,
         prompts: list[list[int]],
         sources: list[tuple[_RowKV | None, int]],
-        mask: torch.Tensor,
-        cache: DynamicCache,
+        kvs: list[DynamicCache],
     ) -> None:
-        """Keep each prompt's KV (its unmasked columns) for the rows' next turns; a kept row
-        that a prompt extended is dropped, the prompt's entry holds all of it."""
-        if not (self.prefix_cache and self.row_cache_tokens and self._full_attention):
+        """Keep each prompt's KV for the rows' next turns; a kept row that a prompt extended is
+        dropped, the prompt's entry holds all of it. Oldest entries go beyond the budget."""
+        if not (self.prefix_cache and self.row_cache_tokens):
             return
         used = {id(row) for row, _ in sources if row is not None}
         self._rows = [row for row in self._rows if id(row) not in used]
         weights = _weights_version(self.model)
-        for index, prompt in enumerate(prompts):
-            if len(prompt) > self.row_cache_tokens:
-                continue
-            columns = mask[index].nonzero().squeeze(-1)
-            layers = [
-                (
-                    layer.keys[index : index + 1, :, columns],
-                    layer.values[index : index + 1, :, columns],
-                )
-                for layer in cache.layers
-            ]
-            self._rows.append(_RowKV(list(prompt), layers, weights))
+        for prompt, kv in zip(prompts, kvs, strict=True):
+            if len(prompt) <= self.row_cache_tokens:
+                self._rows.append(_RowKV(list(prompt), _layers(kv), weights))
         while sum(len(row.ids) for row in self._rows) > self.row_cache_tokens:
             self._rows.pop(0)
 
@@ -463,15 +452,17 @@ class _BufferedLayer(DynamicLayer):
         self.values = self._values[:, :, : self.filled]
 
 
-def _right_aligned(parts: list[torch.Tensor | None], width: int) -> torch.Tensor:
+def _layers(cache: DynamicCache | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) of a one-row cache; none without a cache."""
+    return [] if cache is None else [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _right_aligned(parts: list[torch.Tensor], width: int) -> torch.Tensor:
     """Stack one-row tensors [1, heads, n, dim] into [rows, heads, width, dim], each ending at
-    `width` and zero before (zeros, not garbage: masked keys still enter the matmul). A None
-    row is all zeros."""
-    sample = next(p for p in parts if p is not None)
-    out = sample.new_zeros(len(parts), sample.shape[1], width, sample.shape[3])
+    `width` and zero before (zeros, not garbage: masked keys still enter the matmul)."""
+    out = parts[0].new_zeros(len(parts), parts[0].shape[1], width, parts[0].shape[3])
     for index, part in enumerate(parts):
-        if part is not None and part.shape[2]:
-            out[index, :, width - part.shape[2] :] = part[0]
+        out[index, :, width - part.shape[2] :] = part[0]
     return out
 
 
