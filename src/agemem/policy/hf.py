@@ -282,10 +282,8 @@ class HFPolicy:
         kvs, logits = [], []
         for prompt, (row, n) in zip(prompts, sources, strict=True):
             kv = DynamicCache(config=self.model.config)
-            if row is not None or common is not None:
-                kept = (
-                    row.layers if row is not None else [(x.keys, x.values) for x in common.layers]
-                )
+            kept = row.layers if row is not None else _layers(common)
+            if kept:
                 for layer, (keys, values) in zip(kv.layers, kept, strict=True):
                     layer.update(keys[:, :, :n], values[:, :, :n])  # a copy: the kept KV stays
             ids = torch.tensor([prompt[n:]], dtype=torch.long, device=self.device)
