@@ -253,3 +253,20 @@ def test_misconfigured_pddl_interpreter_is_named(monkeypatch):
     monkeypatch.setenv("AGEMEM_PDDL_PYTHON", "/nonexistent/python")
     with pytest.raises(WorldUnavailable, match="AGEMEM_PDDL_PYTHON=/nonexistent/python does not"):
         pddl_python()
+
+
+def test_the_window_holds_t_max_when_every_turn_is_malformed(embedder):
+    """A turn that breaks the protocol adds the model's message and a tool error, no user
+    message: the window still cuts there (regression: it once cut only at observations)."""
+    policy = Script(lambda turn, context, world: "I will go to the ball now.")
+    settings = LoopSettings("no-memory", t_max=600, max_turns=30)
+    (episode,) = run_worlds(
+        [policy.make(BabyAIWorld("GoToLocal", 0))],
+        policy,
+        settings,
+        embedder=embedder,
+        token_counter=COUNTER,
+    )
+    assert episode.facts.rounds == 30 and not episode.facts.overflows
+    assert max(step.tokens for step in episode.steps) <= 600
+    assert all(step.messages[2]["role"] != "tool" for step in episode.steps)  # whole rounds

@@ -249,16 +249,21 @@ class AgentEpisode:
         return messages
 
     def _windowed(self, messages: list[Message]) -> list[Message]:
-        """System prompt and goal, then the latest whole rounds within `t_max`. The window
-        moves in blocks (ours): once the rounds overflow, the oldest go until the prompt takes at
-        most half of `t_max`, and the window stays put while later rounds fit. The kept rounds
-        then open the next turns' prompts unchanged, so the policy's row cache serves their KV;
-        a window sliding every turn makes each turn re-read all of it (~3x the prefill)."""
+        """System prompt and goal, then the latest whole rounds (a model turn and what it got
+        back) within `t_max`. The window moves in blocks (ours): once the rounds overflow, the
+        oldest go until the prompt takes at most half of `t_max`, and the window stays put while
+        later rounds fit. The kept rounds then open the next turns' prompts unchanged, so the
+        policy's row cache serves their KV; a window sliding every turn makes each turn re-read
+        all of it (~3x the prefill)."""
         head, rest = messages[:2], messages[2:]
         limit = self.settings.t_max
         if self._counter.count_messages(head + rest[self._window_start :]) <= limit:
             return head + rest[self._window_start :]
-        starts = [i for i, m in enumerate(rest) if m["role"] == "user" and i > self._window_start]
+        # A round opens with the model's turn: an action then its observation, or a malformed
+        # or tool turn then its tool messages (no user message at all).
+        starts = [
+            i for i, m in enumerate(rest) if m["role"] == "assistant" and i > self._window_start
+        ]
         fits = (s for s in starts if self._counter.count_messages(head + rest[s:]) <= limit // 2)
         self._window_start = next(fits, starts[-1] if starts else self._window_start)
         return head + rest[self._window_start :]
