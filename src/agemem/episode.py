@@ -19,13 +19,14 @@ import json
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agemem.policy.base import Message
+from agemem.tokens import common_prefix_length
 
 FORMAT_VERSION = 1
 EndReason = Literal["answered", "n_max", "turn_cap"]  # why the episode ended
@@ -220,23 +221,14 @@ class Episode(_Record):
 # ---- delta encoding ------------------------------------------------------------------------
 
 
-def _shared_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _encode_steps(steps: list[StepSample]) -> list[dict[str, Any]]:
     out, prev = [], None
     for step in steps:
         data = step.model_dump(
             mode="json", exclude={"messages", "prompt_ids"}, exclude_defaults=True
         )
-        m_shared = _shared_prefix(prev.messages, step.messages) if prev else 0
-        p_shared = _shared_prefix(prev.prompt_ids, step.prompt_ids) if prev else 0
+        m_shared = common_prefix_length(prev.messages, step.messages) if prev else 0
+        p_shared = common_prefix_length(prev.prompt_ids, step.prompt_ids) if prev else 0
         data |= {
             "messages_shared": m_shared,
             "messages_new": step.messages[m_shared:],

@@ -94,3 +94,19 @@ class ApproxTokenCounter:
 
     def count_messages(self, messages: Sequence[Message]) -> int:
         return self.count_text(render_messages(messages))
+
+
+def common_prefix_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items `a` and `b` share (token ids, chat messages).
+
+    >>> common_prefix_length([1, 2, 3], [1, 2, 4, 5]), common_prefix_length([], [1])
+    (2, 0)
+    """
+    low, high = 0, min(len(a), len(b))
+    while low < high:  # binary search: slices of lists compare at C speed
+        middle = (low + high + 1) // 2
+        if list(a[:middle]) == list(b[:middle]):
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -48,6 +48,7 @@ from transformers.cache_utils import DynamicLayer
 
 from agemem.policy.base import Message, ToolSpec, Turn
 from agemem.policy.models import PRESETS, load_model
+from agemem.tokens import common_prefix_length
 
 # The AgeMem protocol ends a step with a tool call or an answer; stopping there saves the tokens
 # a small model would otherwise ramble on with. The stop string is kept in the completion.
@@ -331,7 +332,7 @@ class HFPolicy:
         for prompt in prompts:
             best: tuple[_RowKV | None, int] = (None, shared)
             for row in self._rows:
-                n = min(_common_length(row.ids, prompt), len(prompt) - 1)
+                n = min(common_prefix_length(row.ids, prompt), len(prompt) - 1)
                 if n > best[1]:
                     best = (row, n)
             sources.append(best)
@@ -363,7 +364,7 @@ class HFPolicy:
         kept, self._prefix = self._prefix, None  # kept again only once consistent with `ids`
         if kept is None or kept.weights != weights:
             kept = _PrefixKV([], DynamicCache(config=self.model.config), weights)
-        common = len(_shared_prefix([kept.ids, ids], keep_last=False))
+        common = common_prefix_length(kept.ids, ids)
         if common < len(kept.ids):
             kept.kv.crop(common - len(kept.ids))
         if common < len(ids):
@@ -464,23 +465,11 @@ def _right_aligned(parts: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens `a` and `b` share."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:  # binary search: list slices compare at C speed
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def _shared_prefix(prompts: Sequence[Sequence[int]], keep_last: bool = True) -> list[int]:
-    """The longest token prefix common to all `prompts`; with `keep_last`, shorter than each of
-    them, so every row still feeds at least one token and gets next-token logits."""
+def _shared_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix common to all `prompts`, shorter than each of them, so every
+    row still feeds at least one token and gets next-token logits."""
     first = prompts[0]
-    length = min(len(p) for p in prompts) - (1 if keep_last else 0)
+    length = min(len(p) for p in prompts) - 1
     for other in prompts[1:]:
         length = next((i for i in range(length) if other[i] != first[i]), length)
     return list(first[:length])
