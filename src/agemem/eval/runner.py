@@ -26,7 +26,6 @@ from typing import Any
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -44,6 +43,7 @@ from agemem.eval.methods import METHODS, TRAINED_ONLY, make_method
 from agemem.eval.methods.base import EvalMethod, RunContext
 from agemem.eval.metrics import judge_episodes, run_metrics
 from agemem.policy.base import Policy
+from agemem.progress import LoggedProgress
 from agemem.tasks import Task
 
 EPISODES = "episodes.jsonl"
@@ -194,7 +194,7 @@ def _run_tasks(
         judge = _judge(settings)
         total = sum(len(t.questions) for t in tasks)
         with _bar(progress) as bar:
-            job = bar.add_task(f"{spec.name} / {method.name}", total=total)
+            job = bar.add_task(f"{spec.name} / {method.name}", total=total, unit="questions")
             bar.update(job, completed=sum(len(t.questions) for t in tasks if t.id in done))
             for chunk in pending:
                 episodes = method.run(chunk, ctx)
@@ -206,12 +206,12 @@ def _run_tasks(
     return [done[t.id] for t in tasks]
 
 
-def _bar(enabled: bool, unit: str = "questions") -> Progress:
-    return Progress(
+def _bar(enabled: bool) -> LoggedProgress:
+    return LoggedProgress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(unit),
+        TextColumn("{task.fields[unit]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -234,8 +234,10 @@ def _run_interactive(
     if len(done) >= total:
         return done[:total]
     ctx = _context(spec, None, settings)
-    with _bar(progress, "episodes") as bar:
-        job = bar.add_task(f"{spec.name} / {settings.method}", total=total, completed=len(done))
+    with _bar(progress) as bar:
+        job = bar.add_task(
+            f"{spec.name} / {settings.method}", total=total, completed=len(done), unit="episodes"
+        )
 
         def save(episodes: list[Episode]) -> None:
             _append(path, episodes)

@@ -38,12 +38,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from peft import PeftModel
-from rich.progress import Progress
 
 from agemem.env import EnvConfig, run_episodes
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder
 from agemem.policy.hf import HFPolicy
+from agemem.progress import LoggedProgress
 from agemem.rewards import RewardConfig, reward_fn
 from agemem.tasks import Task
 from agemem.train.batch import Sample, TrainSample, collate, pack_turns, step_samples
@@ -114,7 +114,7 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
         config, accelerator, model, reference, tokenizer, optimizer, scheduler, reward, embedder
     )
     stopped = False
-    with StopRequest() as stop, Progress(disable=not (config.run.progress and main)) as bar:
+    with StopRequest() as stop, LoggedProgress(disable=not (config.run.progress and main)) as bar:
         job = bar.add_task("GRPO", total=config.steps, completed=step)
         while step < config.steps:
             last = _train_step(run, step)

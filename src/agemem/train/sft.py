@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from rich.progress import Progress
 
 from agemem.env import EnvConfig, alias_vocabulary, run_episodes, system_prompt
 from agemem.episode import Episode, load_episodes
 from agemem.memory.embed import Embedder
 from agemem.policy.hf import HFPolicy
 from agemem.policy.scripted import OraclePolicy
+from agemem.progress import LoggedProgress
 from agemem.rewards import RewardConfig, reward_fn
 from agemem.tasks import Task
 from agemem.tokens import HFTokenCounter
@@ -187,7 +187,7 @@ def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics: dict[str, float] = {}
     step = 0
-    with StopRequest() as stop, Progress(disable=not (config.run.progress and main)) as bar:
+    with StopRequest() as stop, LoggedProgress(disable=not (config.run.progress and main)) as bar:
         job = bar.add_task("SFT", total=config.steps)
         while step < config.steps:
             batch = [samples[i] for i in _next_batch(rng, order, len(samples), config.batch_size)]
