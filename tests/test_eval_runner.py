@@ -150,6 +150,7 @@ def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
         (["--benchmark", "hotpotqa", "--method", "agemem"], "pass --policy CHECKPOINT_DIR"),
         (["--benchmark", "hotpotqa", "--method", "rag", "--limit", "0"], "--limit must be >= 1"),
         (["--benchmark", "babyai", "--method", "rag"], "agemem.agentic"),
+        (["--benchmark", "alfworld", "--method", "rag"], "alfworld-download"),
         (
             ["--benchmark", "hotpotqa", "--method", "rag", "--policy", "no-such-model"],
             "cannot load model 'no-such-model'",
@@ -159,6 +160,10 @@ def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
 def test_user_errors_are_one_line(args, message, tmp_path, monkeypatch):
     if "babyai" in args and _agentic_present():
         pytest.skip("agemem.agentic is installed here")
+    if "alfworld" in args:
+        if not _agentic_present():
+            pytest.skip("agemem.agentic is not installed here")
+        monkeypatch.delenv("ALFWORLD_DATA", raising=False)  # this machine has no ALFWorld games
     result = CliRunner().invoke(_app(), ["eval", *args, "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert message in result.output and result.output.count("\n") == 1

@@ -1,7 +1,8 @@
 """The benchmarks `agemem eval` runs, each with the defaults that make it affordable on a CPU.
 
 Question-answering benchmarks load tasks from `agemem.tasks`; the interactive ones (`babyai`,
-`scienceworld`, `pddl`, `twc`) are run by `agemem.agentic.run_benchmark`, imported only then.
+`scienceworld`, `pddl`, `twc`, and `alfworld` where its games are downloaded) are run by
+`agemem.agentic.run_benchmark`, imported only then.
 
 Defaults (ours; the papers run 7B models on GPUs with an 8,192-token window). They are sized for
 SmolLM2-135M on 2 CPU cores, where a prompt costs ~7 ms per token to read and an answer token
@@ -72,6 +73,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec("hotpotqa-long", "hotpotqa-long", options={"n_docs": 200}, t_max=4096),
         BenchmarkSpec("locomo", "locomo", t_max=2048, batch_size=8, stage1_window=16),
         *(BenchmarkSpec(n, "agentic") for n in ("babyai", "scienceworld", "pddl", "twc")),
+        BenchmarkSpec("alfworld", "agentic"),  # needs the alfworld package and $ALFWORLD_DATA
     )
 }
 

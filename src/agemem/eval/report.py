@@ -1,9 +1,9 @@
 """Reports people read: markdown tables in the papers' layout, and PNG plots.
 
 `merge_runs(dirs)` reads each run's `results.json`; `markdown_table(results)` renders
-- the main table, methods x benchmarks (AgeMem's Table 2 layout): each QA cell is
-  `EM / F1` in %, `judge / EM / F1` when a judge graded the run; interactive cells are
-  `success / progress`;
+- the main table, methods x benchmarks (AgeMem's Table 2 layout: ALFWorld-like `twc`,
+  SciWorld, PDDL, BabyAI, HotpotQA last, then their average): each QA cell is `EM / F1` in %,
+  `judge / EM / F1` when a judge graded the run; interactive cells are `success / progress`;
 - a detail table per QA run: questions, memory quality, evidence recall, prompt tokens per
   question (the answering prompt, and all model calls), latency p50/p95; and one per
   interactive run: episodes, success, progress, turns, prompt tokens per turn and per episode;
@@ -105,13 +105,49 @@ def model_name(model: str) -> str:
     return "/".join(parts[-3:])
 
 
+# AgeMem's Table 2 columns: ALFWorld (`twc`, or `alfworld` with its data), SciWorld, PDDL,
+# BabyAI, HotpotQA, then their average; our other benchmarks go first.
+PAPER_COLUMNS = ("twc", "alfworld", "scienceworld", "pddl", "babyai", "hotpotqa")
+PAPER_BENCHMARKS = 5
+
+
 def main_table(runs: list[dict[str, Any]]) -> str:
-    benchmarks = list(dict.fromkeys(r["benchmark"] for r in runs))
+    """Methods x benchmarks; `avg` (of `headline_score`) for rows that have all five of AgeMem's
+    benchmarks, as its table averages them."""
+    benchmarks = sorted({r["benchmark"] for r in runs}, key=_column)
     cells: dict[str, dict[str, str]] = {}
+    scores: dict[str, list[float]] = {}
     for run in runs:
-        cells.setdefault(_label(run), {})[run["benchmark"]] = score_cell(run["metrics"])
+        label = _label(run)
+        cells.setdefault(label, {})[run["benchmark"]] = score_cell(run["metrics"])
+        score = headline_score(run["metrics"])
+        if run["benchmark"] in PAPER_COLUMNS and score is not None:
+            scores.setdefault(label, []).append(score)
+    header = ["method", *benchmarks]
     rows = [[label, *(row.get(b, "") for b in benchmarks)] for label, row in cells.items()]
-    return _table(["method", *benchmarks], rows)
+    if sum(b in PAPER_COLUMNS for b in benchmarks) >= PAPER_BENCHMARKS:
+        header.append("avg")
+        for row in rows:
+            paper = scores.get(row[0], [])
+            full = len(paper) >= PAPER_BENCHMARKS
+            row.append(_pct(sum(paper) / len(paper)) if full else "")
+    return _table(header, rows)
+
+
+def _column(benchmark: str) -> tuple[int, str]:
+    names = [b for b in BENCHMARKS if b not in PAPER_COLUMNS] + list(PAPER_COLUMNS)
+    return (names.index(benchmark) if benchmark in names else -1, benchmark)
+
+
+def headline_score(metrics: dict[str, Any]) -> float | None:
+    """One number per run, for the average and the plots: the judge's score where a judge graded
+    (AgeMem's HotpotQA metric), else token F1 (EM hides a small model's partial answers); for
+    worlds AgentBoard's progress rate (a solved world counts 1, so success is inside it).
+
+    >>> headline_score({"em": 0.0, "f1": 0.25}), headline_score({"success": 0, "progress": 0.5})
+    (0.25, 0.5)
+    """
+    return metrics.get("judge", metrics.get("f1", metrics.get("progress")))
 
 
 def _interactive(run: dict[str, Any]) -> bool:
@@ -245,10 +281,6 @@ def write_plots(runs: list[dict[str, Any]], out: str | Path) -> list[Path]:
     return paths
 
 
-def _score(metrics: dict[str, Any]) -> float | None:
-    return metrics.get("judge", metrics.get("f1", metrics.get("success")))
-
-
 def _score_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
     """One panel per benchmark; each method label keeps its colour and marker in every panel,
     and one legend names them (annotations next to points overlap when scores tie)."""
@@ -263,7 +295,7 @@ def _score_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
     )
     for ax, benchmark in zip(axes[0], benchmarks, strict=True):
         for run in (r for r in runs if r["benchmark"] == benchmark):
-            x, y = run["metrics"].get("prompt_tokens_mean"), _score(run["metrics"])
+            x, y = run["metrics"].get("prompt_tokens_mean"), headline_score(run["metrics"])
             if x is None or y is None:
                 continue
             colour, marker = styles[_label(run)]
@@ -272,7 +304,7 @@ def _score_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(benchmark, fontsize=9)
         ax.set_xlabel("prompt tokens per question", fontsize=8)
         ax.set_ylim(-4, 104)
-    axes[0][0].set_ylabel("score % (judge, else F1; interactive: success)")
+    axes[0][0].set_ylabel("score % (judge, else F1; interactive: progress)")
     handles = {}  # label -> handle, once per label across panels
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):

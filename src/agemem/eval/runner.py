@@ -229,7 +229,7 @@ def _run_interactive(
     done = finished_episodes(path)
     try:
         total = worlds.task_count(spec.name, settings.limit)
-    except ValueError as err:
+    except (ValueError, RuntimeError) as err:  # RuntimeError: a world's package or data is missing
         raise EvalError(f"{spec.name}: {err}") from None
     if len(done) >= total:
         return done[:total]
