@@ -11,7 +11,10 @@
 #   LIMIT=N               cap every benchmark at N tasks (a quick check; LoCoMo's 1 stays 1)
 #   WORLDS=N              worlds per interactive benchmark (default: one batch, 8; ScienceWorld 4)
 #   BENCHMARKS, METHODS   space-separated subsets (default: all below)
-#   POLICY=DIR            a trained checkpoint: adds the `agemem` rows (agemem-norl is its base)
+#   POLICY=DIR            a trained checkpoint: adds the `agemem` rows
+#   BASE_POLICY=DIR       the checkpoint RL started from (e.g. its SFT stage): adds agemem-norl
+#                         rows for it in $OUT/<benchmark>/agemem-norl-base, the same tools
+#                         without RL for a trained policy whose base is not SmolLM2
 #   THREADS=2             torch threads (the machine's cores)
 #   AGEMEM=".venv/bin/agemem"   the command (e.g. ".venv/bin/python -m agemem.eval")
 # Estimated time on 2 CPU cores (see the closing note of issue 5): ~9-10 hours in full;
@@ -28,12 +31,13 @@ declare -A TASKS=([synthetic]=30 [hotpotqa]=200 [locomo]=1 [babyai]=${WORLDS:-8}
   [twc]=${WORLDS:-8} [pddl]=${WORLDS:-8} [scienceworld]=${WORLDS:-4})
 
 run() {  # benchmark method [extra args...]
-  local b=$1 m=$2 n=${TASKS[$1]}
+  local b=$1 m=$2 n=${TASKS[$1]} dir=$2
   shift 2
+  if [[ "${1:-}" == --policy && $m == agemem-norl ]]; then dir=agemem-norl-base; fi
   if [[ -n "${LIMIT:-}" && "$LIMIT" -lt "$n" ]]; then n=$LIMIT; fi
-  echo "== $b / $m ($n tasks)"
-  "${AGEMEM[@]}" eval --benchmark "$b" --method "$m" --limit "$n" --out "$OUT/$b/$m" "$@" \
-    > "$OUT/$b.$m.log"
+  echo "== $b / $dir ($n tasks)"
+  "${AGEMEM[@]}" eval --benchmark "$b" --method "$m" --limit "$n" --out "$OUT/$b/$dir" "$@" \
+    > "$OUT/$b.$dir.log"
 }
 
 mkdir -p "$OUT"
@@ -45,6 +49,7 @@ for b in $BENCHMARKS; do
     run "$b" "$m"
   done
   if [[ -n "${POLICY:-}" ]]; then run "$b" agemem --policy "$POLICY"; fi
+  if [[ -n "${BASE_POLICY:-}" ]]; then run "$b" agemem-norl --policy "$BASE_POLICY"; fi
 done
 dirs=()
 for b in $BENCHMARKS; do
