@@ -24,12 +24,16 @@ from typing import Any
 from rich.progress import Progress, TaskID
 
 LOG_EVERY_S = 30.0  # a line per half minute: readable in a log of an hours-long run
+# Rich estimates speed over its last 30 s, so updates minutes apart (a batch of 8 HotpotQA
+# questions takes 4-8 min on a CPU) leave no ETA; an hour's window averages them instead.
+SPEED_WINDOW_S = 3600.0
 
 
 class LoggedProgress(Progress):
     """A rich `Progress` that writes plain lines where it cannot redraw (see the module)."""
 
     def __init__(self, *columns: Any, log_every_s: float = LOG_EVERY_S, **kwargs: Any) -> None:
+        kwargs.setdefault("speed_estimate_period", SPEED_WINDOW_S)
         super().__init__(*columns, **kwargs)
         self.log_every_s = log_every_s
         self._logged_at: dict[TaskID, float] = {}
