@@ -150,8 +150,8 @@ def headline_score(metrics: dict[str, Any]) -> float | None:
     return metrics.get("judge", metrics.get("f1", metrics.get("progress")))
 
 
-def _interactive(run: dict[str, Any]) -> bool:
-    spec = BENCHMARKS.get(run["benchmark"])
+def _interactive(benchmark: str) -> bool:
+    spec = BENCHMARKS.get(benchmark)
     return spec is not None and spec.interactive
 
 
@@ -245,8 +245,8 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
     judged = any("judge" in r["metrics"] for r in runs)
     unit = "judge / EM / F1" if judged else "EM / F1"
     parts = [f"Scores in % ({unit}; interactive: success / progress).", "", main_table(runs)]
-    qa = [r for r in runs if not _interactive(r)]
-    worlds = [r for r in runs if _interactive(r)]
+    qa = [r for r in runs if not _interactive(r["benchmark"])]
+    worlds = [r for r in runs if _interactive(r["benchmark"])]
     if qa:
         parts += ["", "Details (tokens per question; latency in seconds per question).", ""]
         parts.append(detail_table(qa))
@@ -284,7 +284,7 @@ def write_plots(runs: list[dict[str, Any]], out: str | Path) -> list[Path]:
 def _score_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
     """One panel per benchmark; each method label keeps its colour and marker in every panel,
     and one legend names them (annotations next to points overlap when scores tie)."""
-    benchmarks = list(dict.fromkeys(r["benchmark"] for r in runs))
+    benchmarks = sorted({r["benchmark"] for r in runs}, key=_column)
     labels = list(dict.fromkeys(_label(r) for r in runs))
     colours = plt.get_cmap("tab20").colors
     styles = {
@@ -302,7 +302,8 @@ def _score_plot(plt: Any, runs: list[dict[str, Any]], path: Path) -> Path:
             ax.scatter([x], [100 * y], color=colour, marker=marker, s=45, label=_label(run))
         ax.set_xscale("log")
         ax.set_title(benchmark, fontsize=9)
-        ax.set_xlabel("prompt tokens per question", fontsize=8)
+        unit = "turn" if _interactive(benchmark) else "question"
+        ax.set_xlabel(f"prompt tokens per {unit}", fontsize=8)
         ax.set_ylim(-4, 104)
     axes[0][0].set_ylabel("score % (judge, else F1; interactive: progress)")
     handles = {}  # label -> handle, once per label across panels
