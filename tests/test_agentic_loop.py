@@ -16,7 +16,7 @@ pytest.importorskip("minigrid", reason="BabyAI needs: pip install minigrid==3.2.
 from agemem.agentic import LoopSettings, WorldUnavailable, run_benchmark, run_worlds  # noqa: E402
 from agemem.agentic.babyai import BabyAIWorld  # noqa: E402
 from agemem.agentic.loop import AgentEpisode  # noqa: E402
-from agemem.episode import load_episodes, save_episodes  # noqa: E402
+from agemem.episode import Episode, load_episodes, save_episodes  # noqa: E402
 from agemem.eval.methods.base import RunContext  # noqa: E402
 from agemem.policy.base import Turn  # noqa: E402
 from agemem.show import show_file  # noqa: E402
@@ -54,6 +54,14 @@ class Script:
         return [Turn(text)]
 
 
+def play(policy: Script, world, settings: LoopSettings, embedder) -> Episode:
+    """One episode of `policy` in `world`."""
+    (episode,) = run_worlds(
+        [policy.make(world)], policy, settings, embedder=embedder, token_counter=COUNTER
+    )
+    return episode
+
+
 def memory_script(turn, context, world):
     last = context[-1]["content"]
     if turn == 0:
@@ -76,13 +84,7 @@ def memory_script(turn, context, world):
 def test_memory_tools_work_inside_the_episode(embedder, tmp_path):
     policy = Script(memory_script)
     settings = LoopSettings("agemem", t_max=4000, max_turns=30)
-    (episode,) = run_worlds(
-        [policy.make(BabyAIWorld("GoToRedBall", 0))],
-        policy,
-        settings,
-        embedder=embedder,
-        token_counter=COUNTER,
-    )
+    episode = play(policy, BabyAIWorld("GoToRedBall", 0), settings, embedder)
     facts = episode.facts
     assert episode.reward == {"success": 1.0, "progress": 1.0}
     assert facts.answers == ["success"] and episode.correct() == [True]
@@ -123,9 +125,7 @@ def test_no_memory_cuts_the_history_while_agemem_records_overflow(embedder):
         policy = Script(expert_script)
         settings = LoopSettings(method, t_max=900, max_turns=40)
         world = BabyAIWorld("PutNextLocal", 1)
-        (results[method],) = run_worlds(
-            [policy.make(world)], policy, settings, embedder=embedder, token_counter=COUNTER
-        )
+        results[method] = play(policy, world, settings, embedder)
     windowed, full = results["no-memory"], results["agemem"]
     assert windowed.reward["success"] == full.reward["success"] == 1.0
     assert not windowed.facts.overflows and windowed.facts.max_tokens <= 900
@@ -138,13 +138,7 @@ def test_no_memory_cuts_the_history_while_agemem_records_overflow(embedder):
 def test_the_window_moves_in_blocks_so_prompts_mostly_extend_the_last_one(embedder):
     policy = Script(lambda turn, context, world: act("turn left"))
     settings = LoopSettings("no-memory", t_max=900, max_turns=30)
-    (episode,) = run_worlds(
-        [policy.make(BabyAIWorld("GoToLocal", 0))],
-        policy,
-        settings,
-        embedder=embedder,
-        token_counter=COUNTER,
-    )
+    episode = play(policy, BabyAIWorld("GoToLocal", 0), settings, embedder)
     prompts = [step.messages for step in episode.steps]
     trims = sum(b[: len(a)] != a for a, b in zip(prompts, prompts[1:], strict=False))
     assert len(prompts) == 30 and max(s.tokens for s in episode.steps) <= 900
@@ -153,12 +147,8 @@ def test_the_window_moves_in_blocks_so_prompts_mostly_extend_the_last_one(embedd
 
 def test_rag_stores_steps_and_shows_related_memories(embedder):
     policy = Script(expert_script)
-    (episode,) = run_worlds(
-        [policy.make(BabyAIWorld("PutNextLocal", 1))],
-        policy,
-        LoopSettings("rag", max_turns=40, top_k=2),
-        embedder=embedder,
-        token_counter=COUNTER,
+    episode = play(
+        policy, BabyAIWorld("PutNextLocal", 1), LoopSettings("rag", max_turns=40, top_k=2), embedder
     )
     assert episode.reward["success"] == 1.0 and episode.facts.tool_counts() == {}
     third = episode.steps[2].messages[-1]["content"]
@@ -175,12 +165,8 @@ def test_bad_turns_become_observations_and_the_turn_cap_ends(embedder):
         act(""),
     ]
     policy = Script(lambda turn, context, world: script[turn])
-    (episode,) = run_worlds(
-        [policy.make(BabyAIWorld("GoToRedBall", 0))],
-        policy,
-        LoopSettings("no-memory", max_turns=4),
-        embedder=embedder,
-        token_counter=COUNTER,
+    episode = play(
+        policy, BabyAIWorld("GoToRedBall", 0), LoopSettings("no-memory", max_turns=4), embedder
     )
     observations = [s.observations[0] for s in episode.steps]
     assert observations[0].error == "format" and "Format error" in observations[0].content
@@ -260,13 +246,7 @@ def test_the_window_holds_t_max_when_every_turn_is_malformed(embedder):
     message: the window still cuts there (regression: it once cut only at observations)."""
     policy = Script(lambda turn, context, world: "I will go to the ball now.")
     settings = LoopSettings("no-memory", t_max=600, max_turns=30)
-    (episode,) = run_worlds(
-        [policy.make(BabyAIWorld("GoToLocal", 0))],
-        policy,
-        settings,
-        embedder=embedder,
-        token_counter=COUNTER,
-    )
+    episode = play(policy, BabyAIWorld("GoToLocal", 0), settings, embedder)
     assert episode.facts.rounds == 30 and not episode.facts.overflows
     assert max(step.tokens for step in episode.steps) <= 600
     assert all(step.messages[2]["role"] != "tool" for step in episode.steps)  # whole rounds
