@@ -16,8 +16,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from agemem.env import policy_token_counter
 from agemem.eval.cli import eval_command, report_command
+from agemem.eval.methods.base import RunContext
+from agemem.eval.methods.prompted import FullContextMethod
 from agemem.eval.runner import EvalSettings, finished_episodes, run_eval
+from agemem.policy.hf import HFPolicy
+from agemem.tasks import ContextMessage, Question, Task
 
 OURS = ("no-memory", "full-context", "rag", "agemem-norl", "agemem-rag", "atommem")
 
@@ -71,6 +76,23 @@ def test_rag_on_a_locomo_conversation_reports_categories_and_evidence_recall(tmp
     assert set(m["by_category"]) == {"temporal", "open-domain"}
     assert m["n_questions"] == sum(c["n"] for c in m["by_category"].values()) > 20
     assert 0.2 < m["evidence_recall"] < 1.0  # top-5 hybrid search finds some evidence
+
+
+def test_full_context_cuts_a_conversation_once_and_reuses_its_kv_across_questions(embedder):
+    """All of a task's questions see the same transcript, cut for the longest question, so the
+    policy's prefix cache computes the transcript's KV once: on LoCoMo with SmolLM2 one 8k-token
+    prefill, not one per question (a cut per question split conversation 1 in two)."""
+    policy = HFPolicy.from_pretrained("tiny", max_new_tokens=2, temperature=0)
+    ctx = RunContext(policy, embedder, policy_token_counter(policy), t_max=512, model_context=512)
+    lines = [ContextMessage(f"note {i}: ann moved the red box to room {i}.") for i in range(60)]
+    questions = [Question("where?", ("room 59",)), Question("where " + "is it " * 40, ("x",))]
+    task = Task("t", "custom", lines, [], questions * 4)
+    episode = FullContextMethod().run([task], ctx)[0]
+    shown = {s.messages[-1]["content"].rsplit("\n\nQuestion: ", 1)[0] for s in episode.steps}
+    assert len(shown) == 1  # one cut for every question
+    assert "room 59" in shown.pop() and len(episode.steps) == 8
+    assert max(s.tokens for s in episode.steps) <= 512 - FullContextMethod().reserve
+    assert policy.stats.cached_share > 0.6
 
 
 def _kill_when(path: Path, lines: int, process: subprocess.Popen, timeout: float = 60) -> None:

@@ -3,7 +3,8 @@
 - `no-memory`: the task's messages as one transcript (stage-1 messages, then the distractors, as
   an AgeMem episode shows them), cut from the oldest end so that the prompt fits `t_max`.
 - `full-context`: the same transcript whole, or cut only where it exceeds the model's window
-  (`RunContext.model_context` less `reserve` tokens for the answer; no window known: whole).
+  (`RunContext.model_context` less `reserve` tokens for the answer; no window known: whole),
+  one cut per task so that all its questions share the transcript as a cached prefix.
 - `rag`: every message goes into a fresh store (the store's hybrid BM25 + dense search, which
   measured best on LoCoMo evidence recall); each question retrieves its top-k messages, shown in
   rank order as a static context. No agent decides anything.
@@ -163,16 +164,14 @@ class FullContextMethod(PromptedMethod):
         self.reserve = reserve  # tokens left free for the answer and the chat framing (ours)
 
     def jobs(self, index: int, task: Task, ctx: RunContext) -> list[_Job]:
-        lines = task_lines(task)
+        """One cut per task, made for its longest question, so every question's prompt starts
+        with the same transcript: a prefix-caching policy computes its KV once per task, not
+        once per question (LoCoMo: an 8k-token prefill per question is minutes on a CPU)."""
         budget = None if ctx.model_context is None else ctx.model_context - self.reserve
+        longest = max((q.text for q in task.questions), key=ctx.token_counter.count_text)
+        lines = fit_recent(task_lines(task), longest, budget, ctx)
         return [
-            _Job(
-                index,
-                q,
-                answer_messages(
-                    question.text, fit_recent(lines, question.text, budget, ctx), TRANSCRIPT
-                ),
-            )
+            _Job(index, q, answer_messages(question.text, lines, TRANSCRIPT))
             for q, question in enumerate(task.questions)
         ]
 
