@@ -3,7 +3,8 @@
 Rich draws nothing until the end when its console is not a terminal (a `nohup` log, a CI job),
 so a run of hours would look dead there. `LoggedProgress` is a rich `Progress` that, on such a
 console, also prints one plain line per task update: the first, then at most one every
-`LOG_EVERY_S` seconds, and always the update that finishes the task.
+`LOG_EVERY_S` seconds, and always the update that finishes the task. A task's `note` field
+(e.g. "812 model calls") goes into the line after the count.
 
 >>> from io import StringIO
 >>> from rich.console import Console
@@ -57,7 +58,10 @@ class LoggedProgress(Progress):
         self._logged_at[task_id] = now
         unit = task.fields.get("unit")
         done = f"{task.completed:.0f}/{task.total:.0f}" if task.total else f"{task.completed:.0f}"
-        line = f"{task.description}: {done}{f' {unit}' if unit else ''}"
+        note = task.fields.get("note")
+        line = (
+            f"{task.description}: {done}{f' {unit}' if unit else ''}{f', {note}' if note else ''}"
+        )
         line += f", {_clock(task.elapsed)} elapsed, ETA {_clock(task.time_remaining)}"
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 

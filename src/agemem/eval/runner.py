@@ -19,13 +19,14 @@ import json
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -42,7 +43,7 @@ from agemem.eval.benchmarks import (
 from agemem.eval.methods import METHODS, TRAINED_ONLY, make_method
 from agemem.eval.methods.base import EvalMethod, RunContext
 from agemem.eval.metrics import judge_episodes, run_metrics
-from agemem.policy.base import Policy
+from agemem.policy.base import Message, Policy, ToolSpec, Turn
 from agemem.progress import LoggedProgress
 from agemem.tasks import Task
 
@@ -194,8 +195,11 @@ def _run_tasks(
         judge = _judge(settings)
         total = sum(len(t.questions) for t in tasks)
         with _bar(progress) as bar:
-            job = bar.add_task(f"{spec.name} / {method.name}", total=total, unit="questions")
+            job = bar.add_task(
+                f"{spec.name} / {method.name}", total=total, unit="questions", note=""
+            )
             bar.update(job, completed=sum(len(t.questions) for t in tasks if t.id in done))
+            ctx = replace(ctx, policy=CountedCalls(ctx.policy, bar, job))
             for chunk in pending:
                 episodes = method.run(chunk, ctx)
                 if judge is not None:
@@ -206,12 +210,31 @@ def _run_tasks(
     return [done[t.id] for t in tasks]
 
 
+@dataclass
+class CountedCalls:
+    """The run's policy, counting its model calls on the progress bar (`note`): results are
+    saved per batch of tasks, and one LoCoMo conversation is one task of hundreds of calls, so
+    without it a run's log would show nothing for most of an hour."""
+
+    policy: Policy
+    bar: LoggedProgress
+    job: TaskID
+    calls: int = 0
+
+    def act(self, contexts: list[list[Message]], tools: list[ToolSpec] | None = None) -> list[Turn]:
+        turns = self.policy.act(contexts, tools)
+        self.calls += len(contexts)
+        self.bar.update(self.job, note=f"{self.calls:,} model calls")
+        return turns
+
+
 def _bar(enabled: bool) -> LoggedProgress:
     return LoggedProgress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[unit]}"),
+        TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -236,8 +259,13 @@ def _run_interactive(
     ctx = _context(spec, None, settings)
     with _bar(progress) as bar:
         job = bar.add_task(
-            f"{spec.name} / {settings.method}", total=total, completed=len(done), unit="episodes"
+            f"{spec.name} / {settings.method}",
+            total=total,
+            completed=len(done),
+            unit="episodes",
+            note="",
         )
+        ctx = replace(ctx, policy=CountedCalls(ctx.policy, bar, job))
 
         def save(episodes: list[Episode]) -> None:
             _append(path, episodes)
