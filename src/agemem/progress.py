@@ -58,10 +58,9 @@ class LoggedProgress(Progress):
         self._logged_at[task_id] = now
         unit = task.fields.get("unit")
         done = f"{task.completed:.0f}/{task.total:.0f}" if task.total else f"{task.completed:.0f}"
-        note = task.fields.get("note")
-        line = (
-            f"{task.description}: {done}{f' {unit}' if unit else ''}{f', {note}' if note else ''}"
-        )
+        line = f"{task.description}: {done}{f' {unit}' if unit else ''}"
+        if note := task.fields.get("note"):
+            line += f", {note}"
         line += f", {_clock(task.elapsed)} elapsed, ETA {_clock(task.time_remaining)}"
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
