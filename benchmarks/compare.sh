@@ -17,9 +17,9 @@
 #                         without RL for a trained policy whose base is not SmolLM2
 #   THREADS=2             torch threads (the machine's cores)
 #   AGEMEM=".venv/bin/agemem"   the command (e.g. ".venv/bin/python -m agemem.eval")
-# Time on 2 CPU cores: about 12 hours in full, from the measured per-run times (README, "Wall
-# time"; the LLM-pipeline baselines and the agents on HotpotQA take 1-2 hours each); with a GPU
-# (`HFPolicy` moves to CUDA by itself) minutes.
+# Time on 2 CPU cores: about 16 hours in full, from the measured per-run times (README, "Wall
+# time"; the LLM-pipeline baselines and the agents on HotpotQA take 1-2 hours each, a-mem-style
+# on HotpotQA ~5); with a GPU (`HFPolicy` moves to CUDA by itself) minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a AGEMEM <<< "${AGEMEM:-.venv/bin/agemem}"
