@@ -144,6 +144,47 @@ def test_a_killed_run_resumes_to_the_same_table(tmp_path):
     assert len(finished_episodes(killed / "episodes.jsonl")) == 4
 
 
+def test_a_run_killed_inside_its_batch_asks_the_model_only_what_it_had_not(tmp_path):
+    """Episodes are saved per batch; the journal keeps the calls of the batch being run, so a
+    run killed inside it (one LoCoMo conversation is one batch of hours) replays them and
+    ends with the episodes of an uninterrupted run."""
+    args = [
+        "--benchmark", "synthetic", "--method", "agemem-norl", "--policy", "tiny",
+        "--limit", "4", "--batch-size", "4", "--max-new-tokens", "12",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "agemem.eval", "eval", *args]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*command, "--no-progress", "--out", str(killed)], env=env)
+    _kill_when(killed / "journal.jsonl", 4, process)
+    assert not finished_episodes(killed / "episodes.jsonl")  # the batch had not ended
+    journaled = (killed / "journal.jsonl").read_text().count("\n") - 1  # whole calls, no header
+    resumed = subprocess.run(
+        [*command, "--out", str(killed)], env=env, check=True, capture_output=True, text=True
+    )
+    replayed = re.findall(
+        r"4/4 questions, [\d,]+ model calls \(([\d,]+) replayed\)", resumed.stdout
+    )
+    assert replayed and int(replayed[-1].replace(",", "")) >= journaled >= 3
+    assert not (killed / "journal.jsonl").exists()  # removed once every batch is saved
+    settings = EvalSettings(
+        "synthetic", "agemem-norl", policy="tiny", limit=4, batch_size=4, max_new_tokens=12
+    )
+    run_eval(settings, whole, progress=False)
+
+    def untimed(directory: Path) -> list[str]:
+        """Episodes without wall times, and without logprobs: those differ in their last float
+        bits between processes."""
+        episodes = finished_episodes(directory / "episodes.jsonl")
+        for episode in episodes:
+            episode.facts.seconds = []
+            for step in episode.steps:
+                step.logprobs = []
+        return [e.to_line() for e in episodes]
+
+    assert untimed(killed) == untimed(whole)
+
+
 def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
     """BabyAI plays in batches of 8 worlds: a run stopped after its first batch (limit 8, then
     extended to 10) plays only the last two worlds and ends with the table of a run in one go."""

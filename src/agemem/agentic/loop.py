@@ -37,7 +37,7 @@ from agemem.env.render import stage1_message, turn_messages
 from agemem.episode import Episode, EpisodeFacts, GoldQuestion
 from agemem.memory.embed import Embedder
 from agemem.memory.sqlite import SQLiteStore
-from agemem.memory.store import MemoryStore
+from agemem.memory.store import MemoryStore, seeded_memory_ids
 from agemem.policy.base import Message, Policy, Turn
 from agemem.summarize import Summarizer
 from agemem.tokens import TokenCounter
@@ -99,7 +99,8 @@ class AgentEpisode:
     """One episode of a policy in a world: `start()` gives the first context, `step(turn)` the
     next one (None once the episode is over), `episode()` the record.
 
-    The episode owns its context and a private in-memory SQLite store (closed by `close()`).
+    The episode owns its context and a private in-memory SQLite store (closed by `close()`)
+    whose ids are the same in every run (`seeded_memory_ids`), so the episode replays exactly.
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class AgentEpisode:
         self._tools = settings.method in TOOL_METHODS
         self._window = not self._tools  # no-memory and rag cut the history to fit t_max
         self._window_start = 0  # index of the first kept round after system prompt and goal
-        self._store: MemoryStore = SQLiteStore(":memory:", embedder)
+        self._store: MemoryStore = SQLiteStore(":memory:", embedder, ids=seeded_memory_ids(0))
         self._context = Context(settings.t_max, token_counter, embedder, summarizer)
         self._state = AgentMemoryState(self._store, self._context)
         self._recorder: Recorder | None = None

@@ -59,7 +59,8 @@ class MemoryEnv(EpisodeEnv):
     The env owns the context and the tool state. Without a `store`, each `reset` opens a fresh
     private SQLite store (`:memory:`) that `close()` (or the next reset) closes; a given store is
     used as is and never closed here. `token_counter` should be the policy's
-    (`HFTokenCounter(tokenizer)`); the default approximates. `seed` draws the id aliases.
+    (`HFTokenCounter(tokenizer)`); the default approximates. `seed` draws the id aliases and
+    the store's ids.
     """
 
     method = "agemem"
@@ -76,7 +77,9 @@ class MemoryEnv(EpisodeEnv):
         scope: Scope = ANY_SCOPE,
         seed: int = 0,
     ) -> None:
-        super().__init__(config, store=store, embedder=embedder, token_counter=token_counter)
+        super().__init__(
+            config, store=store, embedder=embedder, token_counter=token_counter, seed=seed
+        )
         self._summarizer = summarizer
         self._scope = scope
         self._rng = random.Random(seed)

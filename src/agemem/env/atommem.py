@@ -103,8 +103,11 @@ class AtomMemEnv(EpisodeEnv):
         store: MemoryStore | None = None,
         embedder: Embedder | None = None,
         token_counter: TokenCounter | None = None,
+        seed: int = 0,
     ) -> None:
-        super().__init__(config, store=store, embedder=embedder, token_counter=token_counter)
+        super().__init__(
+            config, store=store, embedder=embedder, token_counter=token_counter, seed=seed
+        )
         self._answering: int | None = None
 
     @property

@@ -9,14 +9,16 @@ from agemem.env.record import EnvError, Recorder
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder, default_embedder
 from agemem.memory.sqlite import SQLiteStore
-from agemem.memory.store import MemoryStore
+from agemem.memory.store import MemoryStore, seeded_memory_ids
 from agemem.tasks.base import Task
 from agemem.tokens import ApproxTokenCounter, TokenCounter
 
 
 class EpisodeEnv:
     """Base of `MemoryEnv` and `AtomMemEnv`. Without a `store`, each `reset` opens a fresh
-    private SQLite store (`:memory:`) that `close()` closes; a given store is never closed here."""
+    private SQLite store (`:memory:`) that `close()` closes; a given store is never closed here.
+    `seed` fixes the ids that store gives out (`seeded_memory_ids`), so that an episode replays
+    exactly from the same turns."""
 
     method: ClassVar[str]
     other_env: ClassVar[str]  # the env to use for the other method, named in config errors
@@ -29,6 +31,7 @@ class EpisodeEnv:
         store: MemoryStore | None,
         embedder: Embedder | None,
         token_counter: TokenCounter | None,
+        seed: int,
     ) -> None:
         if config.method != self.method:
             raise EnvConfigError(
@@ -39,6 +42,7 @@ class EpisodeEnv:
         self._given_store = store
         self._embedder = embedder
         self._counter = token_counter or ApproxTokenCounter()
+        self._seed = seed
         self._store: MemoryStore | None = None
         self._task: Task | None = None
         self.done = True
@@ -65,4 +69,4 @@ class EpisodeEnv:
     def _new_store(self) -> MemoryStore:
         threshold = self.config.dedupe_threshold
         extra = {} if threshold is None else {"dedupe_threshold": threshold}
-        return SQLiteStore(":memory:", self.embedder, **extra)
+        return SQLiteStore(":memory:", self.embedder, ids=seeded_memory_ids(self._seed), **extra)

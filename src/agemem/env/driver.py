@@ -40,7 +40,7 @@ def make_env(
 ) -> Env:
     """The env for `config.method`, each with a private store per episode."""
     if config.method == "atommem":
-        return AtomMemEnv(config, embedder=embedder, token_counter=token_counter)
+        return AtomMemEnv(config, embedder=embedder, token_counter=token_counter, seed=seed)
     return MemoryEnv(
         config, embedder=embedder, token_counter=token_counter, summarizer=summarizer, seed=seed
     )

@@ -3,7 +3,9 @@
 `DIR/run.json` records what the run is (benchmark, method, model, settings); a later call with
 other settings is refused rather than mixed in. Episodes are appended to `DIR/episodes.jsonl` as
 each batch of tasks finishes, so a killed run continues where it stopped: finished task ids are
-skipped (a line cut short by the kill is dropped). Tasks go to the method in fixed batches of
+skipped (a line cut short by the kill is dropped), and the batch it was in replays the model
+calls `DIR/journal.jsonl` kept of it (`agemem.eval.journal`) before the model takes over, so
+even a single long task (a LoCoMo conversation) resumes. Tasks go to the method in fixed batches of
 `batch_size` (batch k is always tasks k*B .. k*B+B-1), so a resumed run asks the same batches as
 an uninterrupted one; with greedy decoding (the default, `temperature=0`: evaluation should not
 depend on a sampling stream) both give the same episodes. At the end `DIR/results.json` and
@@ -40,6 +42,7 @@ from agemem.eval.benchmarks import (
     get_benchmark,
     load_benchmark,
 )
+from agemem.eval.journal import TurnJournal
 from agemem.eval.methods import METHODS, TRAINED_ONLY, make_method
 from agemem.eval.methods.base import EvalMethod, RunContext
 from agemem.eval.metrics import judge_episodes, run_metrics
@@ -50,6 +53,7 @@ from agemem.tasks import Task
 EPISODES = "episodes.jsonl"
 RUN = "run.json"
 RESULTS = "results.json"
+JOURNAL = "journal.jsonl"
 DEFAULT_MAX_NEW_TOKENS = 64  # for methods that do not say (ours)
 
 
@@ -199,15 +203,28 @@ def _run_tasks(
                 f"{spec.name} / {method.name}", total=total, unit="questions", note=""
             )
             bar.update(job, completed=sum(len(t.questions) for t in tasks if t.id in done))
-            ctx = replace(ctx, policy=CountedCalls(ctx.policy, bar, job))
+            journal = TurnJournal(ctx.policy, out / JOURNAL)
+            ctx = replace(ctx, policy=CountedCalls(journal, bar, job))
             for chunk in pending:
+                journal.begin(" ".join(t.id for t in chunk))
                 episodes = method.run(chunk, ctx)
+                _charge_replayed(episodes, journal.replayed_seconds)
                 if judge is not None:
                     judge_episodes(episodes, judge)
                 _append(path, episodes)
                 done |= {e.task_id: e for e in episodes}
                 bar.advance(job, sum(len(t.questions) for t in chunk))
+            journal.finish()
     return [done[t.id] for t in tasks]
+
+
+def _charge_replayed(episodes: Sequence[Episode], seconds: float) -> None:
+    """Add the wall time of the calls replayed from the journal, shared equally by the batch's
+    questions: exact for the agent methods (they share a batch's time equally anyway), for the
+    pipelines it moves time between the questions of one resumed batch."""
+    share = seconds / max(sum(len(e.facts.seconds) for e in episodes), 1)
+    for episode in episodes:
+        episode.facts.seconds = [s + share for s in episode.facts.seconds]
 
 
 @dataclass
@@ -216,7 +233,7 @@ class CountedCalls:
     saved per batch of tasks, and one LoCoMo conversation is one task of hundreds of calls, so
     without it a run's log would show nothing for most of an hour."""
 
-    policy: Policy
+    policy: TurnJournal
     bar: LoggedProgress
     job: TaskID
     calls: int = 0
@@ -224,7 +241,8 @@ class CountedCalls:
     def act(self, contexts: list[list[Message]], tools: list[ToolSpec] | None = None) -> list[Turn]:
         turns = self.policy.act(contexts, tools)
         self.calls += len(contexts)
-        self.bar.update(self.job, note=f"{self.calls:,} model calls")
+        replayed = f" ({self.policy.replayed:,} replayed)" if self.policy.replayed else ""
+        self.bar.update(self.job, note=f"{self.calls:,} model calls{replayed}")
         return turns
 
 
@@ -265,18 +283,26 @@ def _run_interactive(
             unit="episodes",
             note="",
         )
-        ctx = replace(ctx, policy=CountedCalls(ctx.policy, bar, job))
+        journal = TurnJournal(ctx.policy, out / JOURNAL)
+        ctx = replace(ctx, policy=CountedCalls(journal, bar, job))
+        saved = len(done)
 
         def save(episodes: list[Episode]) -> None:
+            nonlocal saved
+            _charge_replayed(episodes, journal.replayed_seconds)
             _append(path, episodes)
             bar.advance(job, len(episodes))
+            saved += len(episodes)
+            journal.begin(f"worlds from {saved}")
 
+        journal.begin(f"worlds from {saved}")
         try:
             new = worlds.run_benchmark(
                 spec.name, settings.method, ctx, settings.limit, skip=len(done), on_batch=save
             )
         except (ValueError, RuntimeError, OSError) as err:  # e.g. a world that cannot run here
             raise EvalError(f"{spec.name}: {str(err).splitlines()[0]}") from None
+        journal.finish()
     return done + new
 
 

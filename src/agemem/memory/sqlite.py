@@ -27,7 +27,7 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -339,6 +339,7 @@ class SQLiteStore(MemoryStore):
     `path` may be ":memory:" for a private throwaway store (no WAL, one process).
     `search`: a `SearchConfig` or preset name (see `agemem.memory.search`).
     `dedupe_threshold`: see `DEFAULT_DEDUPE_THRESHOLD`.
+    `ids`: where new ids come from (`seeded_memory_ids(seed)` for reproducible episodes).
     """
 
     def __init__(
@@ -350,6 +351,7 @@ class SQLiteStore(MemoryStore):
         index: VectorIndexConfig | None = None,
         dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        ids: Callable[[], str] = new_memory_id,
     ) -> None:
         if not -1.0 <= dedupe_threshold <= 1.0:
             raise ValueError(f"dedupe_threshold is a cosine in [-1, 1], got {dedupe_threshold}")
@@ -357,6 +359,7 @@ class SQLiteStore(MemoryStore):
         self.embedder = embedder or default_embedder()
         self.search_config = resolve_search_config(search)
         self.dedupe_threshold = dedupe_threshold
+        self._new_id = ids
         self._lock = threading.RLock()
         self._index = VectorIndex(self.embedder.dim, index)
         self._rowid_of: dict[str, int] = {}
@@ -629,7 +632,7 @@ class SQLiteStore(MemoryStore):
         while len(ids) < n:
             batch = [
                 i
-                for i in dict.fromkeys(new_memory_id() for _ in range(n - len(ids)))
+                for i in dict.fromkeys(self._new_id() for _ in range(n - len(ids)))
                 if i not in ids and i not in reserved
             ]
             taken: set[str] = set()

@@ -6,9 +6,10 @@ Everything above this layer (tools, the `Memory` API, episodes) talks only to th
 
 from __future__ import annotations
 
+import random
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,20 @@ class EmbedderMismatch(StoreError):
 def new_memory_id() -> str:
     """`mem_` + 8 hex digits, the id shape AgeMem's prompts show (e.g. `mem_a5b40d65`)."""
     return "mem_" + secrets.token_hex(4)
+
+
+def seeded_memory_ids(seed: int) -> Callable[[], str]:
+    """A reproducible `new_memory_id`: the same ids in the same order for the same seed.
+
+    Episode stores use it so that an episode is a function of its task, seed and the model's
+    turns: a run resumed from its journal (`agemem.eval.journal`) shows the model the ids it saw.
+
+    >>> a, b = seeded_memory_ids(7), seeded_memory_ids(7)
+    >>> [a(), a()] == [b(), b()]
+    True
+    """
+    rng = random.Random(seed)
+    return lambda: f"mem_{rng.getrandbits(32):08x}"
 
 
 def utc_now() -> str:

@@ -42,7 +42,7 @@ from agemem.eval.methods.answering import answer_messages, read_answer
 from agemem.eval.methods.base import RunContext
 from agemem.eval.methods.lockstep import Job, Reply, run_lockstep
 from agemem.memory.sqlite import SQLiteStore
-from agemem.memory.store import MemoryItem, MemoryStore, Scope
+from agemem.memory.store import MemoryItem, MemoryStore, Scope, seeded_memory_ids
 from agemem.policy.base import Message
 from agemem.tasks.base import Task
 from agemem.tokens import TokenCounter
@@ -94,7 +94,8 @@ def run_pipelines(
 ) -> list[Episode]:
     """One episode per task: each task's pipeline runs in its own scope of one `SQLiteStore`
     (`store_path`, or a private in-memory database when None), all in lockstep."""
-    store = SQLiteStore(":memory:" if store_path is None else store_path, embedder=ctx.embedder)
+    path = ":memory:" if store_path is None else store_path
+    store = SQLiteStore(path, embedder=ctx.embedder, ids=seeded_memory_ids(ctx.seed))
     try:
         jobs = [
             _episode(method, i, task, store, ctx.t_max, pipeline) for i, task in enumerate(tasks)
