@@ -4,6 +4,7 @@ by the scripted policies)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -336,3 +337,24 @@ def test_atommem_unboxed_answer_leaves_the_question_open(embedder):
     assert result.done and "No \\boxed{} answer" in result.info["observations"][0]
     assert env.episode().facts.answers == [None]
     env.close()
+
+
+def test_each_question_starts_from_the_context_stage3_began_with(embedder):
+    """Independent questions do not carry each other's turns (LoCoMo's 152 would outgrow any
+    window); `carry_questions=True` keeps them."""
+    questions = [Question("Where does Ana live?", ("Rome",)), Question("Bo's sport?", ("golf",))]
+    two = dataclasses.replace(TASK, questions=questions)
+    contexts = {}
+    for carry in (False, True):
+        config = PRESETS["paper"].with_(id_space=9, carry_questions=carry)
+        with contextlib.closing(MemoryEnv(config, embedder=cached(embedder), seed=1)) as env:
+            env.reset(two)
+            for _ in range(4):
+                env.step(PASS)
+            first = list(env.context)
+            env.step(turn(call("Retrieve_memory", query="Ana")))
+            result = env.step(Turn("<think>done</think><answer>Rome</answer>"))
+            contexts[carry] = result.context
+    assert contexts[False] == [*first[:-1], {"role": "user", "content": "Question: Bo's sport?"}]
+    # carried: the Retrieve turn and its observation, the answer turn, then the next question
+    assert contexts[True][: len(first)] == first and len(contexts[True]) == len(first) + 4

@@ -66,6 +66,9 @@ class _Entry(BaseModel):
     protected: bool = False
 
 
+ContextMark = tuple[_Entry, ...]  # what `Context.mark` returns and `Context.rewind` takes
+
+
 class _Snapshot(BaseModel):
     """The saved form of a context (`to_json` / `from_json`)."""
 
@@ -154,6 +157,14 @@ class Context:
         if not isinstance(protected, bool):
             raise ValueError(f"protected must be True or False; got {protected!r}")
         self._commit([*self._entries, _Entry(message=_checked(message), protected=protected)])
+
+    def mark(self) -> ContextMark:
+        """The context as it is now, for `rewind` (entries are replaced, never changed)."""
+        return tuple(self._entries)
+
+    def rewind(self, mark: ContextMark) -> None:
+        """Return to the context `mark` saw, dropping whatever came since."""
+        self._commit(list(mark))
 
     def reset(self, keep_system: bool = True) -> None:
         """Empty the context, keeping the system messages unless `keep_system` is False."""

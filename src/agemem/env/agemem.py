@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
-from agemem.context import Context
+from agemem.context import Context, ContextMark
 from agemem.env.aliases import IdAliases
 from agemem.env.base import EpisodeEnv
 from agemem.env.config import PRESETS, EnvConfig
@@ -84,6 +84,7 @@ class MemoryEnv(EpisodeEnv):
         self._scope = scope
         self._rng = random.Random(seed)
         self._stage = 1
+        self._stage3_start: ContextMark = ()  # the context each question starts from
 
     # ---- public --------------------------------------------------------------------------
     @property
@@ -173,12 +174,15 @@ class MemoryEnv(EpisodeEnv):
         if self._stage == 2 and self._incoming:
             self._context.append({"role": "user", "content": self._incoming.popleft()})
             return
-        self._stage = 3
-        if self._question < len(task.questions):
-            text = QUESTION_PREFIX + task.questions[self._question].text
-            self._context.append({"role": "user", "content": text}, protected=True)
-        else:
+        if self._stage != 3:
+            self._stage, self._stage3_start = 3, self._context.mark()
+        if self._question >= len(task.questions):
             self.done = True
+            return
+        if self._question and not self.config.carry_questions:
+            self._context.rewind(self._stage3_start)
+        text = QUESTION_PREFIX + task.questions[self._question].text
+        self._context.append({"role": "user", "content": text}, protected=True)
 
     def _outcome(self, parsed: ParsedTurn, stage: int) -> tuple[str | None, list[ToolResult]]:
         """The answer (stage 3 only) and the observations of one parsed turn."""

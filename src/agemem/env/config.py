@@ -40,6 +40,12 @@ class EnvConfig:
       the rest. At the cap the episode ends; unanswered questions stay unanswered.
     - `stage3_max_turns`: cap on turns per question in stage 3 (ours: 8); at the cap the question
       is left unanswered and the next question (or the end) comes.
+    - `carry_questions`: with several questions (LoCoMo, hotpotqa-long), whether each question's
+      turns stay in the context for the next one (True) or every question starts from the
+      context stage 3 began with (False, ours: the questions are independent, and LoCoMo's 152
+      questions at up to `stage3_max_turns` turns each would carry ~75k tokens, far past any
+      small model's window, for an agent that never answers). The store keeps what any
+      question's turns wrote.
     - `auto_retrieve_k`: memories shown with each stage-1 message (ours: 3, Retrieve_memory's
       default top_k).
     - `keep_stage12_turns`: keep the agent's stage-1/2 outputs and their observations in the
@@ -74,6 +80,7 @@ class EnvConfig:
     budget_stages: tuple[int, ...] = (2, 3)
     n_max: int | None = None
     stage3_max_turns: int = 8
+    carry_questions: bool = False
     auto_retrieve_k: int = 3
     keep_stage12_turns: bool = True
     stage1_window: int | None = None
