@@ -4,7 +4,8 @@
 # POLICY) on babyai, twc, pddl and scienceworld (one batch of worlds each), with SmolLM2-135M,
 # greedy decoding; then one merged table and plots:
 # $OUT/report.md, $OUT/results.json, $OUT/score_vs_tokens.png, $OUT/tool_calls.png.
-# Resumable: rerun the same command after an interruption and finished tasks are skipped.
+# Resumable: rerun the same command after an interruption; finished tasks are skipped and a task
+# stopped midway replays the model calls its run journaled (agemem.eval.journal).
 #
 # Knobs (environment variables):
 #   OUT=runs/compare      where the runs and the report go

@@ -42,10 +42,10 @@ class EnvConfig:
       is left unanswered and the next question (or the end) comes.
     - `carry_questions`: with several questions (LoCoMo, hotpotqa-long), whether each question's
       turns stay in the context for the next one (True) or every question starts from the
-      context stage 3 began with (False, ours: the questions are independent, and LoCoMo's 152
-      questions at up to `stage3_max_turns` turns each would carry ~75k tokens, far past any
-      small model's window, for an agent that never answers). The store keeps what any
-      question's turns wrote.
+      context stage 3 began with (False, ours: the questions are independent, and carried
+      along, SmolLM2's unanswered turns on LoCoMo passed 8,800 prompt tokens, beyond its
+      8,192-token window, by the ~40th of 152 questions). The store keeps what any question's
+      turns wrote.
     - `auto_retrieve_k`: memories shown with each stage-1 message (ours: 3, Retrieve_memory's
       default top_k).
     - `keep_stage12_turns`: keep the agent's stage-1/2 outputs and their observations in the
