@@ -39,7 +39,7 @@ run() {  # benchmark method [extra args...]
   if [[ -n "${LIMIT:-}" && "$LIMIT" -lt "$n" ]]; then n=$LIMIT; fi
   echo "== $b / $dir ($n tasks)"
   "${AGEMEM[@]}" eval --benchmark "$b" --method "$m" --limit "$n" --out "$OUT/$b/$dir" "$@" \
-    > "$OUT/$b.$dir.log"
+    >> "$OUT/$b.$dir.log"  # appended: a resumed run keeps the log of the runs before it
 }
 
 mkdir -p "$OUT"
