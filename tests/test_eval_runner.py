@@ -185,6 +185,55 @@ def test_a_run_killed_inside_its_batch_asks_the_model_only_what_it_had_not(tmp_p
     assert untimed(killed) == untimed(whole)
 
 
+def test_shards_run_side_by_side_and_gather_to_the_table_of_one_run(tmp_path):
+    """Two processes split a run's batches (one task each here, the first already in DIR); the
+    run without --shard then gathers their episodes, asks the model nothing, and writes the
+    table of the run in one process."""
+    args = [
+        "--benchmark", "synthetic", "--method", "agemem-norl", "--policy", "tiny",
+        "--limit", "5", "--batch-size", "1", "--max-new-tokens", "12", "--no-progress",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "agemem.eval", "eval", *args]
+    sharded, whole = tmp_path / "sharded", tmp_path / "whole"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*command, "--limit", "1", "--out", str(sharded)], env=env, check=True)
+    shards = [
+        subprocess.Popen([*command, "--shard", f"{i}/2", "--out", str(sharded)], env=env)
+        for i in range(2)
+    ]
+    assert [shard.wait() for shard in shards] == [0, 0]
+    ids = {
+        i: [
+            e.task_id
+            for e in finished_episodes(sharded / "shards" / f"{i}-of-2" / "episodes.jsonl")
+        ]
+        for i in range(2)
+    }
+    first = finished_episodes(sharded / "episodes.jsonl")[0].task_id
+    settings = EvalSettings(
+        "synthetic", "agemem-norl", policy="tiny", limit=5, batch_size=1, max_new_tokens=12
+    )
+    run_eval(settings, whole, progress=False)
+    order = [e.task_id for e in finished_episodes(whole / "episodes.jsonl")]
+    assert first == order[0] and ids == {0: order[2::2], 1: order[1::2]}
+    saved = {
+        e.to_line()
+        for path in [sharded / "episodes.jsonl", *sharded.glob("shards/*/episodes.jsonl")]
+        for e in finished_episodes(path)
+    }
+    run_eval(settings, sharded, progress=False)
+    gathered = finished_episodes(sharded / "episodes.jsonl")
+    assert {e.to_line() for e in gathered} == saved and len(gathered) == 5  # none asked again
+
+    def table(directory: Path) -> dict:
+        metrics = json.loads((directory / "results.json").read_text())["metrics"]
+        return {k: v for k, v in metrics.items() if not k.startswith("latency")}
+
+    assert table(sharded) == table(whole)
+    shard_results = json.loads((sharded / "shards" / "1-of-2" / "results.json").read_text())
+    assert shard_results["n"] == 2  # a shard's directory is a run of its own tasks
+
+
 def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
     """BabyAI plays in batches of 8 worlds: a run stopped after its first batch (limit 8, then
     extended to 10) plays only the last two worlds and ends with the table of a run in one go."""
@@ -216,6 +265,23 @@ def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
         (["--benchmark", "hotpotqa", "--method", "nope"], "unknown method 'nope'; choose one of"),
         (["--benchmark", "hotpotqa", "--method", "agemem"], "pass --policy CHECKPOINT_DIR"),
         (["--benchmark", "hotpotqa", "--method", "rag", "--limit", "0"], "--limit must be >= 1"),
+        (["--benchmark", "hotpotqa", "--method", "rag", "--shard", "2/2"], "needs 0 <= I < N"),
+        (["--benchmark", "hotpotqa", "--method", "rag", "--shard", "half"], "--shard takes I/N"),
+        (
+            [
+                "--benchmark",
+                "synthetic",
+                "--method",
+                "rag",
+                "--policy",
+                "tiny",
+                "--limit",
+                "1",
+                "--shard",
+                "1/2",
+            ],
+            "shard 1/2 has no batch of tasks; use fewer shards",
+        ),  # fmt: skip
         (["--benchmark", "babyai", "--method", "rag"], "agemem.agentic"),
         (["--benchmark", "alfworld", "--method", "rag"], "alfworld-download"),
         (

@@ -49,9 +49,16 @@ def eval_command(
         str | None, typer.Option(help="LoCoMo question categories, e.g. 1,2,3,4,5.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with an ETA.")] = True,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="I/N: run part I of N (0-based) into OUT/shards/I-of-N, beside the others; "
+            "then the same command without --shard gathers them into OUT."
+        ),
+    ] = None,
 ) -> None:
     """Run one method on one benchmark into --out (resumable), then write results.json/.md."""
-    from agemem.eval.runner import EvalSettings, run_eval
+    from agemem.eval.runner import EvalSettings, Shard, run_eval
 
     for name, value in (("limit", limit), ("t-max", t_max), ("batch-size", batch_size),
                         ("max-new-tokens", max_new_tokens), ("top-k", top_k)):  # fmt: skip
@@ -82,11 +89,13 @@ def eval_command(
         options=options,
     )
     try:
-        results = run_eval(settings, out, progress=progress)
+        part = None if shard is None else Shard.parse(shard)
+        results = run_eval(settings, out, progress=progress, shard=part)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
-    typer.echo((out / "results.md").read_text(encoding="utf-8"))
-    typer.echo(f"wrote {out / 'results.json'} ({results['n']} tasks)")
+    written = out if part is None else part.directory(out)
+    typer.echo((written / "results.md").read_text(encoding="utf-8"))
+    typer.echo(f"wrote {written / 'results.json'} ({results['n']} tasks)")
 
 
 def report_command(

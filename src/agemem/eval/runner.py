@@ -11,6 +11,11 @@ an uninterrupted one; with greedy decoding (the default, `temperature=0`: evalua
 depend on a sampling stream) both give the same episodes. At the end `DIR/results.json` and
 `DIR/results.md` are written from every episode of the requested tasks.
 
+A run can be split over processes (or machines sharing DIR) with `Shard`: shard I of N runs
+the batches k with k % N == I into DIR/shards/I-of-N/ (itself a run directory of those tasks),
+skipping tasks DIR already holds; the same command without a shard then gathers every shard's
+episodes into DIR, runs whatever no shard finished, and writes the table.
+
 Interactive benchmarks go to `agemem.agentic.run_benchmark` in its fixed batches of worlds; each
 finished batch is appended the same way, and a resumed run skips the episodes already saved.
 """
@@ -54,6 +59,7 @@ EPISODES = "episodes.jsonl"
 RUN = "run.json"
 RESULTS = "results.json"
 JOURNAL = "journal.jsonl"
+SHARDS = "shards"
 DEFAULT_MAX_NEW_TOKENS = 64  # for methods that do not say (ours)
 
 
@@ -87,19 +93,64 @@ class EvalSettings:
         return {k: v for k, v in asdict(self).items() if k != "limit"}
 
 
-def run_eval(settings: EvalSettings, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run (or finish) `settings` into `out`; returns the results written to results.json."""
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` of a run (0-based): every count-th batch of tasks, from batch
+    `index` on. Whole batches, so that each task meets the same batch as in one process."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`I/N`, as `agemem eval --shard` takes it."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise EvalError(f"--shard takes I/N (e.g. 0/2 and 1/2), got {text!r}") from None
+        if not 0 <= index < count:
+            raise EvalError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+        return cls(index, count)
+
+    def directory(self, out: Path) -> Path:
+        return out / SHARDS / f"{self.index}-of-{self.count}"
+
+    def tasks(self, tasks: Sequence[Task], batch_size: int) -> list[Task]:
+        """This shard's batches, in order; only the run's last batch may be short, so they
+        split back into the same batches."""
+        starts = range(self.index * batch_size, len(tasks), self.count * batch_size)
+        return [task for start in starts for task in tasks[start : start + batch_size]]
+
+
+def run_eval(
+    settings: EvalSettings, out: str | Path, *, progress: bool = True, shard: Shard | None = None
+) -> dict[str, Any]:
+    """Run (or finish) `settings` into `out` (with `shard`, that part of it into
+    `shard.directory(out)`); returns the results written to results.json there."""
     spec = get_benchmark(settings.benchmark)
     method = _method(settings)
     out = _prepare(Path(out), settings)
     if spec.interactive:
+        if shard is not None:
+            raise EvalError(f"--shard splits the QA benchmarks; run {spec.name} without it")
         tasks: list[Task] = []
         episodes = _run_interactive(spec, settings, out, progress)
     else:
         tasks = load_benchmark(spec, settings.limit, settings.options)
         if not tasks:
             raise EvalError(f"{spec.name} gave no tasks; raise --limit")
-        episodes = _run_tasks(spec, method, settings, tasks, out, progress)
+        earlier = finished_episodes(out / EPISODES, repair=shard is None)
+        if shard is None:
+            _gather_shards(out, settings, earlier)
+            earlier = []  # the run's own file: _run_tasks reads it
+        else:
+            tasks = shard.tasks(tasks, _batch_size(spec, settings))
+            if not tasks:
+                raise EvalError(
+                    f"shard {shard.index}/{shard.count} has no batch of tasks; use fewer shards"
+                )
+            out = _prepare(shard.directory(out), settings)
+        episodes = _run_tasks(spec, method, settings, tasks, out, progress, earlier)
     results = {
         "benchmark": spec.name,
         "method": settings.method,
@@ -149,19 +200,39 @@ def _prepare(out: Path, settings: EvalSettings) -> Path:
                 f"{out} holds a run with {k}={recorded.get(k)!r}, not {identity[k]!r}; pass "
                 "another --out, or the same settings to resume it"
             )
-    else:
-        run_file.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+    else:  # whole or not at all: shards starting together read each other's
+        written = run_file.with_name(f".{RUN}.{os.getpid()}")
+        written.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+        os.replace(written, run_file)
     return out
 
 
-def finished_episodes(path: Path) -> list[Episode]:
-    """The episodes of a (maybe interrupted) run file; a last line cut short is removed."""
+def _gather_shards(out: Path, settings: EvalSettings, episodes: Sequence[Episode]) -> None:
+    """Append to DIR's episodes those of its shards it lacks (a shard still running keeps its
+    file: its last line may be half written, so it is read, not repaired)."""
+    have = {e.task_id for e in episodes}
+    for directory in sorted((out / SHARDS).glob("*-of-*")):
+        _prepare(directory, settings)  # refuses a shard of other settings
+        new = [
+            e
+            for e in finished_episodes(directory / EPISODES, repair=False)
+            if e.task_id not in have
+        ]
+        if new:
+            _append(out / EPISODES, new)
+        have |= {e.task_id for e in new}
+
+
+def finished_episodes(path: Path, *, repair: bool = True) -> list[Episode]:
+    """The episodes of a (maybe interrupted) run file. A last line cut short is skipped and,
+    with `repair`, removed from the file (not for a file another process may be writing)."""
     if not path.is_file():
         return []
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]  # the line being written when the run was killed
-        path.write_bytes(data)
+        if repair:
+            path.write_bytes(data)
     episodes = []
     for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
         try:
@@ -187,10 +258,13 @@ def _run_tasks(
     tasks: list[Task],
     out: Path,
     progress: bool,
+    earlier: Sequence[Episode] = (),
 ) -> list[Episode]:
+    """`tasks` in batches into `out`, skipping those `out` or `earlier` (a shard's whole run)
+    already holds; the episodes of `tasks`, in order."""
     path = out / EPISODES
-    done = {e.task_id: e for e in finished_episodes(path)}
-    batch = settings.batch_size or spec.batch_size
+    done = {e.task_id: e for e in [*earlier, *finished_episodes(path)]}
+    batch = _batch_size(spec, settings)
     batches = [tasks[i : i + batch] for i in range(0, len(tasks), batch)]
     pending = [[t for t in b if t.id not in done] for b in batches]
     pending = [b for b in pending if b]
@@ -199,9 +273,10 @@ def _run_tasks(
         judge = _judge(settings)
         total = sum(len(t.questions) for t in tasks)
         with _bar(progress) as bar:
-            job = bar.add_task(
-                f"{spec.name} / {method.name}", total=total, unit="questions", note=""
-            )
+            name = f"{spec.name} / {method.name}"
+            if out.parent.name == SHARDS:
+                name += f" [shard {out.name}]"
+            job = bar.add_task(name, total=total, unit="questions", note="")
             bar.update(job, completed=sum(len(t.questions) for t in tasks if t.id in done))
             journal = TurnJournal(ctx.policy, out / JOURNAL)
             ctx = replace(ctx, policy=CountedCalls(journal, bar, job))
@@ -216,6 +291,10 @@ def _run_tasks(
                 bar.advance(job, sum(len(t.questions) for t in chunk))
             journal.finish()
     return [done[t.id] for t in tasks]
+
+
+def _batch_size(spec: BenchmarkSpec, settings: EvalSettings) -> int:
+    return settings.batch_size or spec.batch_size
 
 
 def _charge_replayed(episodes: Sequence[Episode], seconds: float) -> None:
