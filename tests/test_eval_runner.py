@@ -107,6 +107,12 @@ def _kill_when(path: Path, lines: int, process: subprocess.Popen, timeout: float
     raise AssertionError("the run ended before it could be killed; make it longer")
 
 
+def _table(directory: Path) -> dict:
+    """A run's metrics without its wall times (those differ between any two runs)."""
+    metrics = json.loads((directory / "results.json").read_text())["metrics"]
+    return {k: v for k, v in metrics.items() if not k.startswith("latency")}
+
+
 def test_a_killed_run_resumes_to_the_same_table(tmp_path):
     args = [
         "--benchmark", "synthetic", "--method", "agemem-norl", "--policy", "tiny",
@@ -136,11 +142,7 @@ def test_a_killed_run_resumes_to_the_same_table(tmp_path):
     )
     run_eval(settings, whole, progress=False)  # the uninterrupted run, in this process
 
-    def table(directory: Path) -> dict:
-        metrics = json.loads((directory / "results.json").read_text())["metrics"]
-        return {k: v for k, v in metrics.items() if not k.startswith("latency")}
-
-    assert table(killed) == table(whole)
+    assert _table(killed) == _table(whole)
     assert len(finished_episodes(killed / "episodes.jsonl")) == 4
 
 
@@ -225,11 +227,7 @@ def test_shards_run_side_by_side_and_gather_to_the_table_of_one_run(tmp_path):
     gathered = finished_episodes(sharded / "episodes.jsonl")
     assert {e.to_line() for e in gathered} == saved and len(gathered) == 5  # none asked again
 
-    def table(directory: Path) -> dict:
-        metrics = json.loads((directory / "results.json").read_text())["metrics"]
-        return {k: v for k, v in metrics.items() if not k.startswith("latency")}
-
-    assert table(sharded) == table(whole)
+    assert _table(sharded) == _table(whole)
     shard_results = json.loads((sharded / "shards" / "1-of-2" / "results.json").read_text())
     assert shard_results["n"] == 2  # a shard's directory is a run of its own tasks
 
@@ -251,11 +249,7 @@ def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
     ]
     assert len({e.task_id for e in episodes}) == 10
 
-    def table(directory: Path) -> dict:
-        metrics = json.loads((directory / "results.json").read_text())["metrics"]
-        return {k: v for k, v in metrics.items() if not k.startswith("latency")}
-
-    assert table(resumed) == table(whole)
+    assert _table(resumed) == _table(whole)
 
 
 @pytest.mark.parametrize(
