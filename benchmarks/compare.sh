@@ -18,13 +18,13 @@
 #                         without RL for a trained policy whose base is not SmolLM2
 #   THREADS=2             torch threads per process (the machine's cores)
 #   SHARDS=1              processes per QA run (`agemem eval --shard I/N`), gathered into one
-#                         run when all end: for cores or GPUs of their own. On the 2-core
-#                         reference machine SHARDS=2 THREADS=1 made ~20 model calls per minute
-#                         on HotpotQA a-mem-style, as many as one process on 2 threads
+#                         run when all end. On the 2-core reference machine, HotpotQA
+#                         a-mem-style: SHARDS=2 THREADS=1 made 50 model calls per minute,
+#                         one process with THREADS=2 30
 #   AGEMEM=".venv/bin/agemem"   the command (e.g. ".venv/bin/python -m agemem.eval")
 # Time on 2 CPU cores: about 16 hours in full, from the measured per-run times (README, "Wall
 # time"; the LLM-pipeline baselines and the agents on HotpotQA take 1-2 hours each, a-mem-style
-# on HotpotQA ~5); with a GPU (`HFPolicy` moves to CUDA by itself) minutes.
+# on HotpotQA ~4.5); with a GPU (`HFPolicy` moves to CUDA by itself) minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a AGEMEM <<< "${AGEMEM:-.venv/bin/agemem}"
