@@ -113,32 +113,39 @@ def _table(directory: Path) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("latency")}
 
 
-def test_a_killed_run_resumes_to_the_same_table(tmp_path):
-    args = [
-        "--benchmark", "synthetic", "--method", "agemem-norl", "--policy", "tiny",
-        "--limit", "4", "--batch-size", "1", "--max-new-tokens", "12", "--no-progress",
+def _tiny_run(limit: int, batch_size: int) -> tuple[list[str], EvalSettings, dict[str, str]]:
+    """A short run of the tiny policy as agemem-norl on synthetic tasks: its `agemem eval`
+    command line (without --out), the same run's settings (for the uninterrupted run in this
+    process) and a one-thread environment for its processes."""
+    settings = EvalSettings(
+        "synthetic", "agemem-norl", policy="tiny", limit=limit, batch_size=batch_size,
+        max_new_tokens=12,
+    )  # fmt: skip
+    command = [
+        sys.executable, "-m", "agemem.eval", "eval", "--benchmark", "synthetic",
+        "--method", "agemem-norl", "--policy", "tiny", "--limit", str(limit),
+        "--batch-size", str(batch_size), "--max-new-tokens", "12",
     ]  # fmt: skip
-    command = [sys.executable, "-m", "agemem.eval", "eval", *args]
+    return command, settings, {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_a_killed_run_resumes_to_the_same_table(tmp_path):
+    command, settings, env = _tiny_run(limit=4, batch_size=1)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([*command, "--out", str(killed)], env=env)
+    process = subprocess.Popen([*command, "--no-progress", "--out", str(killed)], env=env)
     _kill_when(killed / "episodes.jsonl", 2, process)
     with (killed / "episodes.jsonl").open("a") as f:
         f.write('{"task_id": "cut sh')  # as if killed in the middle of a write
     saved = len(finished_episodes(killed / "episodes.jsonl"))
     assert 2 <= saved < 4
-    with_progress = [c for c in command if c != "--no-progress"]
     resumed = subprocess.run(
-        [*with_progress, "--out", str(killed)], env=env, check=True, capture_output=True, text=True
+        [*command, "--out", str(killed)], env=env, check=True, capture_output=True, text=True
     )
     # Piped output is not a terminal: the bar prints plain lines, from the resume point to the end.
     assert f"synthetic / agemem-norl: {saved}/4 questions, " in resumed.stdout
     # The last line also counts the resumed run's model calls (its liveness within a batch).
     assert re.search(
         r"synthetic / agemem-norl: 4/4 questions, [1-9]\d* model calls, ", resumed.stdout
-    )
-    settings = EvalSettings(
-        "synthetic", "agemem-norl", policy="tiny", limit=4, batch_size=1, max_new_tokens=12
     )
     run_eval(settings, whole, progress=False)  # the uninterrupted run, in this process
 
@@ -150,13 +157,8 @@ def test_a_run_killed_inside_its_batch_asks_the_model_only_what_it_had_not(tmp_p
     """Episodes are saved per batch; the journal keeps the calls of the batch being run, so a
     run killed inside it (one LoCoMo conversation is one batch of hours) replays them and
     ends with the episodes of an uninterrupted run."""
-    args = [
-        "--benchmark", "synthetic", "--method", "agemem-norl", "--policy", "tiny",
-        "--limit", "4", "--batch-size", "4", "--max-new-tokens", "12",
-    ]  # fmt: skip
-    command = [sys.executable, "-m", "agemem.eval", "eval", *args]
+    command, settings, env = _tiny_run(limit=4, batch_size=4)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([*command, "--no-progress", "--out", str(killed)], env=env)
     _kill_when(killed / "journal.jsonl", 4, process)
     assert not finished_episodes(killed / "episodes.jsonl")  # the batch had not ended
@@ -169,9 +171,6 @@ def test_a_run_killed_inside_its_batch_asks_the_model_only_what_it_had_not(tmp_p
     )
     assert replayed and int(replayed[-1].replace(",", "")) >= journaled >= 3
     assert not (killed / "journal.jsonl").exists()  # removed once every batch is saved
-    settings = EvalSettings(
-        "synthetic", "agemem-norl", policy="tiny", limit=4, batch_size=4, max_new_tokens=12
-    )
     run_eval(settings, whole, progress=False)
 
     def untimed(directory: Path) -> list[str]:
@@ -191,13 +190,9 @@ def test_shards_run_side_by_side_and_gather_to_the_table_of_one_run(tmp_path):
     """Two processes split a run's batches (one task each here, the first already in DIR); the
     run without --shard then gathers their episodes, asks the model nothing, and writes the
     table of the run in one process."""
-    args = [
-        "--benchmark", "synthetic", "--method", "agemem-norl", "--policy", "tiny",
-        "--limit", "5", "--batch-size", "1", "--max-new-tokens", "12", "--no-progress",
-    ]  # fmt: skip
-    command = [sys.executable, "-m", "agemem.eval", "eval", *args]
+    command, settings, env = _tiny_run(limit=5, batch_size=1)
+    command.append("--no-progress")
     sharded, whole = tmp_path / "sharded", tmp_path / "whole"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*command, "--limit", "1", "--out", str(sharded)], env=env, check=True)
     shards = [
         subprocess.Popen([*command, "--shard", f"{i}/2", "--out", str(sharded)], env=env)
@@ -212,9 +207,6 @@ def test_shards_run_side_by_side_and_gather_to_the_table_of_one_run(tmp_path):
         for i in range(2)
     }
     first = finished_episodes(sharded / "episodes.jsonl")[0].task_id
-    settings = EvalSettings(
-        "synthetic", "agemem-norl", policy="tiny", limit=5, batch_size=1, max_new_tokens=12
-    )
     run_eval(settings, whole, progress=False)
     order = [e.task_id for e in finished_episodes(whole / "episodes.jsonl")]
     assert first == order[0] and ids == {0: order[2::2], 1: order[1::2]}
