@@ -122,9 +122,9 @@ def _tiny_run(limit: int, batch_size: int) -> tuple[list[str], EvalSettings, dic
         max_new_tokens=12,
     )  # fmt: skip
     command = [
-        sys.executable, "-m", "agemem.eval", "eval", "--benchmark", "synthetic",
-        "--method", "agemem-norl", "--policy", "tiny", "--limit", str(limit),
-        "--batch-size", str(batch_size), "--max-new-tokens", "12",
+        sys.executable, "-m", "agemem.eval", "eval", "--benchmark", settings.benchmark,
+        "--method", settings.method, "--policy", "tiny", "--limit", str(limit),
+        "--batch-size", str(batch_size), "--max-new-tokens", str(settings.max_new_tokens),
     ]  # fmt: skip
     return command, settings, {**os.environ, "OMP_NUM_THREADS": "1"}
 
