@@ -108,6 +108,34 @@ def test_token_logprobs_shift_by_hand() -> None:
     assert lp.tolist()[0] == pytest.approx([0.0, 2.0 - lse0, 0.0 - lse2], abs=1e-6)
 
 
+def test_token_logprobs_at_a_temperature_by_hand() -> None:
+    """Temperature T divides the logits before the log-softmax, on the full pass and on `only`
+    alike; T=1 is the raw model's; T <= 0 defines no distribution."""
+    table = torch.tensor([[0.0, 1.0, 2.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    ids = torch.tensor([[0, 2, 1]])
+    mask = torch.ones_like(ids)
+    expected = [0.0, 4.0 - math.log(1 + math.e**2 + math.e**4), 0.0 - math.log(2 + math.e**6)]
+    assert token_logprobs(Bigram(table), ids, mask, temperature=0.5).tolist()[0] == pytest.approx(
+        expected, abs=1e-6
+    )
+    assert torch.equal(
+        token_logprobs(Bigram(table), ids, mask, temperature=1.0),
+        token_logprobs(Bigram(table), ids, mask),
+    )
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        token_logprobs(Bigram(table), ids, mask, temperature=0.0)
+
+    model, tok = build_tiny(["a b c d e f g 0 1 2"], seed=0, layers=2, hidden=32, ffn=64)
+    batch = collate(pack_turns(_append_only_turns(tok, 1.0)))
+    on = batch.loss_mask.bool()
+    with torch.no_grad():
+        full = token_logprobs(model, batch.input_ids, batch.attention_mask, temperature=0.7)
+        only = token_logprobs(
+            model, batch.input_ids, batch.attention_mask, batch.loss_mask, temperature=0.7
+        )
+    assert torch.allclose(only[on], full[on], atol=1e-6)
+
+
 def test_token_logprobs_match_one_prefix_at_a_time() -> None:
     """On a right-padded batch, each value equals the definition: one forward pass on the prefix."""
     model, _ = build_tiny(["one two three four five"], seed=0, layers=2, hidden=32, ffn=64)

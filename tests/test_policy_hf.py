@@ -12,6 +12,7 @@ from agemem.policy.base import Policy
 from agemem.policy.hf import HFPolicy
 from agemem.policy.models import load_model
 from agemem.policy.tiny import build_tiny
+from agemem.train import TrainSample, collate, token_logprobs
 
 CORPUS = [
     "Alice lives in Paris. Bob moved to Rome last year. Where does Alice live?",
@@ -61,13 +62,41 @@ def assert_logprobs_match_forward_pass(policy: HFPolicy, turns, tolerance: float
 
 
 def test_sampled_logprobs_equal_a_separate_forward_pass(tiny):
-    """Sampling warps the logits (temperature, top-k, top-p); the recorded logprobs must still be
-    the raw model's, i.e. what a plain forward pass over the same tokens gives."""
+    """Sampling tempers and truncates the logits (temperature, top-k, top-p); the recorded
+    logprobs are the tempered, untruncated distribution's, i.e. what a plain forward pass over
+    the same tokens gives at the policy's temperature."""
     policy = HFPolicy(*tiny, max_new_tokens=24, temperature=0.7, top_k=20, top_p=0.9, seed=3)
     turns = policy.act(CONTEXTS)
     assert isinstance(policy, Policy)
     assert [t.prompt_ids for t in turns] == [policy.encode_prompt(c) for c in CONTEXTS]
     assert_logprobs_match_forward_pass(policy, turns, tolerance=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 0.0])
+def test_recorded_logprobs_are_the_trainers_at_the_sampling_temperature(tiny, temperature):
+    """The importance ratio's old logprob is the trainer's log-prob of the same token:
+    `token_logprobs` at the sampling temperature, one forward pass over prompt + completion, as
+    TRL divides its logits by the temperature in both places. Top-k/top-p truncation stays out
+    of it; greedy (0) records the raw logits', the trainer's temperature 1. At 0.7 the recorded
+    logprobs were the raw ones before (off by up to 0.46 nats here), which this check tells
+    apart: the raw log-probs differ by more than 1e-2."""
+    policy = HFPolicy(
+        *tiny, max_new_tokens=16, temperature=temperature, top_k=20, top_p=0.9, seed=3
+    )
+    turns = policy.act(CONTEXTS)
+    batch = collate([TrainSample(t.prompt_ids, t.completion_ids, t.logprobs, 0.0) for t in turns])
+    args = (policy.model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    with torch.no_grad():
+        trainer = token_logprobs(*args, temperature=temperature or 1.0)
+        raw = token_logprobs(*args)
+    mask = batch.loss_mask.bool()
+    recorded = batch.old_logprobs[mask]
+    assert mask.sum() > 10
+    assert (recorded - trainer[mask]).abs().max().item() < 1e-4
+    if temperature in (0.0, 1.0):
+        assert (recorded - raw[mask]).abs().max().item() < 1e-4
+    else:
+        assert (recorded - raw[mask]).abs().max().item() > 1e-2
 
 
 def test_same_seed_same_samples(tiny):

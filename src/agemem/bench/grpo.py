@@ -2,11 +2,12 @@
 
 Both sides train the same model (two copies of the same weights) on the same turns of the same
 append-only episodes with the same objective (clip 0.2/0.28, k3 KL with beta 0.1 to a frozen
-reference, token-mean = TRL's "dapo"), in micro-batches of `micro_batch_size` rows, then one
-AdamW step. TRL gets each turn as its own row (left-padded prompt, right-padded completion: what
-its `_generate_and_score_completions` hands to `_compute_loss`) and computes the reference
-log-probs with its own `_get_per_token_logps_and_entropies`; ours packs the turns of each
-append-only stretch into one row (`pack_turns`), so a shared prefix is computed once.
+reference, token-mean = TRL's "dapo", log-probs at temperature 1.0, TRL's default), in
+micro-batches of `micro_batch_size` rows, then one AdamW step. TRL gets each turn as its own
+row (left-padded prompt, right-padded completion: what its `_generate_and_score_completions`
+hands to `_compute_loss`) and computes the reference log-probs with its own
+`_get_per_token_logps_and_entropies`; ours packs the turns of each append-only stretch into one
+row (`pack_turns`), so a shared prefix is computed once.
 
 Episodes: the synthetic oracle in an env that keeps every turn in the context (stage-1 history,
 its outputs and observations), with no Filter/Summary, so each stage's contexts only grow; the
@@ -40,6 +41,7 @@ from agemem.train.loop import micro_batches
 from agemem.train.sft import sft_samples
 
 CLIP_LOW, CLIP_HIGH, BETA = 0.2, 0.28, 0.1
+TEMPERATURE = 1.0  # old, policy and reference log-probs are all taken at it, on both sides
 APPEND_ONLY = PRESETS["synthetic"].with_(keep_stage12_turns=True, stage1_window=None)
 NO_CONTEXT_TOOLS = OracleRates(stage2_filter=0.0, stage2_summary=0.0)
 
@@ -68,7 +70,7 @@ def bench_samples(
     rng = random.Random(seed)
     rewards = [rng.random() for _ in episodes]
     advantages = group_advantages(rewards, [e.group_id for e in episodes]).tolist()
-    policy = HFPolicy(model, tokenizer)
+    policy = HFPolicy(model, tokenizer, temperature=TEMPERATURE)
     samples = []
     for episode, advantage in zip(episodes, advantages, strict=True):
         for turn in sft_samples([episode], policy):
@@ -85,9 +87,10 @@ def ours_step(
     normalizer = float(sum(s.n_generated for s in samples))
     for chunk in micro_batches(pack_turns(samples), rows):
         batch = collate(chunk)
-        logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        args = (batch.input_ids, batch.attention_mask, batch.loss_mask, TEMPERATURE)
+        logp = token_logprobs(model, *args)
         with torch.no_grad():
-            ref_logp = token_logprobs(ref, batch.input_ids, batch.attention_mask, batch.loss_mask)
+            ref_logp = token_logprobs(ref, *args)
         loss, _ = grpo_loss(
             logp, batch.old_logprobs, ref_logp, batch.advantages, batch.loss_mask,
             clip_low=CLIP_LOW, clip_high=CLIP_HIGH, beta=BETA, normalizer=normalizer,
@@ -112,6 +115,7 @@ def trl_trainer(model_dir: str, tokenizer: Any, rows: int, accumulation: int) ->
         epsilon=CLIP_LOW,
         epsilon_high=CLIP_HIGH,
         beta=BETA,
+        temperature=TEMPERATURE,
         per_device_train_batch_size=rows,
         gradient_accumulation_steps=accumulation,
         num_generations=2,

@@ -5,9 +5,14 @@ Generation is a hand-written loop over a KV cache rather than `model.generate`: 
 per-sequence stopping (EOS or a stop string), drops finished rows from the batch and the cache so
 long turns do not drag short ones, and records each sampled token's logprob as it goes.
 
-Logprobs are `log_softmax` of the model's raw logits, before temperature, top-k or top-p: that is
-log pi_theta(token | prefix), the quantity the trainer's importance ratio compares with a plain
-forward pass (`completion_logprobs`). Sampling itself uses the warped distribution.
+Logprobs are `log_softmax(logits / temperature)`: the log-probability of the token under the
+tempered distribution, before top-k or top-p truncation. That is the distribution the trainer's
+loss recomputes (`token_logprobs(..., temperature=...)`, as TRL divides the logits by its
+temperature both when it records the sampler's logprobs and in the loss), so the importance
+ratio's "old" logprob is that of the distribution that sampled the token. Top-k and top-p only
+shape sampling: their renormalised distribution is not recorded, since the loss cannot recompute
+it differentiably. Greedy decoding (temperature 0) records the raw logits' logprobs.
+`completion_logprobs` gives the same numbers from one plain forward pass.
 
 Prefix cache (on by default, because it is exact): a batch's prompts all start with the same
 chat-template header and system prompt, and an episode's next prompt is its last prompt plus the
@@ -40,7 +45,6 @@ from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
@@ -75,13 +79,17 @@ def completion_logprobs(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
     completions: Sequence[Sequence[int]],
+    temperature: float = 1.0,
 ) -> list[torch.Tensor]:
     """log pi(completion token | prompt + earlier completion tokens), one 1-D tensor per pair, from
-    one forward pass over the left-padded batch. Differentiable: the trainer calls it with grad."""
+    one forward pass over the left-padded batch, of the distribution `softmax(logits /
+    temperature)` (1.0: the raw model's). Differentiable: the trainer calls it with grad."""
     if len(prompts) != len(completions) or not prompts:
         raise ValueError(f"need one prompt per completion, got {len(prompts)}/{len(completions)}")
     if any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token to condition the completion on")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to define a distribution, got {temperature}")
     device = next(model.parameters()).device
     pairs = [[*p, *c] for p, c in zip(prompts, completions, strict=True)]
     ids, mask, positions = left_pad(pairs, 0, device)
@@ -90,7 +98,8 @@ def completion_logprobs(
         input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=scored + 1
     ).logits[:, :-1]
     targets = ids[:, ids.shape[1] - scored :]
-    token_lp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
+    token_lp = torch.log_softmax(logits.float() / temperature, -1)
+    token_lp = token_lp.gather(-1, targets[..., None]).squeeze(-1)
     return [token_lp[row, scored - len(c) :] for row, c in enumerate(completions)]
 
 
@@ -132,12 +141,14 @@ class HFPolicy:
     """A `Policy` over a local transformers model: one batched generation for all contexts.
 
     Defaults (ours; the papers leave them open): temperature 1.0 and no top-p/top-k truncation,
-    so GRPO explores; `temperature=0` decodes greedily. The seed fixes the sampling stream of
-    this policy object: the same calls in the same order give the same turns. `prefix_cache`
-    (default on: exact, see the module docstring) reuses the KV of the prompts' shared prefix
-    and of each row's earlier prompt, keeping at most `row_cache_tokens` tokens of the latter
-    (ours: 16,384, ~0.75 GB for SmolLM2-135M in float32, two batches of 8 one-thousand-token
-    episodes); `stats` sums the prompt tokens it served and the prefill and decode time.
+    so GRPO explores; `temperature=0` decodes greedily. Each turn's logprobs are those of the
+    tempered, untruncated distribution (see the module docstring). The seed fixes the sampling
+    stream of this policy object: the same calls in the same order give the same turns.
+    `prefix_cache` (default on: exact, see the module docstring) reuses the KV of the prompts'
+    shared prefix and of each row's earlier prompt, keeping at most `row_cache_tokens` tokens of
+    the latter (ours: 16,384, ~0.75 GB for SmolLM2-135M in float32, two batches of 8
+    one-thousand-token episodes); `stats` sums the prompt tokens it served and the prefill and
+    decode time.
     """
 
     def __init__(
@@ -166,9 +177,7 @@ class HFPolicy:
         self.stop = tuple(stop)
         self.eos_ids = _eos_ids(self.model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._warpers = LogitsProcessorList(
-            [TemperatureLogitsWarper(temperature)] if temperature > 0 else []
-        )
+        self._warpers = LogitsProcessorList()  # truncation on the tempered logits
         if top_k > 0:
             self._warpers.append(TopKLogitsWarper(top_k))
         if top_p < 1.0:
@@ -209,9 +218,12 @@ class HFPolicy:
         return self.generate([self.encode_prompt(m, tools) for m in contexts])
 
     def logprobs_of(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
-        """Per-token logprobs of a completion, recomputed by one forward pass (no grad)."""
+        """Per-token logprobs of a completion, recomputed by one forward pass (no grad), in the
+        distribution `generate` records: tempered by this policy's temperature (raw if greedy)."""
         with torch.inference_mode():
-            return completion_logprobs(self.model, [prompt_ids], [completion_ids])[0].tolist()
+            return completion_logprobs(
+                self.model, [prompt_ids], [completion_ids], self.temperature or 1.0
+            )[0].tolist()
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]]) -> list[Turn]:
@@ -236,6 +248,8 @@ class HFPolicy:
         logprobs: list[list[float]] = [[] for _ in prompts]
         reasons: list[str] = ["length"] * len(prompts)
         for step in range(self.max_new_tokens):
+            if self.temperature > 0:
+                logits = logits / self.temperature
             picked = self._sample(logits)
             picked_lp = torch.log_softmax(logits, -1).gather(-1, picked[:, None]).squeeze(-1)
             keep = []
@@ -390,6 +404,8 @@ class HFPolicy:
         return out.logits[:, -1].float()
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token of each row from its (already tempered) logits: argmax when greedy,
+        else a draw after top-k / top-p truncation."""
         if self.temperature == 0:
             return logits.argmax(-1)
         probs = torch.softmax(self._warpers(None, logits.clone()), -1)

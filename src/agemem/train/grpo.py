@@ -3,15 +3,17 @@
 One step:
 1. Tasks: `tasks_per_step` training tasks drawn for this step (the curriculum's phase decides
    their knobs and the env's); under several processes each rolls out its share.
-2. Rollouts: `k` episodes per task with the current policy (`HFPolicy`, temperature 1.0), all
-   batched through `run_episodes`; each episode is scored by the reward (`reward.key`).
+2. Rollouts: `k` episodes per task with the current policy (`HFPolicy` at `temperature`, 1.0 by
+   default), all batched through `run_episodes`; each episode is scored by the reward
+   (`reward.key`).
 3. Advantages: each episode's reward against its group's (the k rollouts of its task), broadcast
    to every model turn of the episode (`step_samples`): one sample per turn, its prompt the exact
    context the model saw, its loss on the generated tokens only.
 4. Update: `ppo_epochs` passes over the step's samples in micro-batches; the clipped-ratio loss
    with a k3 KL to the frozen reference (`grpo_loss`), token-mean over the whole step's generated
    tokens (the normaliser is the step's total, so micro-batching changes no gradient); AdamW,
-   gradient clipping.
+   gradient clipping. The policy's and the reference's log-probs are both taken at the sampling
+   temperature, the distribution the rollout recorded its logprobs in (TRL does the same).
 5. Bookkeeping: metrics (JSONL, TensorBoard), held-out evaluation, checkpoints.
 
 The reference model is the starting policy: a frozen copy for full fine-tuning, the same model
@@ -266,7 +268,9 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
 
     def loss_of(chunk: list[Sample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate(chunk, pad_id=pad_id).to(accelerator.device)
-        logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        logp = token_logprobs(
+            model, batch.input_ids, batch.attention_mask, batch.loss_mask, config.temperature
+        )
         ref = _reference_logprobs(run, batch) if config.beta else None
         loss, metrics = grpo_loss(
             logp,
@@ -304,15 +308,16 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
 
 
 def _reference_logprobs(run: _Run, batch: Any) -> torch.Tensor:
+    """The frozen reference's log-probs of the batch's generated tokens, at the sampling
+    temperature like the policy's."""
+    args = (batch.input_ids, batch.attention_mask, batch.loss_mask, run.config.temperature)
     with torch.no_grad():
         if run.reference == "adapters-off":
             peft_model = run.accelerator.unwrap_model(run.model)
             with peft_model.disable_adapter():
-                return token_logprobs(
-                    peft_model, batch.input_ids, batch.attention_mask, batch.loss_mask
-                )
+                return token_logprobs(peft_model, *args)
         assert isinstance(run.reference, torch.nn.Module)
-        return token_logprobs(run.reference, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        return token_logprobs(run.reference, *args)
 
 
 def _gathered_stats(

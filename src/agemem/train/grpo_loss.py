@@ -6,7 +6,8 @@ Read top to bottom, this is the whole math of one policy update:
    episodes of its group (the K rollouts of one task).
 2. Step-wise broadcast (`agemem.train.batch.step_samples`): every model turn of the episode is its
    own training sample carrying that same advantage.
-3. `token_logprobs`: log pi_theta of each generated token under the model being trained.
+3. `token_logprobs`: log pi_theta of each generated token under the model being trained, at the
+   sampling temperature (the distribution the rollout drew the token from).
 4. `grpo_loss`: PPO-style clipped importance ratio times the advantage, plus beta * KL to a frozen
    reference model, averaged over the generated tokens.
 
@@ -82,13 +83,16 @@ def token_logprobs(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     only: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """log pi(input_ids[:, t] | input_ids[:, :t]) for every position t, shape (batch, seq_len).
 
     The logits at position t predict token t+1, so they are shifted one step right; position 0
-    predicts nothing and holds 0 (it is never a generated token). Log-probs come from the raw
-    logits in float32 (no temperature), the convention `HFPolicy` records sampling logprobs in,
-    so the importance ratio compares like with like. Right padding needs no position ids.
+    predicts nothing and holds 0 (it is never a generated token). Log-probs are those of
+    `softmax(logits / temperature)` in float32: the sampling temperature's distribution, the one
+    `HFPolicy` records sampling logprobs in, so the importance ratio compares like with like.
+    GRPO passes its sampling temperature for the policy and the reference alike (as TRL does);
+    SFT keeps 1.0, the raw model. Right padding needs no position ids.
     Differentiable: call it under `torch.no_grad()` for the old or reference policy.
 
     `only` (a (batch, seq_len) mask, e.g. `loss_mask`): compute just those positions and leave 0
@@ -101,10 +105,12 @@ def token_logprobs(
             f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)}"
             " must be the same (batch, seq_len) shape"
         )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to define a distribution, got {temperature}")
     if only is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         logits = logits.logits[:, :-1]
-        picked = _picked(logits.float(), input_ids[:, 1:])
+        picked = _picked(logits, input_ids[:, 1:], temperature)
         return nn.functional.pad(picked, (1, 0))
     wanted = only.bool()
     if wanted[:, 0].any():
@@ -113,14 +119,18 @@ def token_logprobs(
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False
     ).logits
-    picked = _picked(logits.float(), input_ids[wanted])  # both in row-major order
+    picked = _picked(logits, input_ids[wanted], temperature)  # both in row-major order
     return torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device).masked_scatter(
         wanted, picked
     )
 
 
-def _picked(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits) at `targets`, without materialising the full log_softmax tensor."""
+def _picked(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log_softmax(logits / temperature) in float32 at `targets`, without materialising the full
+    log_softmax tensor; at temperature 1 no scaled copy of the logits is made."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
