@@ -23,9 +23,10 @@ from agemem.env import (
     system_prompt,
 )
 from agemem.env.embed_cache import cached
+from agemem.env.oracle import PERFECT, Oracle
 from agemem.policy.base import Turn
 from agemem.policy.hf import HFPolicy
-from agemem.policy.scripted import PERFECT, OraclePolicy, call, emit
+from agemem.policy.scripted import call, emit
 from agemem.policy.tiny import build_tiny
 from agemem.tasks import ContextMessage, Question, Task, load_tasks
 from agemem.tasks.synthetic import synthetic_vocabulary
@@ -251,15 +252,15 @@ def tokenizer_count(tokenizer, messages) -> int:
 def test_native_tools_offer_each_stage_its_own_schemas(embedder):
     config = PRESETS["paper"].with_(native_tools=True)
 
-    class Native(OraclePolicy):
+    class Native(Oracle):
         seen: list = []
 
-        def act(self, contexts, tools=None):
+        def act_on(self, views, tools=None):
             Native.seen.append(sorted(t["function"]["name"] for t in tools))
-            return super().act(contexts, tools)
+            return super().act_on(views, tools)
 
     tasks = [load_tasks("synthetic", limit=1)[0]]
-    (episode,) = run_episodes(Native(tasks), tasks, config, progress=False, embedder=embedder)
+    (episode,) = run_episodes(Native(), tasks, config, progress=False, embedder=embedder)
     assert Native.seen[0] == ["Add_memory", "Delete_memory", "Update_memory"]
     assert Native.seen[-1] == ["Filter_context", "Retrieve_memory", "Summary_context"]
     assert episode.correct() == [episode.facts.answers[0] == tasks[0].answer]
@@ -296,7 +297,7 @@ def test_oracle_runs_every_family_end_to_end(family, config, embedder):
         )
     else:
         tasks = load_tasks(family, split="test", limit=1)
-    oracle = OraclePolicy(tasks, rates=PERFECT)
+    oracle = Oracle(rates=PERFECT)
     (episode,) = run_episodes(oracle, tasks, config, progress=False, embedder=embedder)
     assert episode.family == family and episode.facts.answered
     assert all(episode.correct()) and episode.facts.failed_counts() == {}
@@ -309,7 +310,7 @@ def test_atommem_episode_reads_chunks_and_answers_boxed(embedder):
         "hotpotqa-long", limit=1, n_docs=6, group_size=2, question_paragraphs="supporting"
     )
     config = PRESETS["atommem"].with_(chunk_tokens=200, chunk_overlap=20)
-    (episode,) = run_episodes(OraclePolicy(tasks), tasks, config, progress=False, embedder=embedder)
+    (episode,) = run_episodes(Oracle(), tasks, config, progress=False, embedder=embedder)
     facts = episode.facts
     reading = [s for s in episode.steps if s.stage == 1]
     assert facts.chunks_read == facts.chunks_total == len(reading) > 1

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from agemem.env import PRESETS, run_episodes
+from agemem.env.oracle import Oracle
 from agemem.episode import (
     Episode,
     EpisodeFileError,
@@ -14,14 +15,13 @@ from agemem.episode import (
     load_episodes,
     save_episodes,
 )
-from agemem.policy.scripted import OraclePolicy
 from agemem.tasks import load_tasks
 
 
 @pytest.fixture(scope="module")
 def episodes(embedder):
     tasks = load_tasks("synthetic", limit=2)
-    oracle = OraclePolicy(tasks, seed=3)
+    oracle = Oracle(seed=3)
     runs = run_episodes(oracle, tasks, PRESETS["synthetic"], progress=False, embedder=embedder)
     # Token ids and logprobs as a model backend would fill them, to round-trip them too.
     for step in runs[0].steps:

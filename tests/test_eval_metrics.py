@@ -71,7 +71,10 @@ def test_scores_tokens_latency_and_tool_calls_match_hand_computed_values():
                 StoredMemory(id="2", content="the weather is nice"),  # supports nothing
             ],
         ),
-        _episode(b, ["the red", None], [300, None], [2.0, 3.0], steps=[_step(1, "x", 50)]),
+        _episode(
+            b, ["the red", None], [300, None], [2.0, 3.0],
+            steps=[_step(0, "y", 40), _step(1, "x", 50)], format_errors=1,
+        ),
     ]  # fmt: skip
     m = run_metrics(episodes, [a, b])
     assert m["n_questions"] == 3
@@ -81,7 +84,8 @@ def test_scores_tokens_latency_and_tool_calls_match_hand_computed_values():
     assert m["answered"] == pytest.approx(2 / 3)
     # Unanswered q2 counts the last prompt that worked on it (50 tokens).
     assert m["prompt_tokens_mean"] == pytest.approx((100 + 300 + 50) / 3)
-    assert m["model_tokens_per_question"] == pytest.approx(50 / 3)
+    assert m["model_tokens_per_question"] == pytest.approx((40 + 50) / 3)
+    assert m["format_error_rate"] == pytest.approx(1 / 2)  # 1 bad turn of the run's 2
     assert m["latency_p50_s"] == pytest.approx(2.0)
     assert m["latency_p95_s"] == pytest.approx(2.0 + 0.9 * 1.0)  # linear interpolation
     assert m["tool_calls"] == {"Add_memory": 1.0}  # 2 calls that ran over 2 episodes

@@ -63,6 +63,18 @@ def test_smollm2_answers_synthetic_questions_from_the_transcript(tmp_path):
     assert 100 < m["prompt_tokens_mean"] <= 256  # the synthetic budget
 
 
+def test_oracle_memory_stores_only_the_evidence_and_smollm2_answers_from_it(tmp_path):
+    """The ceiling row: the oracle's memory work, the real small model's answers."""
+    settings = EvalSettings("hotpotqa", "oracle-memory", limit=3, batch_size=3)
+    m = run_eval(settings, tmp_path, progress=False)["metrics"]
+    assert m["memory_quality"] == m["memory_recall"] == 1.0  # exactly the supporting facts
+    assert m["answered"] == 1.0 and m["format_error_rate"] == 0.0
+    assert m["tool_calls"]["Retrieve_memory"] == 1.0 and m["tool_calls"]["Filter_context"] > 0
+    episodes = finished_episodes(tmp_path / "episodes.jsonl")
+    answers = [e.facts.answers[0] for e in episodes]
+    assert all(a and a != "I don't know." for a in answers)  # read from SmolLM2's replies
+
+
 def test_rag_on_a_locomo_conversation_reports_categories_and_evidence_recall(tmp_path):
     settings = EvalSettings(
         "locomo",

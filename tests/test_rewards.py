@@ -10,20 +10,21 @@ import pytest
 
 from agemem.env import PRESETS as ENV_PRESETS
 from agemem.env import QUESTION_PREFIX, run_episodes
+from agemem.env.oracle import PERFECT, Oracle
 from agemem.episode import (
     CallRecord,
     Episode,
     EpisodeFacts,
     GoldQuestion,
     MemoryOp,
-    Observation,
     OverflowEvent,
     ParsedActions,
+    RetrievedMemory,
     StepSample,
     StoredMemory,
 )
 from agemem.policy.base import Message, Policy, ToolSpec, Turn
-from agemem.policy.scripted import PERFECT, NoMemoryPolicy, OraclePolicy, StoreEverythingPolicy
+from agemem.policy.scripted import NoMemoryPolicy, StoreEverythingPolicy
 from agemem.policy.tiny import tiny_token_counter
 from agemem.rewards import (
     PRESETS,
@@ -94,9 +95,15 @@ def op(content: str | None, stage: int = 1, old: str | None = None) -> MemoryOp:
     return MemoryOp(turn=0, stage=stage, id="mem_1", content=content, old_content=old)
 
 
-def retrieval(*lines: str, error: str | None = None) -> Observation:
-    body = "\n".join([f"{len(lines)} memories for 'q', best first:", *lines])
-    return Observation(call_id="c", name="Retrieve_memory", content=body, error=error)
+def stored(*contents: str) -> list[StoredMemory]:
+    return [StoredMemory(id=f"mem_{i}", content=c) for i, c in enumerate(contents, start=1)]
+
+
+def found(*contents: str, question: int = 0) -> list[RetrievedMemory]:
+    return [
+        RetrievedMemory(turn=0, question=question, id=f"mem_{i}", content=c)
+        for i, c in enumerate(contents, start=1)
+    ]
 
 
 class ScriptedJudge:
@@ -197,9 +204,11 @@ def test_llm_storage_judge():
         memory = prompt.split("Memory entry: ")[1]
         return "0.9" if "ana" in memory.split("\n")[0] else "0.2"
 
-    ep = episode(ANA, adds=[op("ana lives in paris ."), op("lunch was great .")])
+    ep = episode(ANA, final_memories=stored("ana lives in paris .", "lunch was great ."))
     config = RewardConfig(storage_judge="llm", task_metric="f1")
     reward = compute_reward(ep, ANA, config, judge=ScriptedJudge(reply))
+    # precision 1/2 by the judge; recall 1/2 by overlap (ana's fact covered, ben's not)
+    assert reward["memory_storage_precision"] == reward["memory_storage_recall"] == 0.5
     assert reward["memory_storage"] == 0.5
 
 
@@ -272,29 +281,57 @@ def test_preservation_counts_key_entities_outside_the_question_and_own_calls():
 # ---- R_memory ---------------------------------------------------------------------------------
 
 
-def test_storage_counts_stage1_adds_close_to_a_supporting_fact():
+def test_storage_precision_counts_stage1_adds_close_to_a_supporting_fact():
     adds = [
         op("ana lives in paris ."),  # F1 3/4 with "ana lives in rome ."
         op("the weather is nice today ."),
         op("ben works as a pilot ."),
         op("lunch was great .", stage=3),  # not stage 1
     ]
-    assert compute_reward(episode(ANA, adds=adds), ANA)["memory_storage"] == pytest.approx(2 / 3)
-    strict = RewardConfig(overlap_threshold=0.9)
+    paper = RewardConfig(storage_score="precision")
+    reward = compute_reward(episode(ANA, adds=adds), ANA, paper)
+    assert reward["memory_storage"] == pytest.approx(2 / 3)
+    strict = paper.with_(overlap_threshold=0.9)
     assert compute_reward(episode(ANA, adds=adds), ANA, strict)["memory_storage"] == 1 / 3
-    assert compute_reward(episode(ANA), ANA)["memory_storage"] == 0.0
+    assert compute_reward(episode(ANA), ANA, paper)["memory_storage"] == 0.0
     # Without supporting facts, an add is good when it contains a gold answer.
     bare = Task("t-bare", "test", [], [], [Question("who?", ("Ada Lovelace",))])
     ep = episode(bare, adds=[op("I met Ada Lovelace."), op("I met Ada.")])
-    assert compute_reward(ep, bare)["memory_storage"] == 0.5
+    assert compute_reward(ep, bare, paper)["memory_storage"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("memories", "precision", "recall"),
+    [
+        (["ana lives in rome .", "ben works as a pilot ."], 1.0, 1.0),  # the evidence only
+        # everything stored: full recall, low precision (what RAG does)
+        (["ana lives in rome .", "ben works as a pilot .", "hi !", "nice day .", "ok ."], 0.4, 1.0),
+        (["ana lives in rome ."], 1.0, 0.5),  # half the evidence
+        (["the weather is nice today ."], 0.0, 0.0),
+        ([], 0.0, 0.0),
+    ],
+)
+def test_storage_f1_scores_the_final_memories_by_precision_and_recall(memories, precision, recall):
+    reward = compute_reward(episode(ANA, final_memories=stored(*memories)), ANA)
+    assert reward["memory_storage_precision"] == pytest.approx(precision)
+    assert reward["memory_storage_recall"] == pytest.approx(recall)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    assert reward["memory_storage"] == pytest.approx(f1)
+    # stage-1 adds that were deleted later do not count: only what the store holds at the end
+    junk = [op("the weather is nice today .")]
+    again = compute_reward(episode(ANA, adds=junk, final_memories=stored(*memories)), ANA)
+    assert again["memory_storage"] == reward["memory_storage"]
 
 
 def test_storage_by_embedding(embedder):
-    adds = [op("Ana's home city is Rome."), op("My phone battery died again.")]
+    memories = ["Ana's home city is Rome.", "My phone battery died again."]
     config = RewardConfig(storage_judge="embedding")
-    reward = compute_reward(episode(ANA, adds=adds), ANA, config, embedder=embedder)
-    cos = embedder.embed([a.content for a in adds]) @ embedder.embed(ANA.supporting_facts).T
-    assert reward["memory_storage"] == (cos.max(axis=1) >= 0.7).mean()
+    reward = compute_reward(
+        episode(ANA, final_memories=stored(*memories)), ANA, config, embedder=embedder
+    )
+    cos = embedder.embed(memories) @ embedder.embed(ANA.supporting_facts).T
+    assert reward["memory_storage_precision"] == (cos.max(axis=1) >= 0.7).mean() == 0.5
+    assert reward["memory_storage_recall"] == (cos.max(axis=0) >= 0.7).mean() == 0.5
     assert reward["memory_storage"] == 0.5  # the paraphrase is close, the chit-chat is not
 
 
@@ -316,12 +353,7 @@ def test_maintenance_when_it_mattered():
 
 
 def test_relevance_of_retrieved_entries(embedder):
-    obs = retrieval(
-        '[mem_1] ana lives in rome . (score 0.80; metadata {"source": "chat"})',
-        "[mem_2] lunch was great .",
-    )
-    refused = retrieval("[mem_3] ben works as a pilot .", error="arguments")
-    ep = episode(ANA, [step(0, 3, question=0, observations=[obs, refused])])
+    ep = episode(ANA, retrieved=found("ana lives in rome .", "lunch was great ."))
     assert retrieved_entries(ep) == [(0, "ana lives in rome ."), (0, "lunch was great .")]
     assert compute_reward(ep, ANA)["memory_relevance"] == 0.5
     cosine = compute_reward(ep, ANA, RewardConfig(relevance="cosine"), embedder=embedder)
@@ -366,18 +398,19 @@ def test_penalties():
 
 
 def test_total_is_the_weighted_sum_of_the_parts():
-    steps = [step(0, 3, 510, question=0, observations=[retrieval("[mem_1] ana lives in rome .")])]
+    steps = [step(0, 3, 510, question=0)]
     ep = episode(
         ANA,
         steps,
         answers=["Rome"],
-        adds=[op("ana lives in paris ."), op("lunch was great .")],
+        retrieved=found("ana lives in rome ."),
+        final_memories=stored("ana lives in paris .", "lunch was great ."),
         overflows=[OverflowEvent(turn=0, stage=3, tokens=1100)],
         system_tokens=10,
     )
     reward = compute_reward(ep, ANA)
     # task 1; context: compression 1 - 500/990, preventive 0, preservation 0 (no message kept);
-    # memory: storage 1/2, maintenance 0, relevance 1; penalty -0.5.
+    # memory: storage 1/2 (precision 1/2, recall 1/2), maintenance 0, relevance 1; penalty -0.5.
     context = (1 - 500 / 990) / 3
     assert reward["context"] == pytest.approx(context)
     assert reward["memory"] == pytest.approx(0.5)
@@ -429,7 +462,7 @@ def real(embedder):
     tasks = load_tasks("synthetic", limit=4)
     config = ENV_PRESETS["synthetic"]
     policies = {
-        "perfect": OraclePolicy(tasks, rates=PERFECT),
+        "perfect": Oracle(rates=PERFECT),
         "store": StoreEverythingPolicy(),
         "none": NoMemoryPolicy(),
     }

@@ -8,15 +8,10 @@ import pytest
 
 from agemem.env import PRESETS, MemoryEnv, run_episodes
 from agemem.env.embed_cache import cached
+from agemem.env.oracle import PERFECT, Oracle, OracleError, OracleRates
+from agemem.env.record import Expert, View
 from agemem.policy.base import Policy
-from agemem.policy.scripted import (
-    PERFECT,
-    NoMemoryPolicy,
-    OraclePolicy,
-    OracleRates,
-    StoreEverythingPolicy,
-    TaskNotBound,
-)
+from agemem.policy.scripted import NoMemoryPolicy, StoreEverythingPolicy
 from agemem.policy.tiny import tiny_token_counter
 from agemem.tasks import load_tasks
 from agemem.tasks.synthetic import ATTRIBUTES
@@ -50,8 +45,8 @@ def within(share: float, p: float, n: int) -> bool:
 
 def test_default_oracle_keeps_its_configured_rates(embedder):
     tasks = load_tasks("synthetic", limit=8)  # x5 rollouts: independent draws, shared embeddings
-    oracle = OraclePolicy(tasks, seed=0)
-    assert isinstance(oracle, Policy)
+    oracle = Oracle(seed=0)
+    assert isinstance(oracle, Expert) and not isinstance(oracle, Policy)
     episodes = run_episodes(oracle, tasks, SYNTHETIC, k=5, progress=False, embedder=embedder)
     rates = OracleRates()
     drawn: dict[str, Counter] = {
@@ -91,7 +86,7 @@ def test_default_oracle_keeps_its_configured_rates(embedder):
 
 def test_perfect_oracle_always_answers_right_and_never_overflows(embedder):
     tasks = load_tasks("synthetic", split="test", limit=12)
-    oracle = OraclePolicy(tasks, rates=PERFECT)
+    oracle = Oracle(rates=PERFECT)
     counter = tiny_token_counter()  # the budget the synthetic preset is calibrated with
     episodes = run_episodes(
         oracle, tasks, SYNTHETIC, progress=False, embedder=embedder, token_counter=counter
@@ -109,15 +104,16 @@ def test_oracle_rates_are_validated():
         OracleRates(store_chitchat=1.5)
 
 
-def test_oracle_refuses_a_task_it_was_not_given(embedder):
+def test_oracle_reads_the_env_record_not_the_rendered_context(embedder):
     task = load_tasks("synthetic", limit=1)[0]
     env = MemoryEnv(SYNTHETIC, embedder=cached(embedder))
     context = env.reset(task)
-    with pytest.raises(TaskNotBound, match="bind"):
-        OraclePolicy().act([context])
-    oracle = OraclePolicy()
-    oracle.bind([task])
-    assert "<tool_call>" in oracle.act([context])[0].text
+    view = env.view
+    assert view.task is task and view.incoming == task.contextual[0] and view.stage == 1
+    assert "<tool_call>" in Oracle().act_on([view])[0].text
+    # the same messages without the record: the oracle does not guess from text
+    with pytest.raises(OracleError, match="no task"):
+        Oracle().act_on([View(context, view.tokens, 1)])
     env.close()
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from agemem.env import EnvConfig, run_episodes
+from agemem.env.oracle import Oracle
 from agemem.policy.hf import HFPolicy
-from agemem.policy.scripted import OraclePolicy
 from agemem.rewards import reward_fn
 from agemem.tasks.synthetic import generate_tasks
 from agemem.train.checkpoint import load_for_training
@@ -64,7 +64,7 @@ def test_samples_mask_prompt_tokens_and_loss_is_completion_nll(sft_run, embedder
     policy = HFPolicy(model, tokenizer)
     tasks = generate_tasks("train", limit=1)
     (episode,) = run_episodes(
-        OraclePolicy(tasks), tasks, EnvConfig.preset("synthetic"), progress=False,
+        Oracle(), tasks, EnvConfig.preset("synthetic"), progress=False,
         embedder=embedder,
     )  # fmt: skip
     samples = sft_samples([episode], policy)
@@ -92,7 +92,7 @@ def test_gradient_checkpointing_and_token_capped_micro_batches_keep_the_gradient
     result, _ = sft_run
     tasks = generate_tasks("train", limit=2)
     episodes = run_episodes(
-        OraclePolicy(tasks), tasks, EnvConfig.preset("synthetic"), progress=False,
+        Oracle(), tasks, EnvConfig.preset("synthetic"), progress=False,
         embedder=embedder,
     )  # fmt: skip
 
@@ -117,7 +117,7 @@ def test_gradient_checkpointing_and_token_capped_micro_batches_keep_the_gradient
 def test_keep_episodes_filters_by_reward(embedder):
     tasks = generate_tasks("train", limit=6)
     episodes = run_episodes(
-        OraclePolicy(tasks, seed=1), tasks, EnvConfig.preset("synthetic"), progress=False,
+        Oracle(seed=1), tasks, EnvConfig.preset("synthetic"), progress=False,
         embedder=embedder, reward_fn=reward_fn(tasks, "synthetic"),
     )  # fmt: skip
     kept = keep_episodes(episodes, 0.5)

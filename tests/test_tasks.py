@@ -157,7 +157,7 @@ def test_registry_errors_and_custom_sources():
         load_tasks("nope")
     with pytest.raises(TaskError, match="use one of"):
         load_tasks("hotpotqa", split="dev")
-    with pytest.raises(TaskError, match="accepts \\['path', 'template'\\]"):
+    with pytest.raises(TaskError, match="accepts \\['path', 'template', 'stage1'"):
         load_tasks("hotpotqa", n_docs=3)
     with pytest.raises(TaskError, match="non-negative"):
         load_tasks("hotpotqa", limit=-1)
@@ -193,8 +193,10 @@ def test_hotpotqa_split_is_disjoint_and_stable():
     assert sum(hotpotqa.hotpotqa_split(i) == "test" for i in sorted(test)[:50]) == 50
 
 
-def test_hotpotqa_stages_hold_gold_sentences_and_other_paragraphs(raw_hotpotqa):
-    tasks = {t.metadata["hotpotqa_id"]: t for t in load_tasks("hotpotqa", split="all")}
+def test_hotpotqa_gold_layout_holds_gold_sentences_and_other_paragraphs(raw_hotpotqa):
+    tasks = {
+        t.metadata["hotpotqa_id"]: t for t in load_tasks("hotpotqa", split="all", stage1="gold")
+    }
     for record in raw_hotpotqa:
         task = tasks[record["_id"]]
         paragraphs = dict(record["context"])
@@ -216,6 +218,43 @@ def test_hotpotqa_stages_hold_gold_sentences_and_other_paragraphs(raw_hotpotqa):
     assert broken == [["Jimmy Butler (basketball)", 902]]
 
 
+def test_hotpotqa_mixed_layout_hides_the_evidence_among_whole_paragraphs(raw_hotpotqa):
+    tasks = {t.metadata["hotpotqa_id"]: t for t in load_tasks("hotpotqa", split="all")}
+    shares = []
+    for record in raw_hotpotqa:
+        task = tasks[record["_id"]]
+        assert task.metadata["stage1"] == "mixed"
+        supporting = {title for title, _ in record["supporting_facts"]}
+        stage1_titles = {m.id.rsplit("#", 1)[0] for m in task.contextual}
+        mixed_in = stage1_titles - supporting
+        # every gold paragraph whole, sentence by sentence, beside two distractor paragraphs
+        assert supporting <= stage1_titles
+        assert len(mixed_in) == min(2, len(record["context"]) - len(supporting))
+        for title, sentences in record["context"]:
+            ids = [m.id for m in task.contextual if m.id.startswith(f"{title}#")]
+            expected = [f"{title}#{i}" for i, s in enumerate(sentences) if s.strip()]
+            assert ids == (expected if title in stage1_titles else [])
+        for m in task.contextual:
+            assert task.metadata["sentences"][m.id] in m.content
+        evidence = set(task.questions[0].evidence)
+        assert evidence <= {m.id for m in task.contextual}
+        shares.append(len(evidence) / len(task.contextual))
+        # stage 2: the other distractor paragraphs, none of stage 1's
+        others = [html.unescape(t) for t, _ in record["context"] if t not in stage1_titles]
+        assert len(task.distractors) == len(others)
+        assert all(n.startswith(f"{t}: ") for n, t in zip(task.distractors, others, strict=True))
+    # most of stage 1 is not evidence, so storing everything is no longer optimal
+    assert sum(shares) / len(shares) < 0.25
+    # the layout is drawn from the question id: the same whatever the seed or the split asked
+    test = load_tasks("hotpotqa", split="test", limit=5)
+    assert [tasks[t.metadata["hotpotqa_id"]] for t in test] == test
+    shuffled = {t.id: t for t in load_tasks("hotpotqa", split="test", seed=7)}
+    assert all(shuffled[t.id] == t for t in test)
+    eight = load_tasks("hotpotqa", limit=1, stage1_distractors=8, stage2_distractors=0)[0]
+    assert len({m.id.rsplit("#", 1)[0] for m in eight.contextual}) == 10  # AgeMem's code
+    assert eight.distractors == []
+
+
 def test_hotpotqa_missing_or_wrong_file_and_bad_template(tmp_path):
     with pytest.raises(TaskDataMissing, match="does not exist"):
         load_tasks("hotpotqa", path=tmp_path / "absent.json")
@@ -225,6 +264,10 @@ def test_hotpotqa_missing_or_wrong_file_and_bad_template(tmp_path):
         load_tasks("hotpotqa-long", path=wrong)
     with pytest.raises(TaskError, match="sentence"):
         load_tasks("hotpotqa", limit=1, template="I read about {title}")
+    with pytest.raises(TaskError, match="stage1 must be one of"):
+        load_tasks("hotpotqa", limit=1, stage1="all")
+    with pytest.raises(TaskError, match="stage1_distractors must be a non-negative int"):
+        load_tasks("hotpotqa", limit=1, stage1_distractors=-1)
 
 
 # --------------------------------------------------------------------------- hotpotqa-long
@@ -293,7 +336,7 @@ def raw_locomo() -> list[dict]:
 
 
 def test_locomo_conversations_and_question_counts():
-    everything = load_tasks("locomo", categories=(1, 2, 3, 4, 5))
+    everything = load_tasks("locomo", split="all", categories=(1, 2, 3, 4, 5))
     assert len(everything) == 10
     questions = [q for t in everything for q in t.questions]
     assert len(questions) == 1986
@@ -307,13 +350,13 @@ def test_locomo_conversations_and_question_counts():
         "single-hop": 841,
         "adversarial": 446,
     }
-    default = load_tasks("locomo")
+    default = load_tasks("locomo", split="all")
     assert sum(len(t.questions) for t in default) == 1540
-    assert len(load_tasks("locomo", limit=3, seed=0)) == 3
+    assert len(load_tasks("locomo", split="all", limit=3, seed=0)) == 3
 
 
 def test_locomo_evidence_resolves_to_turns_and_dates_are_attached(raw_locomo):
-    tasks = load_tasks("locomo", categories=(1, 2, 3, 4, 5))
+    tasks = load_tasks("locomo", split="all", categories=(1, 2, 3, 4, 5))
     for task, sample in zip(tasks, raw_locomo, strict=True):
         conversation = sample["conversation"]
         ids = {m.id for m in task.contextual}
@@ -330,12 +373,12 @@ def test_locomo_evidence_resolves_to_turns_and_dates_are_attached(raw_locomo):
 
 
 def test_locomo_adversarial_questions_and_answers():
-    tasks = load_tasks("locomo", categories=(5,))
+    tasks = load_tasks("locomo", split="all", categories=(5,))
     questions = [q for t in tasks for q in t.questions]
     assert len(questions) == 446
     assert all(q.answers[0] == locomo.NOT_MENTIONED and q.adversarial_answer for q in questions)
     assert sum(len(q.answers) == 2 for q in questions) == 2
-    default = [q for t in load_tasks("locomo") for q in t.questions]
+    default = [q for t in load_tasks("locomo", split="all") for q in t.questions]
     assert all(q.adversarial_answer is None and q.answers[0] for q in default)
     assert "2022" in {q.answers[0] for q in default}  # int answers become text
 
@@ -359,12 +402,50 @@ def test_locomo_path_resolution_and_errors(tmp_path, monkeypatch, raw_locomo):
     copy = tmp_path / "copy.json"
     copy.write_text(json.dumps(raw_locomo[:2]))
     monkeypatch.setenv(locomo.ENV_VAR, str(copy))
-    assert len(load_tasks("locomo")) == 2
+    assert len(load_tasks("locomo", split="all")) == 2
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(TaskError, match="not locomo10.json"):
         load_tasks("locomo", path=bad)
-    with pytest.raises(TaskError, match="evaluation-only"):
-        locomo.load_locomo(split="train")
+    with pytest.raises(TaskError, match="unknown LoCoMo split 'dev'"):
+        locomo.load_locomo(split="dev")
+    with pytest.raises(TaskError, match="neighbours must be a non-negative int"):
+        load_tasks("locomo", split="train", neighbours=-2)
     with pytest.raises(TaskError, match="subset"):
         load_tasks("locomo", path=copy, categories=(6,))
+
+
+def test_locomo_conversation_1_is_the_test_split_and_never_trained_on(raw_locomo):
+    (test,) = load_tasks("locomo")
+    assert test.metadata["sample_id"] == raw_locomo[0]["sample_id"] == "conv-26"
+    assert len(test.questions) == 152
+    train = load_tasks("locomo", split="train")
+    assert len(train) == 1364  # questions of conversations 2-10 with evidence and a short window
+    held_out = {t.text for t in locomo.locomo_turns() if t.conversation_id == "conv-26"}
+    ids = {t.metadata["sample_id"] for t in train}
+    assert "conv-26" not in ids and len(ids) == 9
+    for task in train:
+        assert not held_out & {m.content for m in task.contextual}
+        assert not any(d.split(": ", 1)[1] in held_out for d in task.distractors)
+
+
+def test_locomo_training_tasks_surround_the_evidence_with_chit_chat():
+    train = load_tasks("locomo", split="train")
+    stage1 = [len(t.contextual) for t in train]
+    assert max(stage1) <= locomo.MAX_STAGE1
+    evidence_share = []
+    for task in train:
+        (question,) = task.questions
+        ids = [m.id for m in task.contextual]
+        assert set(question.evidence) <= set(ids)
+        evidence_share.append(len(set(question.evidence)) / len(ids))
+        order = [tuple(int(x) for x in i[1:].split(":")) for i in ids]
+        assert order == sorted(order)  # conversation order
+        assert len(task.distractors) == locomo.N_DISTRACTORS
+        sessions = {i.split(":")[0] for i in ids}
+        dates = {m.timestamp for m in task.contextual}
+        assert all(not any(d.startswith(f"[{date}]") for date in dates) for d in task.distractors)
+        assert len(sessions) >= 1
+    assert sum(evidence_share) / len(evidence_share) < 0.25  # mostly chit-chat around it
+    again = load_tasks("locomo", split="train", limit=5, seed=1)
+    assert again == load_tasks("locomo", split="train", limit=5, seed=1)

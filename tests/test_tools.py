@@ -7,10 +7,10 @@ import re
 
 import jsonschema
 import pytest
-from agemem.memory.sqlite import SQLiteStore
 from openai.types.chat import ChatCompletionFunctionTool
 
 from agemem.context import SUMMARY_PREFIX, Context
+from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import MemoryNotFound, Scope
 from agemem.tools import (
     AGEMEM_TOOLS,
@@ -89,7 +89,7 @@ def test_retrieve_shows_ids_the_model_can_copy_into_update(state, store):
     result = run(state, "Retrieve_memory", query="What food is Ann allergic to?", top_k=2)
     assert result.ok
     shown = MEMORY_ID.findall(result.content)
-    assert len(shown) == 2 and shown[0] == peanuts and state.retrieved_ids == shown
+    assert len(shown) == 2 and shown[0] == peanuts and [i.id for i in state.retrieved] == shown
     assert "Ann is allergic to peanuts." in result.content.splitlines()[1]
     # The model copies the id it saw into Update_memory, in the AgeMem protocol.
     turn = parse_turn(
@@ -116,7 +116,7 @@ def test_retrieve_respects_metadata_filter_and_scope(state, store):
 def test_retrieve_from_an_empty_store(state):
     result = run(state, "Retrieve_memory", query="anything")
     assert result.ok and result.content == "No memory matches 'anything'."
-    assert state.retrieved_ids == []
+    assert state.retrieved == []
 
 
 def test_update_memory_replaces_content_and_keeps_history(state, store):

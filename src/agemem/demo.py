@@ -115,8 +115,8 @@ def run_demo(path: Path) -> None:
             style = "green" if result.ok else "red"
             console.print(f"  [{style}]{result.name}[/] -> {escape(result.content)}")
             context.append({"role": "user", "content": result.content})
-        if not correction_id and state.retrieved_ids:
-            correction_id = state.retrieved_ids[0]
+        if not correction_id and state.retrieved:
+            correction_id = state.retrieved[0].id
         _show_budget(console, context)
 
     entries = store.get_all(scope=state.scope)

@@ -133,6 +133,16 @@ class StoredMemory(_Record):
     content: str
 
 
+class RetrievedMemory(_Record):
+    """An entry the agent's own Retrieve_memory returned: at which turn, for which question
+    (stage 3), with the id the model saw and its content then."""
+
+    turn: int
+    question: int | None = None
+    id: str
+    content: str
+
+
 class EpisodeFacts(_Record):
     """The raw facts a reward is computed from; nothing here is a score."""
 
@@ -153,6 +163,7 @@ class EpisodeFacts(_Record):
     updates: list[MemoryOp] = Field(default_factory=list)
     deletes: list[MemoryOp] = Field(default_factory=list)
     retrieved_ids: list[str] = Field(default_factory=list)  # by the agent's own retrievals
+    retrieved: list[RetrievedMemory] = Field(default_factory=list)  # the same, with contents
     auto_retrieved_ids: list[str] = Field(default_factory=list)  # shown by the system (stage 1)
     final_memories: list[StoredMemory] = Field(default_factory=list)
     chunks_total: int | None = None  # AtomMem

@@ -26,10 +26,18 @@ R_context (mean of three)
   the task's known entity names (synthetic tasks are lowercase). A query with none scores 1.
   The paper's "1 if they survive" is the all-or-nothing case of this share.
 R_memory (mean of three)
-- storage: the share of stage-1 adds that are good: token F1 >= `overlap_threshold` with some
-  supporting fact (`storage_judge="overlap"`), cosine >= `cosine_threshold` (`"embedding"`), or
-  an LLM grade >= `llm_threshold` given q and A_q (`"llm"`). Without supporting facts an add is
-  good when it contains a gold answer. No add scores 0.
+- storage: how well what the agent stored matches the supporting facts. An entry is good when it
+  has token F1 >= `overlap_threshold` with some supporting fact (`storage_judge="overlap"`),
+  cosine >= `cosine_threshold` (`"embedding"`), or an LLM grade >= `llm_threshold` given q and
+  A_q (`"llm"`); without supporting facts, when it contains a gold answer. A supporting fact is
+  covered when some entry matches it by the same overlap or cosine rule (an LLM judge grades
+  entries only; coverage then uses overlap). `storage_score="f1"` (ours, the default): the
+  entries are the final memories (what the store holds at the end, so a corrected or deleted
+  entry no longer counts), precision is the share of them that are good, recall the share of
+  supporting facts covered, and storage their F1: storing everything gets full recall but low
+  precision, storing nothing 0. `"precision"` (the paper's wording): the share of stage-1 adds
+  that are good. Both are logged (`memory_storage_precision`, `memory_storage_recall`). No entry
+  scores 0.
 - maintenance: when the task says which facts were corrected (synthetic `metadata["facts"]`),
   the share of corrected facts whose stale entry was updated or deleted, i.e. maintenance done
   when it mattered; otherwise the paper's rule, 1 if any update or delete ran.
@@ -42,7 +50,8 @@ Penalties (added as they are, all <= 0)
   format: per turn with a fatal format error (ours, none in the paper); stale: per corrected fact
   whose final memory holds a stale value or lacks the latest (docs/LEARNABILITY.md: -0.25).
 
-Retrieved entries are read from the Retrieve_memory observations (the env records their ids only).
+Retrieved entries are read from the episode record (`EpisodeFacts.retrieved`: the contents the
+agent's own Retrieve_memory calls returned), never from the rendered observations.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ logger = logging.getLogger(__name__)
 
 TaskMetric = Literal["auto", "em", "f1", "judge"]
 StorageJudge = Literal["overlap", "embedding", "llm"]
+StorageScore = Literal["f1", "precision"]
 Relevance = Literal["support", "cosine"]
 CONTEXT_TOOLS = ("Summary_context", "Filter_context")
 Reward = dict[str, float]
@@ -102,6 +112,7 @@ class RewardConfig:
     task_metric: TaskMetric = "auto"
     no_answer: float = -1.0
     storage_judge: StorageJudge = "overlap"
+    storage_score: StorageScore = "f1"
     overlap_threshold: float = 0.5  # ours: about half the words of a fact, both ways
     cosine_threshold: float = 0.7  # ours, for all-MiniLM-L6-v2 cosines
     llm_threshold: float = 0.5
@@ -120,6 +131,7 @@ class RewardConfig:
         for name, choices in (
             ("task_metric", TaskMetric),
             ("storage_judge", StorageJudge),
+            ("storage_score", StorageScore),
             ("relevance", Relevance),
         ):
             if getattr(self, name) not in get_args(choices):
@@ -181,7 +193,8 @@ def compute_reward(
 
     Keys: `task` (+ `task_em`, `task_f1`, `task_judge` when a judge is given), `context`
     (+ `context_compression`, `context_preventive`, `context_preservation`), `memory`
-    (+ `memory_storage`, `memory_maintenance`, `memory_relevance`), `penalty_rounds`,
+    (+ `memory_storage`, `memory_storage_precision`, `memory_storage_recall`,
+    `memory_maintenance`, `memory_relevance`), `penalty_rounds`,
     `penalty_overflow`, `penalty_format`, `penalty_stale`, `penalty` (their sum), `total`.
     """
     if episode.task_id != task.id:
@@ -361,7 +374,7 @@ def _judge_prompts(facts: EpisodeFacts, config: RewardConfig) -> list[str]:
         if a is not None
     ]
     if config.storage_judge == "llm":
-        prompts += [_storage_prompt(facts, text) for text in _stage1_adds(facts)]
+        prompts += [_storage_prompt(facts, text) for text in _stored(facts, config)]
     return prompts
 
 
@@ -469,15 +482,27 @@ def _memory_parts(
     grades: dict[str, float],
     embedder: Embedder | None,
 ) -> Reward:
+    precision, recall = _storage(episode.facts, task, config, grades, embedder)
+    storage = precision
+    if config.storage_score == "f1":
+        storage = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     parts = {
-        "memory_storage": _storage(episode.facts, task, config, grades, embedder),
+        "memory_storage": storage,
         "memory_maintenance": _maintenance(episode.facts, task),
         "memory_relevance": _relevance(episode, task, config, embedder),
     }
-    return {"memory": _mean(list(parts.values())), **parts}
+    return {
+        "memory": _mean(list(parts.values())),
+        **parts,
+        "memory_storage_precision": precision,
+        "memory_storage_recall": recall,
+    }
 
 
-def _stage1_adds(facts: EpisodeFacts) -> list[str]:
+def _stored(facts: EpisodeFacts, config: RewardConfig) -> list[str]:
+    """The entries storage is scored on: the final memories ("f1"), or the stage-1 adds."""
+    if config.storage_score == "f1":
+        return [m.content for m in facts.final_memories]
     return [op.content for op in facts.adds if op.stage == 1 and op.content]
 
 
@@ -487,19 +512,34 @@ def _storage(
     config: RewardConfig,
     grades: dict[str, float],
     embedder: Embedder | None,
-) -> float:
-    adds = _stage1_adds(facts)
-    if not adds:
-        return 0.0
-    if config.storage_judge == "llm":
-        good = [grades[_storage_prompt(facts, a)] >= config.llm_threshold for a in adds]
-    elif config.storage_judge == "embedding" and task.supporting_facts:
+) -> tuple[float, float]:
+    """(precision, recall) of the stored entries against the supporting facts."""
+    stored = _stored(facts, config)
+    if not stored:
+        return 0.0, 0.0
+    if config.storage_judge == "embedding" and task.supporting_facts:
         assert embedder is not None  # _check_resources
-        cosines = embedder.embed(adds) @ embedder.embed(task.supporting_facts).T
-        good = list(cosines.max(axis=1) >= config.cosine_threshold)
+        close = embedder.embed(stored) @ embedder.embed(task.supporting_facts).T
+        good = close >= config.cosine_threshold
+        return float(good.any(axis=1).mean()), float(good.any(axis=0).mean())
+    if config.storage_judge == "llm":
+        good = [grades[_storage_prompt(facts, s)] >= config.llm_threshold for s in stored]
     else:
-        good = _supported(adds, task, config.overlap_threshold)
-    return sum(good) / len(adds)
+        good = _supported(stored, task, config.overlap_threshold)
+    return sum(good) / len(stored), _covered(stored, task, config.overlap_threshold)
+
+
+def _covered(stored: list[str], task: Task, threshold: float) -> float:
+    """The share of supporting facts some stored entry matches (token F1 >= `threshold`); without
+    supporting facts, the share of gold answers some entry contains."""
+    if task.supporting_facts:
+        hits = [
+            any(token_f1(s, [fact]) >= threshold for s in stored) for fact in task.supporting_facts
+        ]
+    else:
+        golds = [a for q in task.questions for a in q.answers if normalize_answer(a)]
+        hits = [any(_contains(s, g) for s in stored) for g in golds]
+    return sum(hits) / len(hits) if hits else 0.0
 
 
 def _supported(texts: list[str], task: Task, threshold: float) -> list[bool]:
@@ -525,20 +565,9 @@ def _maintenance(facts: EpisodeFacts, task: Task) -> float:
     return sum(fixed) / len(corrections)
 
 
-_ENTRY = re.compile(
-    r"^\[[^\]\s]+\] (.*?)(?: \((?:score -?[\d.]+)?(?:; )?(?:metadata .*)?\))?$", re.MULTILINE
-)
-
-
 def retrieved_entries(episode: Episode) -> list[tuple[int | None, str]]:
     """(question index, content) of each entry the agent's own Retrieve_memory calls returned."""
-    return [
-        (step.question, content)
-        for step in episode.steps
-        for obs in step.observations
-        if obs.name == "Retrieve_memory" and obs.error is None
-        for content in _ENTRY.findall(obs.content)
-    ]
+    return [(r.question, r.content) for r in episode.facts.retrieved]
 
 
 def _relevance(

@@ -218,13 +218,13 @@ class AgentEpisode:
     def _dispatch(self, call: ToolCall) -> ToolResult:
         writes = call.name in _WRITES
         before = memory_snapshot(self._store, self._state.scope) if writes else {}
-        n_retrieved = len(self._state.retrieved_ids)
+        n_retrieved = len(self._state.retrieved)
         (result,) = AGEMEM_TOOLS.dispatch([call], self._state)
         recorder = self._recorder_or_fail()
         if writes and result.ok:
             after = memory_snapshot(self._store, self._state.scope)
             recorder.memory_changes(STAGE, before, after, str)
-        recorder.facts.retrieved_ids.extend(self._state.retrieved_ids[n_retrieved:])
+        recorder.facts.retrieved_ids.extend(i.id for i in self._state.retrieved[n_retrieved:])
         return result
 
     def _next(self) -> list[Message] | None:

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from agemem.env import PRESETS, run_episodes
+from agemem.env.oracle import Oracle, OracleRates
 from agemem.policy.hf import HFPolicy
 from agemem.policy.models import load_model
-from agemem.policy.scripted import OraclePolicy, OracleRates
 from agemem.policy.tiny import build_tiny
 from agemem.tasks import load_tasks
 from agemem.tokens import HFTokenCounter
@@ -59,7 +59,7 @@ def bench_samples(
     else:
         model, tokenizer = load_model(preset)
     episodes = run_episodes(
-        OraclePolicy(tasks, rates=NO_CONTEXT_TOOLS, seed=seed),
+        Oracle(rates=NO_CONTEXT_TOOLS, seed=seed),
         tasks,
         APPEND_ONLY,
         k=k,

@@ -12,12 +12,12 @@ from agemem.env.render import (
     CHAT_PREFIX,
     QUESTION_PREFIX,
     ContextView,
-    incoming_text,
     read_context,
     stage1_message,
     system_prompt,
     turn_messages,
 )
+from agemem.tasks.base import incoming_text
 
 __all__ = [
     "CHAT_PREFIX",

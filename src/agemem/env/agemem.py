@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from typing import Any
 
 from agemem.context import Context, ContextMark
 from agemem.env.aliases import IdAliases
@@ -33,7 +34,6 @@ from agemem.env.config import PRESETS, EnvConfig
 from agemem.env.record import EnvError, Recorder, StepResult, View, memory_snapshot
 from agemem.env.render import (
     QUESTION_PREFIX,
-    incoming_text,
     stage1_message,
     system_prompt,
     turn_messages,
@@ -43,7 +43,7 @@ from agemem.memory.embed import Embedder
 from agemem.memory.store import MemoryStore, Scope
 from agemem.policy.base import Message, ToolSpec, Turn
 from agemem.summarize import Summarizer
-from agemem.tasks.base import ContextMessage, Task
+from agemem.tasks.base import ContextMessage, Task, incoming_text
 from agemem.tokens import TokenCounter
 from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState
 from agemem.tools.parse import ParsedTurn, ToolCall, parse_turn
@@ -85,6 +85,11 @@ class MemoryEnv(EpisodeEnv):
         self._rng = random.Random(seed)
         self._stage = 1
         self._stage3_start: ContextMark = ()  # the context each question starts from
+        self._on_show: tuple[ContextMessage | None, list[tuple[str, str]], str | None] = (
+            None,
+            [],
+            None,
+        )  # the stage-1 message and its memories, or the stage-2 note, now on show
 
     # ---- public --------------------------------------------------------------------------
     @property
@@ -172,8 +177,11 @@ class MemoryEnv(EpisodeEnv):
             self._context.reset(keep_system=True)
             self._incoming = deque(task.distractors)
         if self._stage == 2 and self._incoming:
-            self._context.append({"role": "user", "content": self._incoming.popleft()})
+            note = self._incoming.popleft()
+            self._on_show = (None, [], note)
+            self._context.append({"role": "user", "content": note})
             return
+        self._on_show = (None, [], None)
         if self._stage != 3:
             self._stage, self._stage3_start = 3, self._context.mark()
         if self._question >= len(task.questions):
@@ -219,18 +227,36 @@ class MemoryEnv(EpisodeEnv):
         shown = sum(m["role"] != "system" for m in self._context.messages)
         if window is not None and shown >= window:
             self._context.reset(keep_system=True)
+        self._on_show = (message, related, None)
         self._context.append({"role": "user", "content": stage1_message(text, related)})
 
     def _show(self) -> list[Message]:
         messages = self._context.messages
+        question = self._question if self._stage == 3 else None
+        incoming, related, note = self._on_show
         view = View(
             messages,
             self._context.tokens(),
             self._stage,
-            question=self._question if self._stage == 3 else None,
+            question=question,
+            task=self._task,
+            incoming=incoming,
+            related=related,
+            note=note,
+            **self._retrievals(question),
         )
         self._recorder.show(view, budget_checked=self._stage in self.config.budget_stages)
         return messages
+
+    def _retrievals(self, question: int | None) -> dict[str, Any]:
+        """The Retrieve_memory calls that ran for `question` so far, and what they returned."""
+        if question is None:
+            return {}
+        facts = self._recorder.facts
+        turns = {s.turn for s in self._recorder.steps if s.question == question}
+        calls = [c for c in facts.calls if c.ok and c.name == "Retrieve_memory" and c.turn in turns]
+        found = [r for r in facts.retrieved if r.question == question]
+        return {"retrieve_calls": len(calls), "retrieved": found}
 
     def _run_call(self, call: ToolCall, stage: int) -> ToolResult:
         allowed = self.config.stage_tools[stage - 1]
@@ -255,14 +281,14 @@ class MemoryEnv(EpisodeEnv):
             call = ToolCall(call.name, {**call.arguments, "memory_id": real}, call.id, call.raw)
         writes = call.name in _WRITES and self._store is not None
         before = memory_snapshot(self._store, self._scope) if writes else {}
-        n_retrieved = len(self._state.retrieved_ids)
+        n_retrieved = len(self._state.retrieved)
         (result,) = AGEMEM_TOOLS.select(*allowed).dispatch([call], self._state)
         if writes and result.ok:
             after = memory_snapshot(self._store, self._scope)
             self._recorder.memory_changes(stage, before, after, self._aliases.show)
-        self._recorder.facts.retrieved_ids.extend(
-            self._aliases.show(i) for i in self._state.retrieved_ids[n_retrieved:]
-        )
+        question = self._question if stage == 3 else None
+        for item in self._state.retrieved[n_retrieved:]:
+            self._recorder.retrieved(self._aliases.show(item.id), item.content, question)
         return ToolResult(
             result.name, result.call_id, self._aliases.shown_text(result.content), result.error
         )

@@ -227,6 +227,9 @@ class AtomMemEnv(EpisodeEnv):
             self.stage,
             question=self._answering,
             chunk=self._chunk if self._answering is None else None,
+            task=task,
+            chunk_text=self._chunks[self._chunk] if self._answering is None else None,
+            method="atommem",
         )
         self._recorder.show(view, budget_checked=True)
         return messages

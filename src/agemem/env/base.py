@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from agemem.env.config import EnvConfig, EnvConfigError
-from agemem.env.record import EnvError, Recorder
+from agemem.env.record import EnvError, Recorder, View
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder, default_embedder
 from agemem.memory.sqlite import SQLiteStore
@@ -52,6 +52,13 @@ class EpisodeEnv:
         if self._embedder is None:
             self._embedder = default_embedder()
         return self._embedder
+
+    @property
+    def view(self) -> View:
+        """What the model is being shown now, waiting for its turn (see `View`)."""
+        if self.done or self._recorder.view is None:
+            raise EnvError("no turn is pending: call reset(task), or the episode is over")
+        return self._recorder.view
 
     def episode(self, group_id: str = "") -> Episode:
         """The record of the current (finished or running) episode."""

@@ -18,13 +18,12 @@ from agemem.env.atommem import AtomMemEnv
 from agemem.env.base import EpisodeEnv
 from agemem.env.config import PRESETS, EnvConfig
 from agemem.env.embed_cache import cached
-from agemem.env.record import EnvError
-from agemem.env.render import incoming_text
+from agemem.env.record import EnvError, Expert
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder, default_embedder
 from agemem.policy.base import Message, Policy
 from agemem.summarize import Summarizer
-from agemem.tasks.base import Task
+from agemem.tasks.base import Task, incoming_text
 from agemem.tokens import ApproxTokenCounter, HFTokenCounter, TokenCounter
 
 Env = MemoryEnv | AtomMemEnv
@@ -53,7 +52,7 @@ def policy_token_counter(policy: Policy) -> TokenCounter:
 
 
 def run_episodes(
-    policy: Policy,
+    policy: Policy | Expert,
     tasks: Sequence[Task],
     config: EnvConfig = PRESETS["paper"],
     k: int = 1,
@@ -93,7 +92,7 @@ def run_episodes(
 
 
 def drive(
-    policy: Policy,
+    policy: Policy | Expert,
     envs: Sequence[EpisodeEnv],
     slots: Sequence[tuple[Task, str]],
     *,
@@ -133,9 +132,10 @@ def _known_texts(tasks: Sequence[Task]) -> set[str]:
 
 
 def _step_all(
-    policy: Policy, envs: list[Env], contexts: dict[int, list[Message]]
+    policy: Policy | Expert, envs: list[Env], contexts: dict[int, list[Message]]
 ) -> dict[int, list[Message] | None]:
-    """One turn for every live episode: the next context, or None when the episode ended."""
+    """One turn for every live episode: the next context, or None when the episode ended. A
+    policy reads the contexts; an expert reads the envs' records of them (`env.view`)."""
     groups: dict[str, list[int]] = defaultdict(list)
     tools_of = {}
     for i in contexts:
@@ -145,7 +145,10 @@ def _step_all(
         tools_of[key] = tools
     out: dict[int, list[Message] | None] = {}
     for key, indices in groups.items():
-        turns = policy.act([contexts[i] for i in indices], tools_of[key])
+        if isinstance(policy, Expert):
+            turns = policy.act_on([envs[i].view for i in indices], tools_of[key])
+        else:
+            turns = policy.act([contexts[i] for i in indices], tools_of[key])
         if len(turns) != len(indices):
             raise EnvError(
                 f"{type(policy).__name__}.act returned {len(turns)} turns for {len(indices)} "

@@ -3,9 +3,9 @@ into a `StepSample` and keeps the episode's facts (calls, memory changes, overfl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from agemem.episode import (
     CallAction,
@@ -17,11 +17,13 @@ from agemem.episode import (
     Observation,
     OverflowEvent,
     ParsedActions,
+    RetrievedMemory,
     StepSample,
     StoredMemory,
 )
 from agemem.memory.store import MemoryStore, Scope
-from agemem.policy.base import Message, Turn
+from agemem.policy.base import Message, ToolSpec, Turn
+from agemem.tasks.base import ContextMessage, Task
 from agemem.tools.parse import ParsedTurn
 from agemem.tools.registry import ToolResult
 
@@ -42,13 +44,38 @@ class StepResult:
 
 @dataclass
 class View:
-    """The context given to the model, waiting for its turn."""
+    """The context given to the model, waiting for its turn, and the record of what it shows:
+    the state an expert reads instead of parsing the rendered text.
+
+    `incoming`: the stage-1 message on show; `related`: the memories shown with it (the id the
+    model sees, content); `note`: the stage-2 distractor on show; `question`: the question being
+    worked on (stage 3, AtomMem answering); `retrieve_calls` / `retrieved`: how many of the
+    agent's Retrieve_memory calls ran for it so far and what they returned; `chunk` /
+    `chunk_text`: the AtomMem chunk being read; `method`: the episode kind.
+    """
 
     messages: list[Message]
     tokens: int
     stage: int
     question: int | None = None
     chunk: int | None = None
+    task: Task | None = None
+    incoming: ContextMessage | None = None
+    related: list[tuple[str, str]] = field(default_factory=list)
+    note: str | None = None
+    retrieve_calls: int = 0
+    retrieved: list[RetrievedMemory] = field(default_factory=list)
+    chunk_text: str | None = None
+    method: str = "agemem"
+
+
+@runtime_checkable
+class Expert(Protocol):
+    """Writes turns from the environment's records of the pending turns (`env.view`), one per
+    view, in order: an actor that may know what a model must not (the oracle knows the gold).
+    `run_episodes` and `drive` take one wherever they take a `Policy`."""
+
+    def act_on(self, views: Sequence[View], tools: list[ToolSpec] | None = None) -> list[Turn]: ...
 
 
 def parsed_actions(parsed: ParsedTurn) -> ParsedActions:
@@ -158,6 +185,14 @@ class Recorder:
                         old_content=content,
                     )
                 )
+
+    def retrieved(self, shown_id: str, content: str, question: int | None) -> None:
+        """An entry the agent's Retrieve_memory returned at the current turn (`shown_id`: the id
+        the model saw)."""
+        self.facts.retrieved_ids.append(shown_id)
+        self.facts.retrieved.append(
+            RetrievedMemory(turn=self.turn, question=question, id=shown_id, content=content)
+        )
 
     def final_memories(self, snapshot: dict[str, str], shown: Callable[[str], str]) -> None:
         self.facts.final_memories = [

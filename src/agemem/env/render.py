@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass, field
 
 from agemem.policy.base import Message, Turn
-from agemem.tasks.base import ContextMessage
 from agemem.tools.agemem import AGEMEM_TOOLS, agemem_system_prompt
 from agemem.tools.registry import ToolResult
 
@@ -64,17 +63,6 @@ def turn_messages(turn: Turn, results: list[ToolResult]) -> list[Message]:
     if turn.tool_calls:
         message["tool_calls"] = turn.tool_calls
     return [message, *(result.to_message() for result in results)]
-
-
-def incoming_text(message: ContextMessage) -> str:
-    """A stage-1 message as the agent reads it: time and speaker first when the source has them
-    (LoCoMo's questions ask who said what, and when).
-
-    >>> incoming_text(ContextMessage("Hi!", speaker="Mel", timestamp="8 May 2023"))
-    '[8 May 2023] Mel: Hi!'
-    """
-    text = f"{message.speaker}: {message.content}" if message.speaker else message.content
-    return f"[{message.timestamp}] {text}" if message.timestamp else text
 
 
 def stage1_message(text: str, related: list[tuple[str, str]]) -> str:

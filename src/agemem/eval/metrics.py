@@ -13,7 +13,9 @@ Per question (the unit LoCoMo and Mem0 report; a task may hold several):
   question's evidence turns found in the prompt that answered it, a message counting as
   found when some line of that prompt has token F1 >= 0.5 with it (so facts a method rewrote in
   its own words count too); `by_category`: `n`, `em`, `f1` (and `judge`) per question category.
-Per episode (means): `tool_calls` by operation name (calls that ran), `failed_calls`;
+Per model turn: `format_error_rate`, the share of turns whose output had a fatal format issue
+(nothing of it ran; every run with model turns reports it). Per episode (means): `tool_calls`
+by operation name (calls that ran), `failed_calls`;
 `memory_quality` (tasks with supporting facts but LoCoMo's, methods with a store): the share
 of the final memories that state a supporting fact (token F1 >= 0.5,
 `RewardConfig.overlap_threshold`), 0 without memories, AgeMem's storage-quality reading;
@@ -85,6 +87,9 @@ def run_metrics(episodes: Sequence[Episode], tasks: Sequence[Task]) -> dict[str,
         Counter(c.name for e in episodes for c in e.facts.calls if c.ok), len(episodes)
     )
     out["failed_calls"] = sum(not c.ok for e in episodes for c in e.facts.calls) / len(episodes)
+    turns = sum(len(e.steps) for e in episodes)
+    if turns:
+        out["format_error_rate"] = sum(e.facts.format_errors for e in episodes) / turns
     return out
 
 

@@ -39,6 +39,17 @@ class ContextMessage:
     id: str | None = None
 
 
+def incoming_text(message: ContextMessage) -> str:
+    """A stage-1 message as the agent reads it: time and speaker first when the source has them
+    (LoCoMo's questions ask who said what, and when).
+
+    >>> incoming_text(ContextMessage("Hi!", speaker="Mel", timestamp="8 May 2023"))
+    '[8 May 2023] Mel: Hi!'
+    """
+    text = f"{message.speaker}: {message.content}" if message.speaker else message.content
+    return f"[{message.timestamp}] {text}" if message.timestamp else text
+
+
 @dataclass(frozen=True)
 class Question:
     """One stage-3 question. Any of `answers` counts as correct; `evidence` lists the ids of the

@@ -1,5 +1,16 @@
-"""LoCoMo (Maharana et al., ACL 2024; CC BY-NC 4.0): ten long two-person conversations, each one
-task whose stage 1 is every turn of every session and whose questions are the conversation's QA.
+"""LoCoMo (Maharana et al., ACL 2024; CC BY-NC 4.0): ten long two-person conversations.
+
+Splits (conversation 1, `conv-26`, is held out: no training or SFT set ever holds its turns):
+- `test`: conversation 1 as one task: stage 1 is every turn of every session, the questions are
+  its QA (152 of categories 1-4);
+- `all`: the ten conversations, one task each, in that shape (evaluation of untrained methods);
+- `train`: conversations 2-10 cut into short tasks, one per question with evidence: stage 1 is
+  each evidence turn with up to `neighbours` turns on each side in its session (merged, in
+  conversation order), so most stage-1 turns are chit-chat around the evidence and what the agent
+  stores matters; stage 2 is `n_distractors` turns drawn from the conversation's other sessions
+  (same speakers, not evidence for the question), shown as the agent reads stage-1 messages;
+  stage 3 is the question. A question whose stage 1 would exceed `max_stage1` turns (22 of
+  1,408, multi-hop questions with evidence spread over many sessions) is left out.
 
 Path: the `path` argument, else the `AGEMEM_LOCOMO` environment variable, else
 `../shared/data/locomo/locomo10.json` next to the repository. The file is not in any package: get
@@ -26,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -39,11 +51,17 @@ from agemem.tasks.base import (
     TaskDataMissing,
     TaskError,
     TaskSource,
+    incoming_text,
     select,
 )
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 DEFAULT_CATEGORIES = (1, 2, 3, 4)  # adversarial (5) is opt-in, as in Mem0's LoCoMo numbers
+SPLITS = ("test", "train", "all")
+TEST_CONVERSATIONS = 1  # the file's first conversation is the test split
+NEIGHBOURS = 4  # training tasks: turns kept on each side of an evidence turn (ours)
+N_DISTRACTORS = 4  # training tasks: stage-2 turns from other sessions (ours)
+MAX_STAGE1 = 40  # training tasks: longest stage 1 kept, in turns (ours)
 NOT_MENTIONED = "Not mentioned in the conversation"
 ENV_VAR = "AGEMEM_LOCOMO"
 # src/agemem/tasks/locomo.py -> the repository root is parents[3]; shared/ sits beside it.
@@ -108,6 +126,10 @@ def _turns(sample: dict[str, Any]) -> list[LocomoTurn]:
     ]
 
 
+def _message(turn: LocomoTurn) -> ContextMessage:
+    return ContextMessage(turn.text, speaker=turn.speaker, timestamp=turn.date, id=turn.dia_id)
+
+
 def _turn_text(turn: dict[str, Any]) -> str:
     caption = turn.get("blip_caption")
     return f"{turn['text']} [shares {caption}]" if caption else turn["text"]
@@ -156,9 +178,7 @@ def to_task(sample: dict[str, Any], categories: tuple[int, ...] = DEFAULT_CATEGO
     return Task(
         id=f"locomo-{sample['sample_id']}",
         family="locomo",
-        contextual=[
-            ContextMessage(t.text, speaker=t.speaker, timestamp=t.date, id=t.dia_id) for t in turns
-        ],
+        contextual=[_message(t) for t in turns],
         distractors=[],
         questions=questions,
         supporting_facts=[text_of[e] for e in evidence],
@@ -171,22 +191,87 @@ def to_task(sample: dict[str, Any], categories: tuple[int, ...] = DEFAULT_CATEGO
     )
 
 
+def train_tasks(
+    sample: dict[str, Any],
+    categories: tuple[int, ...] = DEFAULT_CATEGORIES,
+    neighbours: int = NEIGHBOURS,
+    n_distractors: int = N_DISTRACTORS,
+    max_stage1: int = MAX_STAGE1,
+) -> list[Task]:
+    """One short task per question of `categories` with evidence (the `train` split's shape)."""
+    whole = to_task(sample, categories)
+    turns = _turns(sample)
+    position = {t.dia_id: i for i, t in enumerate(turns)}
+    tasks = []
+    for number, question in enumerate(whole.questions):
+        if not question.evidence:
+            continue
+        kept: set[int] = set()
+        for evidence in question.evidence:
+            at = position[evidence]
+            session = turns[at].session
+            kept.update(
+                i
+                for i in range(at - neighbours, at + neighbours + 1)
+                if 0 <= i < len(turns) and turns[i].session == session
+            )
+        if len(kept) > max_stage1:
+            continue
+        sessions = {turns[i].session for i in kept}
+        rng = random.Random(f"{sample['sample_id']}/{number}")
+        others = [t for t in turns if t.session not in sessions]
+        picked = sorted(rng.sample(range(len(others)), min(n_distractors, len(others))))
+        tasks.append(
+            Task(
+                id=f"locomo-{sample['sample_id']}-q{number}",
+                family="locomo",
+                contextual=[whole.contextual[i] for i in sorted(kept)],
+                distractors=[incoming_text(_message(others[i])) for i in picked],
+                questions=[question],
+                supporting_facts=[turns[position[e]].text for e in question.evidence],
+                metadata={
+                    "sample_id": sample["sample_id"],
+                    "speakers": whole.metadata["speakers"],
+                    "categories": list(categories),
+                    "question_index": number,
+                },
+            )
+        )
+    return tasks
+
+
 def load_locomo(
     split: str = "test",
     limit: int | None = None,
     seed: int | None = None,
     path: str | Path | None = None,
     categories: tuple[int, ...] | list[int] = DEFAULT_CATEGORIES,
+    neighbours: int = NEIGHBOURS,
+    n_distractors: int = N_DISTRACTORS,
 ) -> list[Task]:
-    """The conversations as tasks (file order, or shuffled by `seed`); a conversation with no
-    question in `categories` is left out. LoCoMo is evaluation data: its only split is `test`."""
-    if split != "test":
-        raise TaskError(f"LoCoMo is evaluation-only: use split='test', not {split!r}")
+    """The tasks of `split` (module docstring) in file order, or shuffled by `seed`; a
+    conversation with no question in `categories` is left out. `neighbours` and `n_distractors`
+    shape the `train` split's tasks."""
+    if split not in SPLITS:
+        raise TaskError(f"unknown LoCoMo split {split!r}; use one of {SPLITS}")
     categories = tuple(categories)
     if not categories or not set(categories) <= set(CATEGORIES):
         raise TaskError(f"categories must be a non-empty subset of {sorted(CATEGORIES)}")
-    samples = [s for s in read_locomo(path) if any(qa["category"] in categories for qa in s["qa"])]
+    for name, value in (("neighbours", neighbours), ("n_distractors", n_distractors)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TaskError(f"{name} must be a non-negative int, got {value!r}")
+    samples = list(read_locomo(path))
+    if split == "test":
+        samples = samples[:TEST_CONVERSATIONS]
+    elif split == "train":
+        samples = samples[TEST_CONVERSATIONS:]
+    samples = [s for s in samples if any(qa["category"] in categories for qa in s["qa"])]
+    if split == "train":
+        tasks = [
+            t for s in samples for t in train_tasks(s, categories, neighbours, n_distractors)
+        ]
+        return select(tasks, limit, seed)
     return [to_task(s, categories) for s in select(samples, limit, seed)]
 
 
-SOURCE = TaskSource("locomo", ("test",), load_locomo)
+SOURCE = TaskSource("locomo", SPLITS, load_locomo)

@@ -44,7 +44,7 @@ class AgentMemoryState:
     filter_theta: float = DEFAULT_THETA
     stats: ToolStats = field(default_factory=ToolStats)  # a blocked duplicate add counts as run
     added_ids: list[str] = field(default_factory=list)  # entries Add_memory created, in order
-    retrieved_ids: list[str] = field(default_factory=list)  # every id Retrieve_memory returned
+    retrieved: list[MemoryItem] = field(default_factory=list)  # what Retrieve_memory returned
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def retrieve_memory(state: AgentMemoryState, args: RetrieveMemoryArgs) -> str:
         )
     except ValueError as err:  # the store's own check of metadata_filter
         raise ToolError(f"metadata_filter: {err}") from None
-    state.retrieved_ids.extend(item.id for item in items)
+    state.retrieved.extend(items)
     if not items:
         return f"No memory matches {args.query!r}."
     lines = "\n".join(_entry_line(item) for item in items)

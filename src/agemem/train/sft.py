@@ -25,10 +25,10 @@ import torch
 from accelerate import Accelerator
 
 from agemem.env import EnvConfig, alias_vocabulary, run_episodes, system_prompt
+from agemem.env.oracle import Oracle
 from agemem.episode import Episode, load_episodes
 from agemem.memory.embed import Embedder
 from agemem.policy.hf import HFPolicy
-from agemem.policy.scripted import OraclePolicy
 from agemem.progress import LoggedProgress
 from agemem.rewards import RewardConfig, reward_fn
 from agemem.tasks import Task
@@ -121,7 +121,7 @@ def oracle_episodes(
 ) -> list[Episode]:
     """The oracle (docs/LEARNABILITY.md's imperfect rates) once over every task, rewarded."""
     return run_episodes(
-        OraclePolicy(tasks, seed=seed),
+        Oracle(seed=seed),
         tasks,
         env,
         progress=False,

@@ -35,10 +35,12 @@ METHODS: dict[str, Callable[..., EvalMethod]] = {
     "a-mem-style": _lazy("agemem.eval.methods.amem", "AMemStyleMethod"),
     "agemem": _lazy(_AGENT, "AgeMemMethod"),
     "agemem-norl": _lazy(_AGENT, "AgeMemNoRLMethod"),
+    "agemem-sft": _lazy(_AGENT, "AgeMemSFTMethod"),
+    "oracle-memory": _lazy(_AGENT, "OracleMemoryMethod"),
     "agemem-rag": _lazy(_AGENT, "AgeMemRagMethod"),
     "atommem": _lazy(_AGENT, "AtomMemMethod"),
 }
-TRAINED_ONLY = ("agemem",)  # methods that evaluate a trained checkpoint, not a base model
+TRAINED_ONLY = ("agemem", "agemem-sft")  # methods that evaluate a trained checkpoint
 STORELESS = ("no-memory", "full-context")  # methods without a memory store
 
 

@@ -6,6 +6,12 @@
   offers no tool, so its distractors are appended without model turns (a turn that can do
   nothing is skipped, ours, to save compute); each stage-3 question arrives with the top-k
   memories the system retrieved for it, and the agent answers (no Retrieve_memory tool);
+- `agemem-sft`: the same episode with the SFT checkpoint GRPO starts from (no RL);
+- `oracle-memory`: the ceiling of memory management at the model's size: the gold-informed
+  oracle (`agemem.env.oracle`, no imperfection) stores exactly the evidence, filters every
+  distractor and retrieves with the question; the model then answers from what was retrieved,
+  with the answer prompt every answering baseline uses (`answering`). The row's prompt tokens
+  are the agent context the oracle worked in (the answer prompt is shorter);
 - `atommem`: AtomMem's chunked CRUD + scratchpad loop (`AtomMemEnv`), with any policy.
 
 Episode rules come from `RunContext.env` (the benchmark's preset; agemem and agemem-norl always
@@ -25,8 +31,13 @@ from agemem.env import PRESETS, EnvConfig, MemoryEnv, run_episodes
 from agemem.env.config import LTM_TOOLS
 from agemem.env.driver import drive
 from agemem.env.embed_cache import cached
+from agemem.env.oracle import PERFECT, Oracle
+from agemem.env.record import Expert, View
 from agemem.episode import Episode
+from agemem.eval.methods.answering import answer_messages, read_answer
 from agemem.eval.methods.base import RunContext
+from agemem.policy.base import Policy, ToolSpec, Turn
+from agemem.policy.scripted import emit
 from agemem.tasks.base import Task
 from agemem.tools.registry import ToolResult
 
@@ -78,6 +89,10 @@ class AgeMemMethod:
             config = config.with_(stage_tools=self.stage_tools)
         return config
 
+    def actor(self, ctx: RunContext) -> Policy | Expert:
+        """Who acts in the episodes: the run's policy."""
+        return ctx.policy
+
     def run(self, tasks: Sequence[Task], ctx: RunContext) -> list[Episode]:
         config = self.config(ctx)
         embedder = cached(ctx.embedder)
@@ -93,7 +108,7 @@ class AgeMemMethod:
         ]
         start = time.perf_counter()
         slots = [(task, f"{task.id}@{i}") for i, task in enumerate(tasks)]
-        episodes = drive(ctx.policy, envs, slots)
+        episodes = drive(self.actor(ctx), envs, slots)
         return _finish(episodes, self.name, time.perf_counter() - start)
 
 
@@ -101,6 +116,47 @@ class AgeMemNoRLMethod(AgeMemMethod):
     """The same tools and episode, the base model (no RL)."""
 
     name = "agemem-norl"
+
+
+class AgeMemSFTMethod(AgeMemMethod):
+    """The same tools and episode, the SFT checkpoint GRPO starts from."""
+
+    name = "agemem-sft"
+
+
+class OracleMemoryMethod(AgeMemMethod):
+    """The oracle manages memory, the model answers from what it retrieved (module docstring)."""
+
+    name = "oracle-memory"
+    max_new_tokens = 32  # the answer only, as the answering baselines (ours)
+
+    def actor(self, ctx: RunContext) -> Expert:
+        return OracleReader(ctx.policy)
+
+
+class OracleReader:
+    """An expert: the perfect oracle's turns, except that a question's answer comes from
+    `reader` given the entries the oracle retrieved for it (one batched `act` call)."""
+
+    def __init__(self, reader: Policy) -> None:
+        self.reader = reader
+        self.oracle = Oracle(rates=PERFECT)
+
+    def act_on(self, views: Sequence[View], tools: list[ToolSpec] | None = None) -> list[Turn]:
+        turns = self.oracle.act_on(views, tools)
+        asking = [i for i, view in enumerate(views) if view.stage == 3 and view.retrieve_calls]
+        prompts = [_answer_prompt(views[i]) for i in asking]
+        replies = self.reader.act(prompts) if prompts else []
+        for i, reply in zip(asking, replies, strict=True):
+            answer = read_answer(reply.text) or "I don't know."
+            turns[i] = emit("the memories say", answer=answer, native=tools is not None)
+        return turns
+
+
+def _answer_prompt(view: View) -> list:
+    assert view.task is not None and view.question is not None
+    question = view.task.questions[view.question].text
+    return answer_messages(question, [r.content for r in view.retrieved], "Memories")
 
 
 class AgeMemRagMethod(AgeMemMethod):

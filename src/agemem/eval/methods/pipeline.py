@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agemem.env.render import incoming_text
 from agemem.episode import (
     CallAction,
     CallRecord,
@@ -44,7 +43,7 @@ from agemem.eval.methods.lockstep import Job, Reply, run_lockstep
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import MemoryItem, MemoryStore, Scope, seeded_memory_ids
 from agemem.policy.base import Message
-from agemem.tasks.base import Task
+from agemem.tasks.base import Task, incoming_text
 from agemem.tokens import TokenCounter
 
 STAGE_CONTEXT, STAGE_DISTRACTORS, STAGE_ANSWER = 1, 2, 3  # AgeMem's stage numbers

@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agemem.env.render import incoming_text
 from agemem.episode import (
     CallRecord,
     Episode,
@@ -35,7 +34,7 @@ from agemem.eval.methods.pipeline import blank_facts
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import NewMemory
 from agemem.policy.base import Message
-from agemem.tasks.base import Task
+from agemem.tasks.base import Task, incoming_text
 
 TRANSCRIPT = "Information"  # the header over the task's messages in the answer prompt
 
