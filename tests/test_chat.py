@@ -3,6 +3,8 @@ embedder: through the library, then through the command line with stdin."""
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -11,7 +13,7 @@ from agemem.cli import app
 from agemem.env.embed_cache import cached
 from agemem.memory.sqlite import SQLiteStore
 from agemem.policy.base import Turn
-from agemem.policy.scripted import StoreEverythingPolicy
+from agemem.policy.scripted import StoreEverythingPolicy, call, emit
 
 
 def session(store, embedder, policy=None, **options) -> ChatSession:
@@ -81,3 +83,32 @@ def test_cli_chat_reads_stdin_until_end_of_input(tmp_path):
     assert second.exit_code == 0 and "agent: Ana lives in Rome." in second.output
     bad = runner.invoke(app, ["chat", "--store", str(store), "--scripted", "oracle"])
     assert bad.exit_code == 1 and "unknown scripted agent" in bad.output
+
+
+class Updater:
+    """A real policy that stores a fact, then corrects it through the id it was shown."""
+
+    def act(self, contexts, tools=None):
+        (context,) = contexts
+        observations = [m["content"] for m in context if m["role"] == "tool"]
+        if not observations:
+            return [emit("store", [call("Add_memory", content="Ana lives in Paris.")])]
+        if len(observations) == 1:
+            shown = observations[0].split()[1].rstrip(":")
+            update = call("Update_memory", memory_id=shown, content="Ana lives in Rome.")
+            return [emit("correct", [update])]
+        return [emit("done", answer="ok")]
+
+
+def test_the_model_sees_short_ids_and_updates_through_them(tmp_path, embedder):
+    with SQLiteStore(tmp_path / "m.db", cached(embedder)) as store:
+        chat = session(store, embedder, policy=Updater())
+        reply = chat.send("Ana moved to Rome.")
+        added, updated = (step.observations[0] for step in reply.steps[:2])
+        shown = added.split()[1].rstrip(":")
+        assert re.fullmatch(r"mem_[1-9]", shown) and added == f"Added {shown}: Ana lives in Paris."
+        assert updated == f"Updated {shown}: 'Ana lives in Paris.' -> 'Ana lives in Rome.'"
+        (item,) = chat.memories()
+        assert item.content == "Ana lives in Rome." and re.fullmatch(r"mem_[0-9a-f]{8}", item.id)
+        assert chat.aliases.real(shown) == item.id
+        assert item.id not in "".join(m["content"] or "" for m in chat.messages)

@@ -45,7 +45,8 @@ def main() -> None:
     save_episodes([shown], HERE / "synthetic-oracle.jsonl")
 
     model, tokenizer = build_tiny(
-        synthetic_vocabulary() + [system_prompt(compact=True)], memory_ids=alias_vocabulary(9)
+        synthetic_vocabulary() + [system_prompt(compact=True)],
+        memory_ids=alias_vocabulary(9, spaces=2),
     )
     tiny = HFPolicy(model, tokenizer, max_new_tokens=24, seed=0)
     save_episodes(

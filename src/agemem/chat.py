@@ -5,11 +5,18 @@ against the store and the context, their observations go back to it, until it an
 `max_turns` turns pass. The store is a SQLite file (one per `--store`), scoped to `--user`, so
 memories persist across sessions. Commands: `/memories` lists them, `/reset` starts a fresh
 conversation (memories are kept), `/quit` ends (so does end of input).
+
+As in the episodes, the model sees memory ids as short aliases `mem_<n>` (`agemem.env.aliases`,
+first space `id_space`, drawn with `seed`), never the store's 8-hex-digit ids: a small model
+trained on the episodes can only copy ids of that form. The aliases hold for the whole session
+(a `/reset` keeps them, as it keeps the memories); `/memories` lists the store's own ids.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agemem.context import DEFAULT_T_MAX, Context
+from agemem.env.aliases import DEFAULT_ID_SPACE, IdAliases
 from agemem.env.render import CHAT_PREFIX, turn_messages
 from agemem.memory.embed import Embedder
 from agemem.memory.store import MemoryItem, MemoryStore, Scope
@@ -26,7 +34,8 @@ from agemem.policy.base import Message, Policy
 from agemem.summarize import Summarizer
 from agemem.tokens import TokenCounter
 from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState, agemem_system_prompt
-from agemem.tools.parse import parse_turn
+from agemem.tools.parse import ParsedTurn, ToolCall, parse_turn
+from agemem.tools.registry import ToolResult
 
 DEFAULT_MAX_TURNS = 6  # ours: enough to store, retrieve and answer, with room for one retry
 
@@ -70,6 +79,8 @@ class ChatSession:
         token_counter: TokenCounter | None = None,
         summarizer: Summarizer | None = None,
         native_tools: bool = False,
+        id_space: int = DEFAULT_ID_SPACE,
+        seed: int = 0,
     ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
@@ -79,6 +90,7 @@ class ChatSession:
         self.max_turns = max_turns
         self.native_tools = native_tools
         self.context = Context(t_max, token_counter, embedder, summarizer)
+        self.aliases = IdAliases(id_space, random.Random(seed))
         self.reset()
 
     def reset(self) -> None:
@@ -100,11 +112,7 @@ class ChatSession:
         for _ in range(self.max_turns):
             (turn,) = self.policy.act([self.context.messages], tools)
             parsed = parse_turn(turn)
-            results = (
-                []
-                if parsed.ok and parsed.answer is not None
-                else AGEMEM_TOOLS.run(parsed, self.state)
-            )
+            results = [] if parsed.ok and parsed.answer is not None else self._run(parsed)
             for message in turn_messages(turn, results):
                 self.context.append(message)
             steps.append(AgentStep(turn.text, [r.content for r in results]))
@@ -115,6 +123,22 @@ class ChatSession:
     @property
     def messages(self) -> list[Message]:
         return self.context.messages
+
+    def _run(self, parsed: ParsedTurn) -> list[ToolResult]:
+        """The turn's calls with the ids the model wrote mapped to the store's, and their
+        observations with the store's ids shown as aliases."""
+        calls = [self._real_ids(call) for call in parsed.tool_calls]
+        results = AGEMEM_TOOLS.run(dataclasses.replace(parsed, tool_calls=calls), self.state)
+        return [
+            ToolResult(r.name, r.call_id, self.aliases.shown_text(r.content), r.error)
+            for r in results
+        ]
+
+    def _real_ids(self, call: ToolCall) -> ToolCall:
+        if call.arguments and isinstance(call.arguments.get("memory_id"), str):
+            real = self.aliases.real(call.arguments["memory_id"])
+            return dataclasses.replace(call, arguments={**call.arguments, "memory_id": real})
+        return call
 
 
 def _memories_table(items: list[MemoryItem]) -> Table:

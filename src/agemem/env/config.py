@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from agemem.context import DEFAULT_T_MAX, DEFAULT_THETA
+from agemem.env.aliases import DEFAULT_ID_SPACE
 from agemem.memory.store import SearchMode
 from agemem.tasks.base import Task
 
@@ -56,9 +57,13 @@ class EnvConfig:
       the current message with its auto-retrieved memories: with `keep_stage12_turns=False` the
       earlier messages add nothing the memories do not show, and they would be most of every
       stage-1 prompt's tokens. Long conversations (LoCoMo) need a window to fit a model's context.
-    - `id_space`: show memory ids as `mem_1` .. `mem_<id_space>`, drawn at random per entry, instead
-      of the store's 8-hex-digit ids (a small id space is what let a tiny model learn to copy ids,
-      docs/LEARNABILITY.md). When the space is used up, further entries show their real id.
+    - `id_space`: the size of the first id space (ours: 9, every preset). The model never sees the
+      store's 8-hex-digit ids: each entry is shown as `mem_<n>`, n drawn at random among the
+      unused numbers of the space (`agemem.env.aliases`); a full space grows to all numbers with
+      one more digit (9 -> 99 -> 999), and an alias is never reused within an episode. A small id
+      space is what let a tiny word-level model learn to copy ids into Update/Delete: each id is
+      one frequent token (the tiny tokenizer knows the first two spaces, `mem_1` .. `mem_99`).
+      `AtomMemEnv` shows memories by position (`Memory i`), never by id.
     - `stage_tools`: the tools each stage offers (the paper's split by default); a call to another
       tool is refused with an observation naming the tools allowed now.
     - `native_tools`: tools go to the model as OpenAI function schemas (`Policy.act(tools=...)`)
@@ -84,7 +89,7 @@ class EnvConfig:
     auto_retrieve_k: int = 3
     keep_stage12_turns: bool = True
     stage1_window: int | None = None
-    id_space: int | None = None
+    id_space: int = DEFAULT_ID_SPACE
     stage_tools: tuple[tuple[str, ...], ...] = PAPER_STAGE_TOOLS
     native_tools: bool = False
     system_prompt: Literal["full", "compact"] = "full"
@@ -107,7 +112,10 @@ class EnvConfig:
             "stage1_window must be >= 1 or None",
         )
         _require(self.auto_retrieve_k >= 0, "auto_retrieve_k must be >= 0 (0: show none)")
-        _require(self.id_space is None or self.id_space >= 1, "id_space must be >= 1 or None")
+        _require(
+            isinstance(self.id_space, int) and self.id_space >= 1,
+            "id_space must be an int >= 1 (the size of the first space of short ids)",
+        )
         _require(len(self.stage_tools) == 3, "stage_tools needs one tuple of names per stage")
         _require(set(self.budget_stages) <= {1, 2, 3}, "budget_stages may hold only 1, 2, 3")
         _require(0.0 <= self.filter_theta <= 1.0, "filter_theta must be in [0, 1]")
@@ -146,17 +154,18 @@ def _require(ok: bool, problem: str) -> None:
 
 
 PRESETS: dict[str, EnvConfig] = {
-    # AgeMem as published: 8,192-token window counted whole, the paper's stage tools.
+    # AgeMem as published: 8,192-token window counted whole, the paper's stage tools (ids shown
+    # as `mem_<n>`, ours, as in every preset).
     "paper": EnvConfig(name="paper"),
-    # The shape docs/LEARNABILITY.md found learnable on 2 CPU cores: a tight budget on top of the
-    # system prompt, top-2 auto-retrieval, ids from 1..9, incoming messages only in stages 1-2,
+    # The shape a tiny word-level model learned on 2 CPU cores: a tight budget on top of the
+    # system prompt, top-2 auto-retrieval, incoming messages only in stages 1-2,
     # a compact prompt, a short stage 3 (about 13 turns per episode), and stage-1 prompts that
     # show only the current message with its memories. The budget is the task's (44 tokens for
     # the default curriculum) plus 86 for the stage-3 retrieval turn. Measured over 40 tasks with
     # the oracle's turns and the tiny tokenizer (tool-call JSON as single tokens), tokens over the
     # system prompt at the answer step: no note filtered 138-148, one 123-137, two 116-132, three
     # 101-107, four 94; so doing nothing overflows the 130, one Filter fits half the time and two
-    # or more fit, as in the LEARNABILITY experiment. (ApproxTokenCounter counts ~25 more.)
+    # or more fit. (ApproxTokenCounter counts ~25 more.)
     "synthetic": EnvConfig(
         name="synthetic",
         t_max=None,
@@ -166,7 +175,6 @@ PRESETS: dict[str, EnvConfig] = {
         auto_retrieve_k=2,
         keep_stage12_turns=False,
         stage1_window=1,
-        id_space=9,
         system_prompt="compact",
     ),
     # AtomMem as published: 4K-token chunks with 100-token overlap, top-6 memories, 40 steps.

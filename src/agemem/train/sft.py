@@ -230,7 +230,9 @@ def _prepare(
     """The model to train, its tokenizer, the samples and a summary of the data."""
     tasks = load_split(config.tasks.source, config.tasks.options, "train", config.n_tasks)
     corpus = tiny_corpus(tasks, env, reward, embedder) if config.model.name == "tiny" else []
-    ids = alias_vocabulary(env.id_space) if env.id_space else []
+    # The aliases of the first two id spaces (mem_1 .. mem_99 from the default 9) are words of the
+    # tiny vocabulary, so a grown space never gives unknown tokens for up to 99 entries.
+    ids = alias_vocabulary(env.id_space, spaces=2)
     model, tokenizer = load_for_training(config.model, corpus=corpus, memory_ids=ids)
     if config.episodes:
         episodes = load_episodes(config.episodes)
