@@ -65,6 +65,17 @@ def test_bad_settings_name_the_field(overrides, message):
         load_config("quickstart", overrides)
 
 
+def test_precision_is_fp32_or_bf16_autocast():
+    assert load_config("quickstart").grpo.run.precision == "fp32"  # the default
+    config = load_config("quickstart", ["sft.run.precision=bf16-autocast"])
+    assert config.sft.run.precision == "bf16-autocast" and config.grpo.run.precision == "fp32"
+    with pytest.raises(ConfigError) as err:
+        load_config("quickstart", ["grpo.run.precision=bf16"])
+    message = str(err.value)
+    assert "grpo.run.precision" in message and "bf16-autocast" in message
+    assert "\n" not in message
+
+
 def test_bad_files_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.toml")

@@ -48,7 +48,7 @@ from agemem.policy.hf import HFPolicy
 from agemem.progress import LoggedProgress
 from agemem.rewards import RewardConfig, reward_fn
 from agemem.tasks import Task
-from agemem.train.batch import Sample, TrainSample, collate, pack_turns, step_samples
+from agemem.train.batch import Batch, Sample, TrainSample, collate, pack_turns, step_samples
 from agemem.train.checkpoint import (
     checkpoint_dir,
     generation_length,
@@ -65,6 +65,7 @@ from agemem.train.grpo_loss import grpo_loss, token_logprobs
 from agemem.train.loop import (
     StopRequest,
     accumulate,
+    autocast_for,
     global_count,
     make_optimizer,
     micro_batches,
@@ -268,22 +269,7 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
 
     def loss_of(chunk: list[Sample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate(chunk, pad_id=pad_id).to(accelerator.device)
-        logp = token_logprobs(
-            model, batch.input_ids, batch.attention_mask, batch.loss_mask, config.temperature
-        )
-        ref = _reference_logprobs(run, batch) if config.beta else None
-        loss, metrics = grpo_loss(
-            logp,
-            batch.old_logprobs,
-            ref,
-            batch.advantages,
-            batch.loss_mask,
-            clip_low=config.clip_low,
-            clip_high=config.clip_high,
-            beta=config.beta,
-            aggregation=config.aggregation,
-            normalizer=normalizer,
-        )
+        loss, metrics = batch_loss(run, batch, normalizer)
         losses.append(float(loss.detach()))
         return loss, metrics
 
@@ -307,7 +293,31 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
     return {f"update/{k}": v for k, v in metrics.items()}
 
 
-def _reference_logprobs(run: _Run, batch: Any) -> torch.Tensor:
+def batch_loss(run: _Run, batch: Batch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GRPO loss (and metrics) of one collated micro-batch, `normalizer` its divisor. The
+    policy's and the reference's forward passes run under the run's precision (`autocast_for`);
+    their log-probs and the loss are float32 either way."""
+    config = run.config
+    with autocast_for(config.run.precision, batch.input_ids.device):
+        logp = token_logprobs(
+            run.model, batch.input_ids, batch.attention_mask, batch.loss_mask, config.temperature
+        )
+        ref = _reference_logprobs(run, batch) if config.beta else None
+    return grpo_loss(
+        logp,
+        batch.old_logprobs,
+        ref,
+        batch.advantages,
+        batch.loss_mask,
+        clip_low=config.clip_low,
+        clip_high=config.clip_high,
+        beta=config.beta,
+        aggregation=config.aggregation,
+        normalizer=normalizer,
+    )
+
+
+def _reference_logprobs(run: _Run, batch: Batch) -> torch.Tensor:
     """The frozen reference's log-probs of the batch's generated tokens, at the sampling
     temperature like the policy's."""
     args = (batch.input_ids, batch.attention_mask, batch.loss_mask, run.config.temperature)

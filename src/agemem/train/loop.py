@@ -14,7 +14,7 @@ import random
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from agemem.train.batch import Sample
-from agemem.train.config import OptimSettings, RunSettings
+from agemem.train.config import OptimSettings, Precision, RunSettings
 
 S = TypeVar("S", bound=Sample)
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
@@ -78,6 +78,16 @@ def make_optimizer(
         name, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=total_steps
     )
     return optimizer, scheduler
+
+
+def autocast_for(precision: Precision, device: torch.device) -> AbstractContextManager[object]:
+    """The context the training forward passes run in (`RunSettings.precision`): nothing for
+    "fp32"; for "bf16-autocast", torch's bfloat16 autocast on `device`'s type, so the matmuls run
+    in bf16 while the weights and everything computed outside the context stay float32. Enter it
+    around the model calls only: the loss and the backward call go outside."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def micro_batches(samples: Sequence[S], size: int, max_tokens: int | None = None) -> list[list[S]]:

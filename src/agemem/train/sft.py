@@ -35,13 +35,14 @@ from agemem.tasks import Task
 from agemem.tokens import HFTokenCounter
 from agemem.train.batch import PackedSample, Sample, TrainSample, collate, pack_turns
 from agemem.train.checkpoint import generation_length, load_for_training, save_model
-from agemem.train.config import SFTConfig
+from agemem.train.config import Precision, SFTConfig
 from agemem.train.curriculum import env_config, load_split
 from agemem.train.evaluate import held_out
 from agemem.train.grpo_loss import token_logprobs
 from agemem.train.loop import (
     StopRequest,
     accumulate,
+    autocast_for,
     global_count,
     make_optimizer,
     micro_batches,
@@ -155,12 +156,18 @@ def tiny_corpus(
 
 
 def sft_loss(
-    model: torch.nn.Module, samples: Sequence[Sample], normalizer: float, pad_id: int
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    normalizer: float,
+    pad_id: int,
+    precision: Precision = "fp32",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Summed negative log-likelihood of the completion tokens over `normalizer` (the optimizer
-    step's completion tokens): the prompt and padding are outside `loss_mask`."""
+    step's completion tokens): the prompt and padding are outside `loss_mask`. The forward pass
+    runs under `precision` (`autocast_for`); the log-probs and the sum are float32 either way."""
     batch = collate(samples, pad_id=pad_id).to(next(model.parameters()).device)
-    logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    with autocast_for(precision, batch.input_ids.device):
+        logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
     nll = -(logp * batch.loss_mask).sum()
     tokens = float(batch.loss_mask.sum())
     return nll / normalizer, {"loss": float(nll.detach()) / max(tokens, 1.0), "tokens": tokens}
@@ -274,7 +281,10 @@ def sft_step(
     tokens = global_count(accelerator, sum(s.n_generated for s in samples))
     normalizer = tokens / accelerator.num_processes
     chunks = micro_batches(samples, config.micro_batch_size, config.micro_batch_tokens)
-    rows = accumulate(accelerator, model, chunks, lambda c: sft_loss(model, c, normalizer, pad_id))
+    precision = config.run.precision
+    rows = accumulate(
+        accelerator, model, chunks, lambda c: sft_loss(model, c, normalizer, pad_id, precision)
+    )
     return {
         "loss": sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows),
         **optimizer_step(accelerator, model, optimizer, scheduler, config.optim.grad_clip),
