@@ -24,6 +24,7 @@ from agemem.train import (
     step_samples,
     token_logprobs,
 )
+from agemem.train.grpo_loss import MIN_SHARED_PREFIX, shared_prefix_length
 from agemem.train.loop import micro_batches
 
 
@@ -174,6 +175,48 @@ def test_token_logprobs_on_generated_positions_only() -> None:
 
     with pytest.raises(ValueError, match="position 0"):
         token_logprobs(model, batch.input_ids, batch.attention_mask, torch.ones_like(mask))
+
+
+def test_a_shared_prefix_computed_once_gives_the_values_and_gradient_of_the_whole_batch() -> None:
+    """Rows that start alike (a system prompt) run that prefix once: same log-probs and gradient
+    as each row run whole, padding and temperature included."""
+    model, tok = build_tiny(["a b c d e f g 0 1 2"], seed=0, layers=2, hidden=32, ffn=64)
+    system = list(range(4, 4 + MIN_SHARED_PREFIX + 3))
+    samples = [
+        TrainSample(system + [7, 8], [9, 10, 11], [0.0] * 3, 1.0),
+        TrainSample(system + [12], [13], [0.0], -1.0),
+        TrainSample(system + [7, 14, 15, 16], [17, 18], [0.0] * 2, 0.5),
+    ]
+    batch = collate(samples, pad_id=0)
+    mask = batch.loss_mask.bool()
+    keep = torch.nn.functional.pad(mask[:, 1:], (0, 1))
+    assert shared_prefix_length(batch.input_ids, batch.attention_mask, keep) == len(system)
+
+    def run(share: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        lp = token_logprobs(
+            model, batch.input_ids, batch.attention_mask, batch.loss_mask, 0.7, share_prefix=share
+        )
+        (lp * batch.loss_mask * torch.linspace(0.5, 1.5, lp.shape[1])).sum().backward()
+        return lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    whole, shared = run(False), run(True)
+    assert torch.allclose(shared[0], whole[0], atol=1e-5)
+    assert torch.allclose(shared[1], whole[1], atol=1e-6, rtol=1e-4)
+    # what cannot be shared: one row, a short prefix, a kept logit inside the prefix
+    one = collate(samples[:1])
+    assert (
+        shared_prefix_length(one.input_ids, one.attention_mask, keep[:1, : one.input_ids.shape[1]])
+        == 0
+    )
+    short = collate([TrainSample([4, 5], [6], [0.0], 1.0), TrainSample([4, 5, 7], [6], [0.0], 1.0)])
+    no_keep = torch.zeros_like(short.input_ids, dtype=torch.bool)
+    assert shared_prefix_length(short.input_ids, short.attention_mask, no_keep) == 0
+    early = keep.clone()
+    early[1, MIN_SHARED_PREFIX + 1] = True
+    assert (
+        shared_prefix_length(batch.input_ids, batch.attention_mask, early) == MIN_SHARED_PREFIX + 1
+    )
 
 
 def test_micro_batches_cap_rows_and_padded_tokens() -> None:

@@ -7,6 +7,7 @@ the synthetic curriculum for 40 steps, about 15 s on 2 cores.
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -133,3 +134,32 @@ def test_sft_refuses_data_with_nothing_kept(tmp_path, embedder):
     config = small_sft_config(tmp_path, min_reward=5.0, steps=1, n_tasks=2)
     with pytest.raises(ValueError, match="lower min_reward"):
         run_sft(config, embedder=embedder)
+
+
+def test_a_resumed_sft_run_takes_the_very_next_steps(tmp_path, embedder):
+    """Stopped after step 3 (its checkpoint kept), resumed: the same weights and losses as the
+    run that went through, because a step's batch depends on the step alone."""
+    changes = {"steps": 6, "run.save_every": 3, "batch_size": 8, "n_tasks": 8}
+    whole = run_sft(small_sft_config(tmp_path / "whole", **changes), embedder=embedder)
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    step3 = tmp_path / "whole" / "checkpoints" / "step-000003"
+    shutil.copytree(step3, resumed_dir / "checkpoints" / step3.name)
+    resumed = run_sft(
+        small_sft_config(resumed_dir, resume="true", **changes), embedder=embedder
+    )
+    assert resumed.steps == 6 and not resumed.interrupted
+    losses = [list(read_metrics(d / "metrics.jsonl")) for d in (tmp_path / "whole", resumed_dir)]
+    assert [r["loss"] for r in losses[1]] == pytest.approx([r["loss"] for r in losses[0][3:]])
+    a, _ = load_for_training(ModelSettings(name=str(whole.final_dir)))
+    b, _ = load_for_training(ModelSettings(name=str(resumed.final_dir)))
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_answer_rows_are_drawn_answer_weight_times_per_pass(tmp_path, embedder):
+    result = run_sft(
+        small_sft_config(tmp_path, steps=1, n_tasks=8, answer_weight=3), embedder=embedder
+    )
+    # 8 synthetic episodes, one answer each: two extra copies of each answer row per pass
+    assert result.data["pool"] == result.data["rows"] + 2 * 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,15 @@ from agemem.train.config import (
     apply_overrides,
     load_config,
 )
-from agemem.train.curriculum import Phase, env_config, load_split, phase_at, progressive
+from agemem.tasks import TaskError, load_tasks
+from agemem.train.curriculum import (
+    Phase,
+    env_config,
+    load_split,
+    mix_counts,
+    phase_at,
+    progressive,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
@@ -120,3 +129,24 @@ def test_cli_reports_a_bad_override_in_one_line():
     assert "grpo.stepz" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["sft", "--preset", "nope.toml"])
     assert result.exit_code == 2 and "no such config file" in result.output
+
+
+def test_a_mix_draws_each_source_by_its_weight_and_keeps_the_test_splits_apart():
+    parts = [
+        {"source": "hotpotqa", "weight": 0.6},
+        {"source": "locomo", "weight": 0.25},
+        {"source": "synthetic", "weight": 0.15, "options": {"preset": "default"}},
+    ]
+    tasks = load_split("mix", {"parts": parts}, "train", 40, seed=3)
+    families = Counter(t.family for t in tasks)
+    assert families == {"hotpotqa": 24, "locomo": 10, "synthetic": 6}
+    assert tasks == load_split("mix", {"parts": parts}, "train", 40, seed=3)  # reproducible
+    assert [t.family for t in tasks] != sorted(t.family for t in tasks)  # shuffled together
+    assert all(t.metadata.get("sample_id") != "conv-26" for t in tasks)  # LoCoMo's test
+    test_ids = {t.id for t in load_tasks("hotpotqa", split="test")}
+    assert not test_ids & {t.id for t in tasks}
+    assert mix_counts([1, 1, 1], 4) == [2, 1, 1]
+    with pytest.raises(TaskError, match="parts"):
+        load_split("mix", {"sources": parts}, "train", 4)
+    with pytest.raises(TaskError, match="weight"):
+        load_split("mix", {"parts": [{"source": "hotpotqa", "weight": 0}]}, "train", 4)

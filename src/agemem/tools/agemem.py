@@ -49,7 +49,7 @@ class AgentMemoryState:
 
 # --- arguments ------------------------------------------------------------------------------
 
-_ID_HELP = "an id shown by Retrieve_memory, e.g. mem_a5b40d65"
+_ID_HELP = "an id shown with a memory, e.g. mem_7"
 
 
 class AddMemoryArgs(ToolArgs):
@@ -267,7 +267,7 @@ $protocol
 Tools (? marks an optional argument):
 $tools
 
-Memory ids look like mem_a5b40d65: copy them exactly from Retrieve_memory results into \
+Memory ids look like mem_7: copy them exactly, as shown with memories, into \
 Update_memory or Delete_memory.""")
 
 

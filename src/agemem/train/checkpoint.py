@@ -216,6 +216,32 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
+def resume_point(resume: bool | str, out_dir: str | Path) -> Path | None:
+    """The checkpoint a run resumes from: None for `resume=False` (or True with nothing saved
+    yet: a fresh start), the latest under `out_dir` for True, else the directory given."""
+    if resume is False:
+        return None
+    if resume is True:
+        return latest_checkpoint(out_dir)
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise ConfigError(f"resume={resume!r} is not a checkpoint directory (no state.json)")
+    return path
+
+
+def load_resumable(
+    settings: ModelSettings, resume_from: Path | None, **options: Any
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The model to train: as `settings` say, or with the checkpoint's weights when resuming
+    (its adapter under LoRA, else its full model and tokenizer). `options` go to
+    `load_for_training` for a fresh start (the tiny model's corpus and ids)."""
+    if resume_from is None:
+        return load_for_training(settings, **options)
+    if settings.lora is not None:
+        return load_for_training(settings, adapter=resume_from / "model", **options)
+    return load_for_training(settings.model_copy(update={"name": str(resume_from / "model")}))
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The complete checkpoint of the highest step under `out_dir`, or None."""
     root = Path(out_dir) / "checkpoints"

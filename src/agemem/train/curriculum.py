@@ -7,18 +7,23 @@ paper gives no phase lengths or knobs, so `progressive` (thirds, and the knobs b
 
 Tasks of a step are drawn from the training split with a seed made of the run seed, the step and
 the process rank, so a resumed run draws the very tasks the uninterrupted run would have.
+
+`source="mix"` trains on several sources at once: its options hold `parts`, each a `MixPart`
+(a source, its options and a weight); a draw of N tasks takes from each part its share of N
+(largest remainders), each part drawn with its own seed, and shuffles them together.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agemem.env import EnvConfig
-from agemem.tasks import Task, load_tasks
+from agemem.tasks import Task, TaskError, load_tasks
 from agemem.tasks.synthetic import SyntheticConfig, generate_tasks
 
 
@@ -53,6 +58,19 @@ def progressive(steps: int) -> list[Phase]:
     ]
 
 
+def hotpotqa_progressive(steps: int) -> list[Phase]:
+    """AgeMem's three phases on HotpotQA, in thirds of `steps` (ours): 1. memory construction:
+    the mixed stage 1, one stage-2 note; 2. context control: one distractor paragraph in stage 1,
+    every other one in stage 2; 3. integrated: the run's base tasks (two in stage 1, the rest in
+    stage 2)."""
+    third = max(1, steps // 3)
+    return [
+        Phase(name="memory", steps=third, tasks={"stage2_distractors": 1}),
+        Phase(name="context", steps=third, tasks={"stage1_distractors": 1}),
+        Phase(name="integrated", steps=max(1, steps - 2 * third)),
+    ]
+
+
 def phase_at(phases: Sequence[Phase], step: int) -> tuple[int, Phase | None]:
     """(index, phase) in force at 0-based `step`; (0, None) without a curriculum."""
     if not phases:
@@ -80,12 +98,57 @@ def task_options(options: dict[str, Any], phase: Phase | None = None) -> dict[st
     return {**options, **(phase.tasks if phase else {})}
 
 
+class MixPart(BaseModel):
+    """One source of a `mix`: its name, its options (as for `load_split`) and its weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    weight: float = Field(gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def mix_counts(weights: Sequence[float], n: int) -> list[int]:
+    """`n` split by `weights`, largest remainders first (ties to the earlier part).
+
+    >>> mix_counts([0.6, 0.25, 0.15], 10)
+    [6, 3, 1]
+    """
+    total = sum(weights)
+    exact = [w * n / total for w in weights]
+    counts = [int(e) for e in exact]
+    order = sorted(range(len(weights)), key=lambda i: (counts[i] - exact[i], i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _mixed(options: dict[str, Any], split: str, limit: int, seed: int | None) -> list[Task]:
+    if set(options) != {"parts"} or not isinstance(options["parts"], list) or not options["parts"]:
+        raise TaskError("source 'mix' takes one option, parts: a list of {source, weight}")
+    try:
+        parts = [MixPart.model_validate(p) for p in options["parts"]]
+    except ValueError as err:
+        raise TaskError(f"source 'mix': a part is not {{source, weight, options}}: {err}") from None
+    tasks: list[Task] = []
+    counts = mix_counts([p.weight for p in parts], limit)
+    for i, (part, n) in enumerate(zip(parts, counts, strict=True)):
+        part_seed = None if seed is None else seed * 31 + i
+        tasks += load_split(part.source, part.options, split, n, part_seed) if n else []
+    if seed is not None:
+        random.Random(seed).shuffle(tasks)
+    return tasks
+
+
 def load_split(
     source: str, options: dict[str, Any], split: str, limit: int, seed: int | None = None
 ) -> list[Task]:
     """`limit` tasks of `split` (a sample drawn with `seed`, or the first ones when None).
 
-    For the synthetic source, `options` are `preset` plus `SyntheticConfig` fields."""
+    For the synthetic source, `options` are `preset` plus `SyntheticConfig` fields; for `mix`,
+    `parts` (module docstring)."""
+    if source == "mix":
+        return _mixed(options, split, limit, seed)
     if source != "synthetic":
         return load_tasks(source, split=split, limit=limit, seed=seed, **options)
     options = dict(options)

@@ -139,10 +139,12 @@ def held_out(
     max_new_tokens: int,
     embedder: Embedder | None = None,
 ) -> dict[str, float]:
-    """`evaluate_model` on the first `settings.n_tasks` tasks of `settings.split`, sampled at
+    """`evaluate_model` on the first `settings.n_tasks` tasks of `settings.split` (of
+    `settings.tasks`, else of `tasks`), sampled at
     `settings.temperature` and, with `settings.greedy`, greedily; {} when n_tasks is 0."""
     if not settings.n_tasks:
         return {}
+    tasks = settings.tasks or tasks
     chosen = load_split(tasks.source, tasks.options, settings.split, settings.n_tasks)
     temps = (settings.temperature, 0.0) if settings.greedy else (settings.temperature,)
     return evaluate_model(

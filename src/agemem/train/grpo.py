@@ -52,9 +52,10 @@ from agemem.train.batch import Batch, Sample, TrainSample, collate, pack_turns, 
 from agemem.train.checkpoint import (
     checkpoint_dir,
     generation_length,
-    latest_checkpoint,
     load_checkpoint,
     load_for_training,
+    load_resumable,
+    resume_point,
     save_checkpoint,
     save_model,
 )
@@ -95,9 +96,9 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
     _check(config, accelerator)
     out = Path(config.run.out_dir)
     reward = RewardConfig.preset(config.reward.preset).with_(**config.reward.overrides)
-    resume_from = _resume_point(config)
+    resume_from = resume_point(config.resume, config.run.out_dir)
 
-    model, tokenizer = _load_policy(config, resume_from)
+    model, tokenizer = load_resumable(config.model, resume_from)
     reference = _reference(config, model, resume_from)
     optimizer, scheduler = make_optimizer(model, config.optim, config.steps * config.ppo_epochs)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -387,27 +388,6 @@ def _check(config: GRPOConfig, accelerator: Accelerator) -> None:
             f"tasks_per_step={config.tasks_per_step} leaves some of the "
             f"{accelerator.num_processes} processes without a task; raise it"
         )
-
-
-def _resume_point(config: GRPOConfig) -> Path | None:
-    if config.resume is False:
-        return None
-    if config.resume is True:
-        return latest_checkpoint(config.run.out_dir)  # None: nothing saved yet, start fresh
-    path = Path(config.resume)
-    if not (path / "state.json").is_file():
-        raise ConfigError(f"resume={config.resume!r} is not a checkpoint directory (no state.json)")
-    return path
-
-
-def _load_policy(config: GRPOConfig, resume_from: Path | None) -> tuple[torch.nn.Module, Any]:
-    """The starting policy, or the checkpoint's weights when resuming."""
-    if resume_from is None:
-        return load_for_training(config.model)
-    if config.model.lora is not None:
-        return load_for_training(config.model, adapter=resume_from / "model")
-    settings = config.model.model_copy(update={"name": str(resume_from / "model")})
-    return load_for_training(settings)
 
 
 def _reference(

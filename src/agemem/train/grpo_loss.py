@@ -84,6 +84,8 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     only: torch.Tensor | None = None,
     temperature: float = 1.0,
+    *,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """log pi(input_ids[:, t] | input_ids[:, :t]) for every position t, shape (batch, seq_len).
 
@@ -99,6 +101,14 @@ def token_logprobs(
     elsewhere. The vocabulary projection then runs on the generated tokens alone (transformers'
     boolean `logits_to_keep`): with SmolLM2's 49k-word vocabulary, full logits of 8 rows of 2,000
     tokens take 3 GB per float32 copy, and the loss's backward holds several copies.
+
+    `share_prefix` (with `only`): the rows of a batch start with the same tokens (the chat
+    template's header and the system prompt, ~190 of a ~400-token SmolLM2 turn in the `compact`
+    env), so that shared prefix runs through the model once, for one row, and its keys and values
+    are repeated for the others; the rest of each row attends to them at its true positions.
+    The result equals the batch run whole (up to float rounding), gradients included: the
+    repeated prefix sums its rows' gradients as separate copies would. Used when the prefix is at
+    least `MIN_SHARED_PREFIX` tokens and no requested position lies in it.
     """
     if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
         raise ValueError(
@@ -116,13 +126,56 @@ def token_logprobs(
     if wanted[:, 0].any():
         raise ValueError("position 0 has no preceding logit: `only` must be False there")
     keep = nn.functional.pad(wanted[:, 1:], (0, 1))  # the logit at t-1 predicts token t
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False
-    ).logits
+    shared = shared_prefix_length(input_ids, attention_mask, keep) if share_prefix else 0
+    if shared:
+        logits = _logits_after_prefix(model, input_ids, attention_mask, keep, shared)
+    else:
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False
+        ).logits
     picked = _picked(logits, input_ids[wanted], temperature)  # both in row-major order
     return torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device).masked_scatter(
         wanted, picked
     )
+
+
+MIN_SHARED_PREFIX = 16  # tokens; below this the second call costs more than it saves (ours)
+
+
+def shared_prefix_length(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor
+) -> int:
+    """How many leading tokens every row shares and may compute once: real tokens (mask 1) equal
+    in every row, before the first position whose logit is kept; 0 when that is fewer than
+    `MIN_SHARED_PREFIX` tokens or there is one row."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0) & ~keep.any(0)
+    differs = (~same).nonzero()
+    length = int(differs[0]) if len(differs) else input_ids.shape[1] - 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _logits_after_prefix(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    keep: torch.Tensor,
+    shared: int,
+) -> torch.Tensor:
+    """The kept logits of the batch, its first `shared` tokens run once for all rows."""
+    cache = model(input_ids=input_ids[:1, :shared], use_cache=True).cache
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    width = input_ids.shape[1]
+    positions = torch.arange(shared, width, device=input_ids.device).expand(input_ids.shape[0], -1)
+    return model(
+        input_ids=input_ids[:, shared:],
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache=cache,
+        logits_to_keep=keep[:, shared:],
+        use_cache=True,
+    ).logits
 
 
 def _picked(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:

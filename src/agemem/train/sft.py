@@ -34,7 +34,15 @@ from agemem.rewards import RewardConfig, reward_fn
 from agemem.tasks import Task
 from agemem.tokens import HFTokenCounter
 from agemem.train.batch import PackedSample, Sample, TrainSample, collate, pack_turns
-from agemem.train.checkpoint import generation_length, load_for_training, save_model
+from agemem.train.checkpoint import (
+    checkpoint_dir,
+    generation_length,
+    load_checkpoint,
+    load_resumable,
+    resume_point,
+    save_checkpoint,
+    save_model,
+)
 from agemem.train.config import Precision, SFTConfig
 from agemem.train.curriculum import env_config, load_split
 from agemem.train.evaluate import held_out
@@ -49,7 +57,7 @@ from agemem.train.loop import (
     optimizer_step,
     setup,
 )
-from agemem.train.metrics import MetricsWriter
+from agemem.train.metrics import MetricsWriter, truncate_after
 
 log = logging.getLogger(__name__)
 PILOT_TASKS = 32  # oracle episodes read for the tiny vocabulary (observations, outputs)
@@ -177,36 +185,59 @@ def sft_loss(
 
 
 def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult:
-    """Train as `config` says; writes `metrics.jsonl`, `final/` (model + tokenizer) and, with
-    `save_every`, model snapshots `checkpoints/step-*` under `config.run.out_dir`."""
+    """Train as `config` says; writes `metrics.jsonl`, `final/` (the merged model + tokenizer)
+    and, with `save_every`, resumable checkpoints `checkpoints/step-*` under
+    `config.run.out_dir` (`resume` takes one up again)."""
     accelerator = setup(config.run)
     out = Path(config.run.out_dir)
     env = env_config(config.env.preset, config.env.overrides)
     reward = RewardConfig.preset(config.reward.preset).with_(**config.reward.overrides)
-    model, tokenizer, samples, data = _prepare(config, env, reward, embedder)
+    resume_from = resume_point(config.resume, config.run.out_dir)
+    model, tokenizer, samples, pool, data = _prepare(config, env, reward, embedder, resume_from)
 
     model.train()
     optimizer, scheduler = make_optimizer(model, config.optim, config.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    step = 0
+    if resume_from is not None:
+        trainer, _ = load_checkpoint(resume_from, accelerator.process_index)
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        step = trainer["step"]
     main = accelerator.is_main_process
     writer = MetricsWriter(out, tensorboard=config.run.tensorboard) if main else None
-    rng, order = random.Random(config.run.seed), []
+    if writer and step:
+        truncate_after(out / "metrics.jsonl", step)  # the resumed run writes later steps again
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics: dict[str, float] = {}
-    step = 0
     with StopRequest() as stop, LoggedProgress(disable=not (config.run.progress and main)) as bar:
-        job = bar.add_task("SFT", total=config.steps)
+        job = bar.add_task("SFT", total=config.steps, completed=step)
         while step < config.steps:
-            batch = [samples[i] for i in _next_batch(rng, order, len(samples), config.batch_size)]
+            picked = batch_at(pool, config.run.seed, step, config.batch_size)
+            batch = [samples[i] for i in picked]
             mine = batch[accelerator.process_index :: accelerator.num_processes]
             metrics = sft_step(accelerator, model, optimizer, scheduler, mine, config, pad_id)
             step += 1
-            bar.update(job, advance=1, description=f"SFT loss {metrics['loss']:.3f}")
+            bar.update(job, completed=step, description=f"SFT loss {metrics['loss']:.3f}")
             if writer and (step % config.run.log_every == 0 or step == config.steps):
                 writer.write(step, metrics)
-            if config.run.save_every and step % config.run.save_every == 0:
-                _save(accelerator, model, tokenizer, out / "checkpoints" / f"step-{step:06d}")
-            if stop.agreed(accelerator):
+            stopped = stop.agreed(accelerator)
+            every = config.run.save_every
+            if (every and step % every == 0) or (stopped and every):
+                save_checkpoint(
+                    checkpoint_dir(out, step),
+                    model=accelerator.unwrap_model(model),
+                    tokenizer=tokenizer,
+                    trainer={
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": step,
+                    },
+                    state={"step": step, "metrics": metrics},
+                    is_main=main,
+                    rank=accelerator.process_index,
+                )
+            if stopped:
                 break
 
     final = out / "final"
@@ -232,15 +263,21 @@ def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult
 
 
 def _prepare(
-    config: SFTConfig, env: EnvConfig, reward: RewardConfig, embedder: Embedder | None
-) -> tuple[torch.nn.Module, Any, list[PackedSample], dict[str, float]]:
-    """The model to train, its tokenizer, the samples and a summary of the data."""
+    config: SFTConfig,
+    env: EnvConfig,
+    reward: RewardConfig,
+    embedder: Embedder | None,
+    resume_from: Path | None,
+) -> tuple[torch.nn.Module, Any, list[PackedSample], list[int], dict[str, float]]:
+    """The model to train, its tokenizer, the rows, the pool a pass over them shuffles (row
+    indices, rows with an answer `answer_weight` times) and a summary of the data."""
     tasks = load_split(config.tasks.source, config.tasks.options, "train", config.n_tasks)
-    corpus = tiny_corpus(tasks, env, reward, embedder) if config.model.name == "tiny" else []
+    tiny = config.model.name == "tiny" and resume_from is None
+    corpus = tiny_corpus(tasks, env, reward, embedder) if tiny else []
     # The aliases of the first two id spaces (mem_1 .. mem_99 from the default 9) are words of the
     # tiny vocabulary, so a grown space never gives unknown tokens for up to 99 entries.
     ids = alias_vocabulary(env.id_space, spaces=2)
-    model, tokenizer = load_for_training(config.model, corpus=corpus, memory_ids=ids)
+    model, tokenizer = load_resumable(config.model, resume_from, corpus=corpus, memory_ids=ids)
     if config.episodes:
         episodes = load_episodes(config.episodes)
     else:
@@ -262,9 +299,15 @@ def _prepare(
         "prompt_tokens": float(sum(len(s.prompt_ids) for s in samples)),
     }
     packed = pack_turns(samples)  # append-only turns of an episode share one row
+    answers = iter([s.answer is not None for ep in kept for s in (x.actions for x in ep.steps)])
+    pool = []
+    for index, row in enumerate(packed):
+        holds_answer = any([next(answers) for _ in row.spans])  # a row packs len(spans) turns
+        pool += [index] * (config.answer_weight if holds_answer else 1)
     data["rows"] = float(len(packed))
+    data["pool"] = float(len(pool))
     log.info("SFT data: %s", data)
-    return model, tokenizer, packed, data
+    return model, tokenizer, packed, pool, data
 
 
 def sft_step(
@@ -293,14 +336,25 @@ def sft_step(
     }
 
 
-def _next_batch(rng: random.Random, order: list[int], n: int, size: int) -> list[int]:
-    """`size` sample indices, walking shuffled passes over the data (reshuffled when used up)."""
-    batch = []
-    while len(batch) < size:
-        if not order:
-            order.extend(rng.sample(range(n), n))
-        batch.append(order.pop())
-    return batch
+def batch_at(pool: Sequence[int], seed: int, step: int, size: int) -> list[int]:
+    """The `size` items of 0-based `step` when training walks shuffled passes over `pool` (pass
+    p shuffled with the seed (`seed`, p)): a function of the step alone, so a resumed run draws
+    exactly what the uninterrupted one would have.
+
+    >>> batch_at([0, 1, 2], seed=0, step=1, size=2) + batch_at([0, 1, 2], seed=0, step=2, size=2)
+    [0, 2, 1, 0]
+    """
+    if not pool:
+        raise ValueError("nothing to train on: the pool of rows is empty")
+    out: list[int] = []
+    position = step * size
+    while len(out) < size:
+        epoch, offset = divmod(position, len(pool))
+        order = random.Random(f"{seed}/{epoch}").sample(list(pool), len(pool))
+        take = order[offset : offset + size - len(out)]
+        out += take
+        position += len(take)
+    return out
 
 
 def _save(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
