@@ -248,3 +248,29 @@ def test_two_processes_hold_identical_weights(start_dir, tmp_path):
     records = list(read_metrics(out / "metrics.jsonl"))
     assert [r["step"] for r in records] == [1]  # written once, by the main process
     assert records[0]["rollout/turns"] > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-autocast"])
+def test_recomputed_old_logprobs_make_the_first_pass_on_policy(
+    start_dir, tmp_path, embedder, precision
+):
+    """The first pass's own log-probs are its old ones (TRL's and verl's way): ratio exactly 1,
+    whatever the sampler's forward was (bf16 autocast in training, fp32 in the rollout); with
+    the sampler's logprobs the bf16 pass starts away from 1. A second epoch moves off 1."""
+    out = tmp_path / precision
+    common = ("steps=1", "beta=0.1", f"run.precision={precision}")
+    first = run_grpo(grpo_config(start_dir, out / "r", *common), embedder=embedder)
+    (row,) = [r for r in read_metrics(out / "r" / "metrics.jsonl") if "update/ratio" in r]
+    assert row["update/ratio"] == 1.0 and row["update/clip_low"] == row["update/clip_high"] == 0
+    assert first.steps == 1
+    two = grpo_config(start_dir, out / "e", *common, "ppo_epochs=2")
+    run_grpo(two, embedder=embedder)
+    (row,) = [r for r in read_metrics(out / "e" / "metrics.jsonl") if "update/ratio" in r]
+    assert row["update/ratio"] != 1.0  # the mean over both epochs: the second moved
+    sampler = grpo_config(start_dir, out / "s", *common, "old_logprobs=sampler")
+    run_grpo(sampler, embedder=embedder)
+    (row,) = [r for r in read_metrics(out / "s" / "metrics.jsonl") if "update/ratio" in r]
+    if precision == "fp32":
+        assert row["update/ratio"] == pytest.approx(1.0, abs=1e-4)
+    else:
+        assert row["update/ratio"] != 1.0  # bf16 training forward against fp32 sampling

@@ -222,6 +222,11 @@ class GRPOConfig(_Config):
     `micro_batch_tokens` padded tokens (None: no cap), as in SFT. `curriculum`: phases run in
     order, the last one until `steps`; none means one phase with the base tasks and env.
     `resume`: True for the latest checkpoint in `run.out_dir`, or a checkpoint directory.
+    `old_logprobs` (the ratio's denominator): "recompute" (default; TRL and verl do so) takes the
+    first pass's own log-probs, detached, so the first pass is exactly on-policy (ratio 1) even
+    when the sampler's forward differs from the trainer's (bf16 autocast, a different kernel, an
+    inference server), and later `ppo_epochs` reuse them; "sampler" takes the logprobs the
+    rollout recorded.
     """
 
     run: RunSettings = RunSettings()
@@ -243,6 +248,7 @@ class GRPOConfig(_Config):
     micro_batch_size: int = Field(64, ge=1)
     micro_batch_tokens: int | None = Field(None, ge=1)
     ppo_epochs: int = Field(1, ge=1)
+    old_logprobs: Literal["recompute", "sampler"] = "recompute"
     optim: OptimSettings = OptimSettings()
     eval: EvalSettings = EvalSettings()
     resume: bool | str = False

@@ -268,16 +268,23 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
     # token-mean weighs every generated token alike, so turns sharing a prefix can share a row
     rows_in = pack_turns(trained) if token_mean else trained
 
+    recompute = config.old_logprobs == "recompute"
+    olds: list[torch.Tensor] = []  # the first pass's log-probs per micro-batch ("recompute")
+
     def loss_of(chunk: list[Sample]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate(chunk, pad_id=pad_id).to(accelerator.device)
-        loss, metrics = batch_loss(run, batch, normalizer)
+        index = len(losses) % len(chunks)
+        old = olds[index] if recompute and len(olds) > index else None
+        loss, metrics, logp = batch_loss(run, batch, normalizer, old, recompute)
+        if recompute and old is None:
+            olds.append(logp)
         losses.append(float(loss.detach()))
         return loss, metrics
 
     rows: list[dict[str, float]] = []
     losses: list[float] = []  # each micro-batch's share of the step's loss
+    chunks = micro_batches(rows_in, config.micro_batch_size, config.micro_batch_tokens)
     for _ in range(config.ppo_epochs):
-        chunks = micro_batches(rows_in, config.micro_batch_size, config.micro_batch_tokens)
         step_rows = accumulate(accelerator, model, chunks, loss_of)
         stepped = optimizer_step(
             accelerator, model, run.optimizer, run.scheduler, config.optim.grad_clip
@@ -294,19 +301,29 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
     return {f"update/{k}": v for k, v in metrics.items()}
 
 
-def batch_loss(run: _Run, batch: Batch, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO loss (and metrics) of one collated micro-batch, `normalizer` its divisor. The
-    policy's and the reference's forward passes run under the run's precision (`autocast_for`);
-    their log-probs and the loss are float32 either way."""
+def batch_loss(
+    run: _Run,
+    batch: Batch,
+    normalizer: float,
+    old: torch.Tensor | None = None,
+    recompute: bool = False,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """The GRPO loss, metrics and (detached) policy log-probs of one collated micro-batch,
+    `normalizer` its divisor. Old log-probs: `old` when given, else with `recompute` this pass's
+    own log-probs, detached (the first pass of a step: ratio 1, the on-policy gradient), else the
+    sampler's (`batch.old_logprobs`). The policy's and the reference's forward passes run under
+    the run's precision (`autocast_for`); their log-probs and the loss are float32 either way."""
     config = run.config
     with autocast_for(config.run.precision, batch.input_ids.device):
         logp = token_logprobs(
             run.model, batch.input_ids, batch.attention_mask, batch.loss_mask, config.temperature
         )
         ref = _reference_logprobs(run, batch) if config.beta else None
-    return grpo_loss(
+    if old is None:
+        old = logp.detach() if recompute else batch.old_logprobs
+    loss, metrics = grpo_loss(
         logp,
-        batch.old_logprobs,
+        old,
         ref,
         batch.advantages,
         batch.loss_mask,
@@ -316,6 +333,7 @@ def batch_loss(run: _Run, batch: Batch, normalizer: float) -> tuple[torch.Tensor
         aggregation=config.aggregation,
         normalizer=normalizer,
     )
+    return loss, metrics, logp.detach()
 
 
 def _reference_logprobs(run: _Run, batch: Batch) -> torch.Tensor:
