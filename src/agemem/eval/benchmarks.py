@@ -14,9 +14,12 @@ dominate the bill:
   env preset), and 256 tokens for the prompt-only baselines; AtomMem's long HotpotQA gets 4,096.
 - `batch_size`: contexts per `act` call (8: batched generation is ~5x faster per token than one
   stream, and 8 short prompts still fit the cache).
-- `stage1_window`: LoCoMo only, 16 messages (see `agemem.eval.methods.agent`).
-- `env_preset` + `env_overrides`: the agent methods' episode rules (`agemem.env.PRESETS`, then
-  `CPU_AGENT` below; the synthetic preset is kept as trained).
+- `env_preset` + `env_overrides`: the agent methods' episode rules (`agemem.env.PRESETS`): the
+  `compact` preset for HotpotQA and LoCoMo (the rules `smollm2-hotpotqa` trains under: one
+  stage-1 message per prompt with its memories, the compact prompt, three stage-3 turns), the
+  synthetic preset as trained on the synthetic curriculum, `paper` with `CPU_AGENT` elsewhere.
+- `stage1_window`: restarts the stage-1 context every N messages where the env keeps them
+  (None: the env's own window).
 Every default is a CLI option (`--t-max`, `--batch-size`, ...).
 """
 
@@ -69,9 +72,13 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             env_overrides={},
             default_limit=100,
         ),
-        BenchmarkSpec("hotpotqa", "hotpotqa"),  # the fixed 707-question test split
+        # the fixed 707-question test split
+        BenchmarkSpec("hotpotqa", "hotpotqa", env_preset="compact", env_overrides={}),
         BenchmarkSpec("hotpotqa-long", "hotpotqa-long", options={"n_docs": 200}, t_max=4096),
-        BenchmarkSpec("locomo", "locomo", t_max=2048, batch_size=8, stage1_window=16),
+        # conversation 1 (the test split): one task of 419 turns and 152 questions
+        BenchmarkSpec(
+            "locomo", "locomo", t_max=2048, batch_size=8, env_preset="compact", env_overrides={}
+        ),
         *(BenchmarkSpec(n, "agentic") for n in ("babyai", "scienceworld", "pddl", "twc")),
         BenchmarkSpec("alfworld", "agentic"),  # needs the alfworld package and $ALFWORLD_DATA
     )

@@ -78,7 +78,10 @@ class AgeMemMethod:
     """AgeMem's episode with the policy given (a trained checkpoint for `agemem`)."""
 
     name = "agemem"
-    max_new_tokens = 64  # one think + tool call turn (ours, CPU); the paper allows 2,048
+    # one think + tool-call turn (ours, CPU; the paper allows 2,048): an Add copies a stage-1
+    # sentence, and the oracle's turns on the HotpotQA/LoCoMo training mix took up to 215
+    # SmolLM2 tokens (mean 48)
+    max_new_tokens = 224
     stage_tools: tuple[tuple[str, ...], ...] | None = None  # None: the config's own
 
     def config(self, ctx: RunContext) -> EnvConfig:
