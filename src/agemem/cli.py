@@ -248,6 +248,44 @@ def train(
     typer.echo(json.dumps(summary | {f"after/{k}": v for k, v in result.eval_after.items()}))
 
 
+REPRODUCE = (
+    "agemem sft --preset smollm2-hotpotqa && agemem train --preset smollm2-hotpotqa && "
+    "agemem export-policy"
+)
+
+
+@app.command("export-policy")
+def export_policy_command(
+    sft_adapter: Annotated[
+        Path, typer.Option("--sft", help="The SFT run's LoRA adapter directory.")
+    ] = Path("runs/smollm2-hotpotqa/sft/final-adapter"),
+    grpo_adapter: Annotated[
+        Path | None,
+        typer.Option("--grpo", help="The GRPO run's adapter (trained on the merged SFT model)."),
+    ] = Path("runs/smollm2-hotpotqa/grpo/final-adapter"),
+    sft_only: Annotated[bool, typer.Option(help="Ship the SFT adapter alone.")] = False,
+    base: Annotated[str, typer.Option(help="The model preset the adapters apply to.")] = (
+        "smollm2-135m"
+    ),
+    out: Annotated[Path | None, typer.Option(help="Policy directory to write.")] = None,
+) -> None:
+    """Ship trained adapters as a policy (default: the `smollm2-135m-agemem` preset's files)."""
+    from agemem.policy.adapters import PolicyFilesError, export_policy
+    from agemem.policy.models import TRAINED_DIR
+
+    adapters = [("sft", sft_adapter)]
+    if not sft_only and grpo_adapter is not None:
+        adapters.append(("grpo", grpo_adapter))
+    target = out or TRAINED_DIR / "smollm2-135m-agemem"
+    try:
+        written = export_policy(adapters, target, base=base, command=REPRODUCE)
+    except PolicyFilesError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    size = sum(f.stat().st_size for f in written.rglob("*") if f.is_file())
+    typer.echo(f"wrote {written} ({', '.join(n for n, _ in adapters)}; {size / 1e6:.1f} MB)")
+
+
 @contextmanager
 def _config_errors() -> Iterator[None]:
     """Config, data and task errors as one line naming the problem (no traceback)."""

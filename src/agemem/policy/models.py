@@ -4,6 +4,9 @@
   The first use dequantizes it into a transformers checkpoint under the agemem cache
   (`$AGEMEM_CACHE`, else `~/.cache/agemem`); later uses load that checkpoint.
 - `tiny`: built in-process by `agemem.policy.tiny.build_tiny` (random weights, trained by SFT).
+- `smollm2-135m-agemem`: SmolLM2-135M-Instruct trained to manage its memory (`smollm2-hotpotqa`:
+  SFT then GRPO), shipped inside this package as LoRA adapters (`agemem.policy.adapters`) that
+  load merged into the base; `smollm2-135m-agemem-sft` applies the SFT adapter alone.
 - `qwen2.5-7b-instruct`, `qwen3-4b-instruct`: the papers' backbones, for GPU machines, read from
   the Hugging Face cache. agemem never downloads unless `HF_HUB_OFFLINE=0` is set explicitly.
 
@@ -35,7 +38,8 @@ from agemem.policy.tiny import build_tiny
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["gguf_package", "hub", "in_process"]
+SourceKind = Literal["gguf_package", "hub", "in_process", "policy"]
+TRAINED_DIR = Path(__file__).parent / "trained"  # shipped policies (`agemem.policy.adapters`)
 
 
 class ModelNotAvailable(RuntimeError):
@@ -54,12 +58,15 @@ class GenerationSettings:
 class ModelPreset:
     name: str
     kind: SourceKind
-    source: str  # hub repo id, "package/file" inside an installed package, or "" (in-process)
+    # hub repo id, "package/file" inside an installed package, a directory under TRAINED_DIR
+    # (policy), or "" (in-process)
+    source: str
     chat_template: str  # what the template does, as far as the tool protocol cares
     generation: GenerationSettings
     max_context: int  # tokens of prompt + response
     dtype: str  # torch dtype name
     lora: bool  # whether training adapts LoRA weights instead of the full model
+    adapters: tuple[str, ...] | None = None  # policy: the adapters to apply (None: all)
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -74,6 +81,27 @@ PRESETS: dict[str, ModelPreset] = {
             max_context=8192,
             dtype="float32",  # CPU: bf16 matmuls are slower than fp32 on this class of machine
             lora=False,  # 135M parameters: full fine-tuning fits easily
+        ),
+        ModelPreset(
+            name="smollm2-135m-agemem",
+            kind="policy",
+            source="smollm2-135m-agemem",
+            chat_template="ChatML (SmolLM2's); AgeMem's tag protocol learned by SFT and GRPO",
+            generation=GenerationSettings(max_new_tokens=224),
+            max_context=8192,
+            dtype="float32",
+            lora=True,
+        ),
+        ModelPreset(
+            name="smollm2-135m-agemem-sft",
+            kind="policy",
+            source="smollm2-135m-agemem",
+            chat_template="ChatML (SmolLM2's); AgeMem's tag protocol learned by SFT",
+            generation=GenerationSettings(max_new_tokens=224),
+            max_context=8192,
+            dtype="float32",
+            lora=True,
+            adapters=("sft",),
         ),
         ModelPreset(
             name="tiny",
@@ -209,6 +237,11 @@ def resolve_preset(name: str) -> Path:
         raise ModelNotAvailable(
             f"preset {name!r} has no files: load_model({name!r}) or build_tiny(corpus) builds it"
         )
+    if preset.kind == "policy":
+        raise ModelNotAvailable(
+            f"preset {name!r} is adapters over {TRAINED_DIR / preset.source}: load_model({name!r})"
+            " merges them into their base"
+        )
     gguf = package_file(preset.source)
     dist = preset.source.partition("/")[0].replace("_", "-")
     dest = cache_dir() / name / f"{dist}-{importlib.metadata.version(dist)}"
@@ -225,6 +258,26 @@ def resolve_preset(name: str) -> Path:
     return dest
 
 
+def _load_policy(
+    preset: ModelPreset, device: str, dtype: str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A shipped policy: its base preset with its adapters merged in."""
+    from agemem.policy.adapters import PolicyFilesError, PolicyManifest, apply_adapters
+
+    directory = TRAINED_DIR / preset.source
+    try:
+        manifest = PolicyManifest.read(directory)
+    except PolicyFilesError:
+        raise ModelNotAvailable(
+            f"preset {preset.name!r} is not shipped in this copy ({directory} is missing); "
+            "train it with `agemem sft --preset smollm2-hotpotqa` then `agemem train --preset "
+            "smollm2-hotpotqa`, and export it with `agemem export-policy`"
+        ) from None
+    model, tokenizer = load_model(manifest.base, device=device, dtype=dtype or preset.dtype)
+    model = apply_adapters(model, directory, only=preset.adapters)
+    return model.to(device).eval(), tokenizer
+
+
 def load_model(
     name_or_path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -239,6 +292,8 @@ def load_model(
         if preset.kind == "in_process":
             model, tokenizer = build_tiny()
             return model.to(device), tokenizer
+        if preset.kind == "policy":
+            return _load_policy(preset, device, dtype)
         path, dtype = resolve_preset(name), dtype or preset.dtype
     elif Path(name).is_dir():
         path = Path(name)

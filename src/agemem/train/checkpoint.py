@@ -149,6 +149,16 @@ def save_model(
     return path
 
 
+def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+    """A run's end: the merged model at `out_dir/final` (it loads anywhere a model path is
+    accepted, and the next stage starts from it) and, under LoRA, the adapter alone at
+    `out_dir/final-adapter` (what `agemem export-policy` ships)."""
+    final = save_model(model, tokenizer, out_dir / "final", merged=True)
+    if isinstance(model, PeftModel):
+        save_model(model, tokenizer, out_dir / "final-adapter", merged=False)
+    return final
+
+
 def _merged_copy(model: PeftModel) -> PreTrainedModel:
     """The base model with the adapters folded in, leaving `model` itself untouched."""
     import copy

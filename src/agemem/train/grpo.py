@@ -57,7 +57,7 @@ from agemem.train.checkpoint import (
     load_resumable,
     resume_point,
     save_checkpoint,
-    save_model,
+    save_final,
 )
 from agemem.train.config import ConfigError, GRPOConfig
 from agemem.train.curriculum import env_config, load_split, phase_at, step_seed, task_options
@@ -138,7 +138,7 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
     final = out / "final"
     unwrapped = accelerator.unwrap_model(model)
     if main:
-        save_model(unwrapped, tokenizer, final, merged=True)
+        save_final(unwrapped, tokenizer, out)
     after = {} if stopped else evaluate(step, writer)
     if writer:
         writer.close()

@@ -41,7 +41,7 @@ from agemem.train.checkpoint import (
     load_resumable,
     resume_point,
     save_checkpoint,
-    save_model,
+    save_final,
 )
 from agemem.train.config import Precision, SFTConfig
 from agemem.train.curriculum import env_config, load_split
@@ -241,7 +241,7 @@ def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult
                 break
 
     final = out / "final"
-    _save(accelerator, model, tokenizer, final)
+    _save(accelerator, model, tokenizer, out)
     scores: dict[str, float] = {}
     if main:
         scores = held_out(
@@ -357,7 +357,7 @@ def batch_at(pool: Sequence[int], seed: int, step: int, size: int) -> list[int]:
     return out
 
 
-def _save(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+def _save(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, path, merged=True)
+        save_final(accelerator.unwrap_model(model), tokenizer, out)
     accelerator.wait_for_everyone()
