@@ -112,3 +112,28 @@ def test_the_model_sees_short_ids_and_updates_through_them(tmp_path, embedder):
         assert item.content == "Ana lives in Rome." and re.fullmatch(r"mem_[0-9a-f]{8}", item.id)
         assert chat.aliases.real(shown) == item.id
         assert item.id not in "".join(m["content"] or "" for m in chat.messages)
+
+
+def test_episodes_layout_runs_each_message_as_a_trained_policys_episode(tmp_path, embedder):
+    """Each message is stage 1 (shown with its related memories; Add/Update/Delete) then a
+    question (retrieve, answer), over the persistent store; a later session answers from it."""
+    path = tmp_path / "memory.db"
+    with SQLiteStore(path, cached(embedder)) as store:
+        chat = session(store, embedder, layout="episodes")
+        first = chat.send("My sister Maya lives in Porto.")
+        stage1 = first.steps[0]
+        assert stage1.observations[0].startswith("Added mem_")
+        assert [m.content for m in chat.memories()] == ["My sister Maya lives in Porto."]
+        assert "Retrieve_memory" in first.steps[1].text and first.answer is not None
+    with SQLiteStore(path, cached(embedder)) as store:  # a new session on the same file
+        chat = session(store, embedder, layout="episodes")
+        reply = chat.send("Where does Maya live?")
+        assert reply.answer == "My sister Maya lives in Porto."
+        assert chat.messages[1]["content"] == "Question: Where does Maya live?"
+        assert "My sister Maya lives in Porto." in reply.steps[-2].observations[0]
+    try:
+        session(store, embedder, layout="threads")
+    except ValueError as err:
+        assert "unknown layout 'threads'" in str(err)
+    else:
+        raise AssertionError("an unknown layout must be refused")

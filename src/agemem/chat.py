@@ -1,10 +1,19 @@
 """`agemem chat`: talk to the agent; it manages a persistent memory while it answers.
 
-Each user message starts a stage-3-style turn loop with all six tools: the agent's calls run
-against the store and the context, their observations go back to it, until it answers or
-`max_turns` turns pass. The store is a SQLite file (one per `--store`), scoped to `--user`, so
-memories persist across sessions. Commands: `/memories` lists them, `/reset` starts a fresh
-conversation (memories are kept), `/quit` ends (so does end of input).
+Two layouts of a user message (`ChatSession(layout=...)`):
+- `"conversation"`: one running conversation; each message starts a stage-3-style turn loop
+  with all six tools: the agent's calls run against the store and the context, their
+  observations go back to it, until it answers or `max_turns` turns pass. For models that
+  follow instructions (a chat model behind an API).
+- `"episodes"`: each message is one AgeMem episode in the shape a policy was trained on
+  (`MemoryEnv` under the `compact` env over the persistent store): first a stage-1 turn, the
+  message shown with the memories related to it, where the agent may Add, Update or Delete;
+  then the message as a question, where it retrieves and answers in up to `max_turns` turns.
+  The default for the shipped trained policies (`smollm2-135m-agemem`), which learned exactly
+  that shape.
+The store is a SQLite file (one per `--store`), scoped to `--user`, so memories persist across
+sessions. Commands: `/memories` lists them, `/reset` starts a fresh conversation (memories are
+kept), `/quit` ends (so does end of input).
 
 As in the episodes, the model sees memory ids as short aliases `mem_<n>` (`agemem.env.aliases`,
 first space `id_space`, drawn with `seed`), never the store's 8-hex-digit ids: a small model
@@ -20,6 +29,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.markup import escape
@@ -38,6 +48,9 @@ from agemem.tools.parse import ParsedTurn, ToolCall, parse_turn
 from agemem.tools.registry import ToolResult
 
 DEFAULT_MAX_TURNS = 6  # ours: enough to store, retrieve and answer, with room for one retry
+Layout = Literal["conversation", "episodes"]
+LAYOUTS: tuple[Layout, ...] = ("conversation", "episodes")
+TRAINED_POLICIES = ("smollm2-135m-agemem", "smollm2-135m-agemem-sft")  # chat in "episodes"
 
 _CHAT_GUIDE = f"""\
 You are chatting with a user; their messages start with "{CHAT_PREFIX.strip()}". For each one, \
@@ -81,16 +94,25 @@ class ChatSession:
         native_tools: bool = False,
         id_space: int = DEFAULT_ID_SPACE,
         seed: int = 0,
+        layout: Layout = "conversation",
     ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
         self.policy = policy
         self.store = store
         self.scope = Scope(user_id=user)
         self.max_turns = max_turns
         self.native_tools = native_tools
+        self.layout = layout
         self.context = Context(t_max, token_counter, embedder, summarizer)
         self.aliases = IdAliases(id_space, random.Random(seed))
+        self._episode_env = (
+            _EpisodeChat(self, embedder, token_counter, id_space, seed)
+            if layout == "episodes"
+            else None
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -106,6 +128,8 @@ class ChatSession:
     def send(self, text: str) -> Reply:
         if not text.strip():
             raise ValueError("empty message: type something to say, or /quit")
+        if self._episode_env is not None:
+            return self._episode_env.send(text.strip())
         self.context.append({"role": "user", "content": CHAT_PREFIX + text.strip()})
         tools = AGEMEM_TOOLS.openai_tools() if self.native_tools else None
         steps: list[AgentStep] = []
@@ -139,6 +163,56 @@ class ChatSession:
             real = self.aliases.real(call.arguments["memory_id"])
             return dataclasses.replace(call, arguments={**call.arguments, "memory_id": real})
         return call
+
+
+class _EpisodeChat:
+    """The `episodes` layout: one `MemoryEnv` episode per message over the session's store."""
+
+    def __init__(
+        self,
+        session: ChatSession,
+        embedder: Embedder | None,
+        token_counter: TokenCounter | None,
+        id_space: int,
+        seed: int,
+    ) -> None:
+        from agemem.env.config import PRESETS
+
+        self.session = session
+        self.config = PRESETS["compact"].with_(
+            stage3_max_turns=session.max_turns, id_space=id_space
+        )
+        self.embedder, self.token_counter, self.seed = embedder, token_counter, seed
+        self.sent = 0
+
+    def send(self, text: str) -> Reply:
+        from agemem.env.agemem import MemoryEnv
+        from agemem.tasks.base import ContextMessage, Question, Task
+
+        session = self.session
+        self.sent += 1
+        # the question's "gold" answer is a placeholder: nothing in a chat is scored
+        task = Task(
+            f"chat-{self.sent}", "chat", [ContextMessage(text)], [], [Question(text, ("-",))]
+        )
+        env = MemoryEnv(
+            self.config,
+            store=session.store,
+            embedder=self.embedder,
+            token_counter=self.token_counter,
+            scope=session.scope,
+            seed=self.seed * 1_000_003 + self.sent,
+        )
+        context, steps = env.reset(task), []
+        while not env.done:
+            (turn,) = session.policy.act([context], env.tools())
+            result = env.step(turn)
+            steps.append(AgentStep(turn.text, result.info["observations"]))
+            context = result.context
+        session.context.reset(keep_system=False)
+        for message in context:
+            session.context.append(message)
+        return Reply(env.episode().facts.answers[0], steps)
 
 
 def _memories_table(items: list[MemoryItem]) -> Table:
@@ -231,6 +305,13 @@ def chat_policy(
     )
 
 
+def default_layout(model: str, base_url: str | None, scripted: str | None) -> Layout:
+    """ "episodes" for a shipped trained policy run locally (its training shape), else
+    "conversation"."""
+    local = base_url is None and scripted is None
+    return "episodes" if local and model in TRAINED_POLICIES else "conversation"
+
+
 def open_chat(
     *,
     store: Path,
@@ -241,9 +322,11 @@ def open_chat(
     scripted: str | None,
     max_turns: int,
     temperature: float,
+    layout: Layout | None = None,
     console: Console | None = None,
 ) -> None:
-    """`agemem chat`: build the agent and the store, then run the loop on stdin."""
+    """`agemem chat`: build the agent and the store, then run the loop on stdin. `layout`
+    None: "episodes" for a shipped trained policy run locally, else "conversation"."""
     from agemem.env.driver import policy_token_counter
     from agemem.env.embed_cache import cached
     from agemem.memory.embed import default_embedder
@@ -261,6 +344,7 @@ def open_chat(
             max_turns=max_turns,
             embedder=embedder,
             token_counter=policy_token_counter(policy),
+            layout=layout or default_layout(model, base_url, scripted),
         )
         console.print(
             f"[dim]memories of user {escape(session.scope.user_id or '')} in "

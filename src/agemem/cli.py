@@ -148,8 +148,12 @@ def chat(
         None
     ),
     model: Annotated[
-        str, typer.Option(help="Preset or checkpoint dir; with --base-url the server's model.")
-    ] = "smollm2-135m",
+        str,
+        typer.Option(
+            help="Preset or checkpoint dir (default: the shipped trained SmolLM2 policy); with "
+            "--base-url the server's model."
+        ),
+    ] = "smollm2-135m-agemem",
     base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     ] = None,
@@ -160,9 +164,17 @@ def chat(
     ] = None,
     max_turns: Annotated[int, typer.Option(help="Agent turns per message.")] = 6,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.3,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="conversation (one running chat, all tools) or episodes (each message as the "
+            "trained policy's episode) [default: episodes for the shipped policy]"
+        ),
+    ] = None,
 ) -> None:
     """Chat with the agent; it stores, updates and retrieves memories as it answers."""
     from agemem.chat import open_chat
+    from agemem.policy.models import ModelNotAvailable
 
     try:
         store = store or Path.home() / ".agemem" / "memory.db"
@@ -175,8 +187,9 @@ def chat(
             scripted=scripted,
             max_turns=max_turns,
             temperature=temperature,
+            layout=layout,
         )
-    except ValueError as err:
+    except (ValueError, ModelNotAvailable) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
 

@@ -267,9 +267,7 @@ def load_locomo(
         samples = samples[TEST_CONVERSATIONS:]
     samples = [s for s in samples if any(qa["category"] in categories for qa in s["qa"])]
     if split == "train":
-        tasks = [
-            t for s in samples for t in train_tasks(s, categories, neighbours, n_distractors)
-        ]
+        tasks = [t for s in samples for t in train_tasks(s, categories, neighbours, n_distractors)]
         return select(tasks, limit, seed)
     return [to_task(s, categories) for s in select(samples, limit, seed)]
 
