@@ -59,3 +59,13 @@ def test_bench_reports_both_sides_on_the_same_tokens() -> None:
     assert result["ours_tokens_per_s"] > 0 and result["trl_tokens_per_s"] > 0
     expected = result["trl_s"] / result["ours_s"]
     assert result["ratio"] == pytest.approx(expected, rel=0.01)
+
+
+def test_grpo_step_bench_refuses_an_unknown_path_in_one_line():
+    from typer.testing import CliRunner
+
+    from agemem.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "grpo-step", "--paths", "old,fast"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: unknown path(s) ['fast']; choose from old, new"

@@ -117,6 +117,28 @@ def bench_grpo(
     _write_json(payload, json_path)
 
 
+@bench_app.command("grpo-step")
+def bench_grpo_step(
+    preset: Annotated[str, typer.Option(help="Training config preset or file.")] = (
+        "smollm2-hotpotqa"
+    ),
+    paths: Annotated[str, typer.Option(help="Comma-separated paths: old, new.")] = "old,new",
+    overrides: Overrides = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """One GRPO step (4 HotpotQA tasks x 4 rollouts) per trainer path, side by side; --set
+    overrides the grpo section (e.g. model.name=runs/smollm2-hotpotqa/sft/final)."""
+    from agemem.bench.grpo_step import run_grpo_step_bench
+
+    try:
+        payload = run_grpo_step_bench(preset, paths.split(","), overrides)
+    except (ValueError, RuntimeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({k: v for k, v in payload.items() if k in ("speedup", "preset")}))
+    _write_json(payload, json_path)
+
+
 @app.command()
 def show(
     path: Annotated[Path, typer.Argument(help="Episode JSONL file.")],

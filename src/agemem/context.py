@@ -171,6 +171,29 @@ class Context:
         keep = [e for e in self._entries if keep_system and e.message["role"] == "system"]
         self._commit(keep)
 
+    def drop_oldest(self) -> list[Message]:
+        """Drop the oldest non-protected messages until the context fits `t_max` (a sliding
+        window), never the latest message, and return what was dropped. A tool-calling
+        assistant message goes with its tool results, as in `filter`. A context that its
+        protected messages and its latest message alone put over `t_max` stays over it.
+
+        >>> ctx = Context(t_max=12)
+        >>> for text in ("one two three", "four five six", "seven eight nine"):
+        ...     ctx.append({"role": "user", "content": text})
+        >>> [m["content"] for m in ctx.drop_oldest()], ctx.overflow
+        (['one two three'], False)
+        """
+        removed: list[Message] = []
+        while self.overflow:
+            units = self._removable_units()
+            if units and units[-1][-1] == len(self._entries) - 1:
+                units = units[:-1]  # the latest message stays
+            if not units:
+                break
+            removed += [copy.deepcopy(self._entries[i].message) for i in units[0]]
+            self._commit(self._without(set(units[0])))
+        return removed
+
     def summary(self, span: str | int = "all") -> SummaryResult:
         """Replace the non-protected messages of the span with one summary message.
 

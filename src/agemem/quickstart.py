@@ -173,35 +173,60 @@ def _method(scores: dict[str, float]) -> dict[str, Any]:
     return entry
 
 
+def baseline_envs(env: EnvConfig) -> dict[str, EnvConfig]:
+    """The env each baseline runs under: the agent's (same tasks, budget, prompt and token
+    counts) with the context kept within the budget by a sliding window (`over_budget=
+    "drop_oldest"`), since neither baseline manages its context.
+
+    - `no-memory`: the whole conversation stays in the context (no stage-1 window, no reset
+      at stage 2), cut from its oldest message to fit T_max: the model answers from the most
+      recent messages that fit.
+    - `rag`: the agent's episode shape (stage-1 messages one at a time, stage 2's notes), its
+      stage-3 context cut from the oldest note so that the question and the retrieved entries
+      fit T_max."""
+    window = env.with_(over_budget="drop_oldest")
+    return {
+        "no-memory": window.with_(stage1_window=None, stage2_reset=False),
+        "rag": window,
+    }
+
+
 def _baselines(settings: GRPOConfig, reader_dir: Path, embedder: Embedder) -> dict[str, Any]:
-    """`no-memory` and `rag` (read by the model in `reader_dir`) on the held-out tasks, counted
-    with that model's tokenizer so the budget is the one the agent had."""
+    """`no-memory` and `rag` on the held-out tasks, both read by the model in `reader_dir`
+    (sampled at the eval temperature, and greedily when the eval does so), counted with that
+    model's tokenizer so the budget is the one the agent had (`baseline_envs`)."""
     model, tokenizer = load_model(reader_dir)
-    reader = HFPolicy(
-        model,
-        tokenizer,
-        max_new_tokens=generation_length(settings.model),
-        temperature=settings.eval.temperature,
-        seed=settings.eval.seed,
-    )
     tasks = load_split(
         settings.tasks.source, settings.tasks.options, settings.eval.split, settings.eval.n_tasks
     )
-    env: EnvConfig = env_config(settings.env.preset, settings.env.overrides)
+    envs = baseline_envs(env_config(settings.env.preset, settings.env.overrides))
     reward = RewardConfig.preset(settings.reward.preset).with_(**settings.reward.overrides)
-    policies = {"no-memory": NoMemoryPolicy(), "rag": StoreEverythingPolicy(reader=reader)}
+    modes = {"sampled": settings.eval.temperature}
+    if settings.eval.greedy:
+        modes["greedy"] = 0.0
     out = {}
-    for name, policy in policies.items():
-        stats = evaluate_policy(
-            policy,
-            tasks,
-            env,
-            reward,
-            embedder=embedder,
-            token_counter=HFTokenCounter(tokenizer),
-            seed=settings.eval.seed,
-        )
-        out[name] = _method({f"sampled/{k}": v for k, v in stats.items()})
+    for name, env in envs.items():
+        scores: dict[str, float] = {}
+        for mode, temperature in modes.items():
+            reader = HFPolicy(
+                model,
+                tokenizer,
+                max_new_tokens=generation_length(settings.model),
+                temperature=temperature,
+                seed=settings.eval.seed,
+            )
+            policy = NoMemoryPolicy(reader) if name == "no-memory" else StoreEverythingPolicy(reader)
+            stats = evaluate_policy(
+                policy,
+                tasks,
+                env,
+                reward,
+                embedder=embedder,
+                token_counter=HFTokenCounter(tokenizer),
+                seed=settings.eval.seed,
+            )
+            scores |= {f"{mode}/{k}": v for k, v in stats.items()}
+        out[name] = _method(scores)
     return out
 
 

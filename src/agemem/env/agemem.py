@@ -18,7 +18,7 @@ Turn rules (ours where the paper is silent):
 - Stage 3 gives each question up to `stage3_max_turns` turns; at the cap the question stays
   unanswered and the next one comes. `n_max` caps the whole episode. Overflow (a context over
   `t_max` given to the model in `budget_stages`) is recorded, never truncated: the reward
-  penalises it.
+  penalises it (unless `EnvConfig.over_budget="drop_oldest"`, a baseline's sliding window).
 """
 
 from __future__ import annotations
@@ -174,7 +174,8 @@ class MemoryEnv(EpisodeEnv):
             return
         if self._stage == 1:
             self._stage = 2
-            self._context.reset(keep_system=True)
+            if self.config.stage2_reset:
+                self._context.reset(keep_system=True)
             self._incoming = deque(task.distractors)
         if self._stage == 2 and self._incoming:
             note = self._incoming.popleft()
@@ -231,6 +232,8 @@ class MemoryEnv(EpisodeEnv):
         self._context.append({"role": "user", "content": stage1_message(text, related)})
 
     def _show(self) -> list[Message]:
+        if self.config.over_budget == "drop_oldest":
+            self._context.drop_oldest()
         messages = self._context.messages
         question = self._question if self._stage == 3 else None
         incoming, related, note = self._on_show

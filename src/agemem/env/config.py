@@ -57,6 +57,16 @@ class EnvConfig:
       the current message with its auto-retrieved memories: with `keep_stage12_turns=False` the
       earlier messages add nothing the memories do not show, and they would be most of every
       stage-1 prompt's tokens. Long conversations (LoCoMo) need a window to fit a model's context.
+    - `stage2_reset`: stage 2 starts from an empty context (AgeMem: the conversation
+      restarts; the system prompt and the store are kept). False keeps the stage-1 messages
+      in the context, for a baseline whose only memory is the conversation (with
+      `stage1_window=None`, the whole conversation).
+    - `over_budget`: what happens to a context over the budget before the model sees it.
+      "record" (AgeMem): it is given whole and recorded as an overflow, which the reward
+      penalises and `success` counts a failure. "drop_oldest" (ours, for baselines that never
+      manage their context): the oldest non-protected messages are dropped until it fits
+      (`Context.drop_oldest`, the latest message always kept), the sliding window of a chat
+      model without memory; what is dropped is lost to the episode.
     - `id_space`: the size of the first id space (ours: 9, every preset). The model never sees the
       store's 8-hex-digit ids: each entry is shown as `mem_<n>`, n drawn at random among the
       unused numbers of the space (`agemem.env.aliases`); a full space grows to all numbers with
@@ -89,6 +99,8 @@ class EnvConfig:
     auto_retrieve_k: int = 3
     keep_stage12_turns: bool = True
     stage1_window: int | None = None
+    stage2_reset: bool = True
+    over_budget: Literal["record", "drop_oldest"] = "record"
     id_space: int = DEFAULT_ID_SPACE
     stage_tools: tuple[tuple[str, ...], ...] = PAPER_STAGE_TOOLS
     native_tools: bool = False
@@ -110,6 +122,10 @@ class EnvConfig:
         _require(
             self.stage1_window is None or self.stage1_window >= 1,
             "stage1_window must be >= 1 or None",
+        )
+        _require(
+            self.over_budget in ("record", "drop_oldest"),
+            "over_budget must be 'record' or 'drop_oldest'",
         )
         _require(self.auto_retrieve_k >= 0, "auto_retrieve_k must be >= 0 (0: show none)")
         _require(

@@ -7,7 +7,8 @@ the environment's records instead: `agemem.env.oracle`.)
   context, retrieves the question and answers with the best entry, or lets a `reader` model
   answer from the retrieved entries (RAG with that model).
 - `NoMemoryPolicy`: lets everything pass and answers from the context alone: the message sharing
-  the most words with the question.
+  the most words with the question, or a `reader` model's answer (a chat model's no-memory
+  baseline, under an env that keeps the conversation in a window).
 
 Scripted turns carry no token ids or logprobs.
 """
@@ -122,10 +123,30 @@ class StoreEverythingPolicy:
 
 class NoMemoryPolicy:
     """Never touch memory; answer with the context message sharing most words with the
-    question ("I don't know." when none shares any)."""
+    question ("I don't know." when none shares any).
+
+    With a `reader` (any `Policy`, e.g. the trained model) the stage-3 turns are the reader's:
+    it answers from whatever the context still holds, its own memory tools finding an empty
+    store. Under an env that keeps the conversation in a window of the latest messages
+    (`EnvConfig(stage1_window=None, stage2_reset=False, over_budget="drop_oldest")`) this is
+    the no-memory baseline of a chat model: the window is all it remembers."""
+
+    def __init__(self, reader: Policy | None = None) -> None:
+        self.reader = reader
 
     def act(self, contexts: list[list[Message]], tools: list[ToolSpec] | None = None) -> list[Turn]:
-        return [self._turn(messages, tools is not None) for messages in contexts]
+        if self.reader is None:
+            return [self._turn(messages, tools is not None) for messages in contexts]
+        turns: list[Turn | None] = [
+            None if read_context(m).stage == 3 else emit("nothing to do", native=tools is not None)
+            for m in contexts
+        ]
+        reading = [i for i, turn in enumerate(turns) if turn is None]
+        if reading:
+            read = self.reader.act([contexts[i] for i in reading], tools)
+            for i, turn in zip(reading, read, strict=True):
+                turns[i] = turn
+        return [turn for turn in turns if turn is not None]
 
     def _turn(self, messages: list[Message], native: bool) -> Turn:
         view = read_context(messages)

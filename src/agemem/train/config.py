@@ -164,6 +164,11 @@ class RunSettings(_Config):
     # from the loss's, so the first pass's ratio is not exactly 1: at temperature 0.7 (errors
     # / 0.7) a token sometimes crossed a clip bound, loss within 2.8%, cosine down to 0.984.
     precision: Precision = "fp32"
+    # Each micro-batch's common prompt prefix (chat header and system prompt) runs once for all
+    # its rows (`token_logprobs(share_prefix=...)`); exact up to float rounding. Measured on 16
+    # SmolLM2 SFT rows of the `compact` env (LoRA r16): 158 -> 360 tokens/s in float32,
+    # 344 -> 507 under bf16 autocast.
+    share_prefix: bool = True
     log_every: int = Field(1, ge=1)
     save_every: int = Field(0, ge=0)  # 0: only at the end (and on Ctrl-C)
     progress: bool = True

@@ -290,7 +290,11 @@ def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
             accelerator, model, run.optimizer, run.scheduler, config.optim.grad_clip
         )
         rows += [{**r, **stepped} for r in step_rows]
-    metrics = weighted_mean(gather_object(rows) if accelerator.num_processes > 1 else rows)
+    rows = gather_object(rows) if accelerator.num_processes > 1 else rows
+    reference_s = sum(r.pop("reference_s", 0.0) for r in rows)
+    metrics = weighted_mean(rows)
+    # the reference model's passes (KL), over every process's micro-batches: part of update_s
+    metrics["reference_s"] = reference_s / accelerator.num_processes
     # DDP averages the processes' gradients: the step's loss is their losses' mean
     summed = global_count(accelerator, sum(losses)) / accelerator.num_processes
     metrics["loss"] = summed / config.ppo_epochs
@@ -314,11 +318,19 @@ def batch_loss(
     sampler's (`batch.old_logprobs`). The policy's and the reference's forward passes run under
     the run's precision (`autocast_for`); their log-probs and the loss are float32 either way."""
     config = run.config
+    share = config.run.share_prefix
     with autocast_for(config.run.precision, batch.input_ids.device):
         logp = token_logprobs(
-            run.model, batch.input_ids, batch.attention_mask, batch.loss_mask, config.temperature
+            run.model,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.loss_mask,
+            config.temperature,
+            share_prefix=share,
         )
+        start = time.perf_counter()
         ref = _reference_logprobs(run, batch) if config.beta else None
+        reference_s = time.perf_counter() - start
     if old is None:
         old = logp.detach() if recompute else batch.old_logprobs
     loss, metrics = grpo_loss(
@@ -333,20 +345,21 @@ def batch_loss(
         aggregation=config.aggregation,
         normalizer=normalizer,
     )
-    return loss, metrics, logp.detach()
+    return loss, {**metrics, "reference_s": reference_s}, logp.detach()
 
 
 def _reference_logprobs(run: _Run, batch: Batch) -> torch.Tensor:
     """The frozen reference's log-probs of the batch's generated tokens, at the sampling
     temperature like the policy's."""
     args = (batch.input_ids, batch.attention_mask, batch.loss_mask, run.config.temperature)
+    share = run.config.run.share_prefix
     with torch.no_grad():
         if run.reference == "adapters-off":
             peft_model = run.accelerator.unwrap_model(run.model)
             with peft_model.disable_adapter():
-                return token_logprobs(peft_model, *args)
+                return token_logprobs(peft_model, *args, share_prefix=share)
         assert isinstance(run.reference, torch.nn.Module)
-        return token_logprobs(run.reference, *args)
+        return token_logprobs(run.reference, *args, share_prefix=share)
 
 
 def _gathered_stats(

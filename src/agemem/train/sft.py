@@ -169,13 +169,17 @@ def sft_loss(
     normalizer: float,
     pad_id: int,
     precision: Precision = "fp32",
+    share: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Summed negative log-likelihood of the completion tokens over `normalizer` (the optimizer
     step's completion tokens): the prompt and padding are outside `loss_mask`. The forward pass
-    runs under `precision` (`autocast_for`); the log-probs and the sum are float32 either way."""
+    runs under `precision` (`autocast_for`); the log-probs and the sum are float32 either way.
+    `share`: the rows' common prefix runs once (`token_logprobs(share_prefix=...)`)."""
     batch = collate(samples, pad_id=pad_id).to(next(model.parameters()).device)
     with autocast_for(precision, batch.input_ids.device):
-        logp = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        logp = token_logprobs(
+            model, batch.input_ids, batch.attention_mask, batch.loss_mask, share_prefix=share
+        )
     nll = -(logp * batch.loss_mask).sum()
     tokens = float(batch.loss_mask.sum())
     return nll / normalizer, {"loss": float(nll.detach()) / max(tokens, 1.0), "tokens": tokens}
@@ -324,9 +328,12 @@ def sft_step(
     tokens = global_count(accelerator, sum(s.n_generated for s in samples))
     normalizer = tokens / accelerator.num_processes
     chunks = micro_batches(samples, config.micro_batch_size, config.micro_batch_tokens)
-    precision = config.run.precision
+    precision, share = config.run.precision, config.run.share_prefix
     rows = accumulate(
-        accelerator, model, chunks, lambda c: sft_loss(model, c, normalizer, pad_id, precision)
+        accelerator,
+        model,
+        chunks,
+        lambda c: sft_loss(model, c, normalizer, pad_id, precision, share),
     )
     return {
         "loss": sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows),

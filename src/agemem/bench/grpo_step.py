@@ -1,0 +1,103 @@
+"""`agemem bench grpo-step`: one real GRPO step on AgeMem HotpotQA episodes, path by path.
+
+A step is what `agemem train` runs: `tasks_per_step` HotpotQA training tasks x `k` rollouts in
+the `compact` env (Filter and Summary offered in stages 2 and 3), AgeMem's composite reward,
+group advantages, and one update with the KL to the adapters-off reference. Each path is a set of
+trainer settings, run in its own process (so its peak memory is its own), one after the other in
+the same run, from the same model, tasks and seed:
+
+- `old`: the trainer as it was: float32 everywhere, every row's prompt run whole, the sampler's
+  logprobs as the old ones;
+- `new`: bf16 autocast for the training forward passes, each micro-batch's shared prompt
+  prefix run once (policy and reference passes), old log-probs recomputed by the first pass.
+
+Reported per path: `step_s`, `rollout_s`, `logprob_s` (the reference passes; the old log-probs
+cost nothing on either path: the sampler's, or the first pass's own), `update_s` (the whole
+update, reference passes included), generated tokens per second in the rollout and trained per
+second in the update, `peak_rss_mb`, and the step's reward. The machine's load is recorded
+before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+PATHS: dict[str, list[str]] = {
+    "old": ["run.precision=fp32", "run.share_prefix=false", "old_logprobs=sampler"],
+    "new": ["run.precision=bf16-autocast", "run.share_prefix=true", "old_logprobs=recompute"],
+}
+STEP = [  # one step of 4 HotpotQA tasks x 4 rollouts, nothing else
+    "tasks={source: hotpotqa, options: {}}",
+    "env.preset=compact",
+    "reward.preset=agemem",
+    "tasks_per_step=4",
+    "k=4",
+    "steps=1",
+    "curriculum=[]",
+    "eval.n_tasks=0",
+    "run.save_every=0",
+    "run.progress=false",
+    "run.tensorboard=false",
+    "resume=false",
+]
+
+
+def one_path(preset: str, path: str, overrides: list[str]) -> dict[str, Any]:
+    """Run one GRPO step with `path`'s settings in this process; its measurements."""
+    from agemem.train.config import load_config
+    from agemem.train.grpo import run_grpo
+
+    with tempfile.TemporaryDirectory() as out:
+        settings = [*STEP, f"run.out_dir={out}", *PATHS[path], *overrides]
+        config = load_config(preset, settings, kind="grpo")
+        metrics = run_grpo(config).metrics
+    return {
+        "step_s": round(metrics["step_s"], 1),
+        "rollout_s": round(metrics["rollout_s"], 1),
+        "logprob_s": round(metrics.get("update/reference_s", 0.0), 1),
+        "update_s": round(metrics["update_s"], 1),
+        "rollout_tokens_per_s": round(metrics["rollout/tokens_per_s"], 2),
+        "update_tokens_per_s": round(metrics["update/tokens_per_s"], 2),
+        "generated_tokens": metrics["rollout/generated_tokens"],
+        "forward_tokens": metrics["update/forward_tokens"],
+        "turns": metrics["rollout/turns"],
+        "reward_mean": round(metrics["rollout/reward_mean"], 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "settings": PATHS[path] + overrides,
+    }
+
+
+def run_grpo_step_bench(
+    preset: str, paths: list[str], overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Every path of `paths` in its own process, in order; {"old": {...}, "new": {...}, ...}."""
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        raise ValueError(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
+    results: dict[str, Any] = {"load_before": os.getloadavg()}
+    for path in paths:
+        command = [sys.executable, "-m", "agemem.bench.grpo_step", preset, path]
+        done = subprocess.run(
+            command + list(overrides or []), capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"path {path!r} failed: {last}")
+        results[path] = json.loads(done.stdout.strip().splitlines()[-1])
+    if "old" in results and "new" in results:
+        results["speedup"] = round(results["old"]["step_s"] / results["new"]["step_s"], 2)
+    results["load_after"] = os.getloadavg()
+    results["preset"] = preset
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(one_path(sys.argv[1], sys.argv[2], sys.argv[3:])))
