@@ -261,7 +261,10 @@ def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
     [
         (["--benchmark", "nope", "--method", "rag"], "unknown benchmark 'nope'; choose one of"),
         (["--benchmark", "hotpotqa", "--method", "nope"], "unknown method 'nope'; choose one of"),
-        (["--benchmark", "hotpotqa", "--method", "agemem"], "pass --policy CHECKPOINT_DIR"),
+        (
+            ["--benchmark", "hotpotqa", "--method", "agemem", "--policy", "smollm2-135m"],
+            "pass --policy CHECKPOINT_DIR",
+        ),
         (["--benchmark", "hotpotqa", "--method", "rag", "--limit", "0"], "--limit must be >= 1"),
         (["--benchmark", "hotpotqa", "--method", "rag", "--shard", "2/2"], "needs 0 <= I < N"),
         (["--benchmark", "hotpotqa", "--method", "rag", "--shard", "half"], "--shard takes I/N"),

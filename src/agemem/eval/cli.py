@@ -25,8 +25,13 @@ def eval_command(
     method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")],
     out: Annotated[Path, typer.Option(help="Run directory (one per benchmark and method).")],
     policy: Annotated[
-        str, typer.Option(help="Model preset or checkpoint directory (agemem: the trained one).")
-    ] = "smollm2-135m",
+        str | None,
+        typer.Option(
+            help="Model preset or checkpoint directory [default: the shipped trained policy "
+            "for agemem (smollm2-135m-agemem) and agemem-sft (smollm2-135m-agemem-sft), the "
+            "base smollm2-135m for every other method]"
+        ),
+    ] = None,
     base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible server instead of a local model.")
     ] = None,
@@ -58,7 +63,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Run one method on one benchmark into --out (resumable), then write results.json/.md."""
-    from agemem.eval.runner import EvalSettings, Shard, run_eval
+    from agemem.eval.runner import EvalSettings, Shard, default_policy, run_eval
 
     for name, value in (("limit", limit), ("t-max", t_max), ("batch-size", batch_size),
                         ("max-new-tokens", max_new_tokens), ("top-k", top_k)):  # fmt: skip
@@ -73,7 +78,7 @@ def eval_command(
     settings = EvalSettings(
         benchmark=benchmark,
         method=method,
-        policy=None if base_url else policy,
+        policy=None if base_url else policy or default_policy(method),
         base_url=base_url,
         model=model,
         limit=limit,

@@ -167,16 +167,31 @@ def run_eval(
     return results
 
 
+# The model a method runs when none is named: the shipped trained policies for the trained
+# rows, the embedded base model for every other method.
+DEFAULT_POLICIES = {"agemem": "smollm2-135m-agemem", "agemem-sft": "smollm2-135m-agemem-sft"}
+
+
+def default_policy(method: str) -> str:
+    """The model `agemem eval --method METHOD` runs without --policy."""
+    return DEFAULT_POLICIES.get(method, "smollm2-135m")
+
+
 def _method(settings: EvalSettings) -> EvalMethod:
     if settings.method not in METHODS:
         raise EvalError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
-    trained = settings.base_url is not None or (
-        settings.policy is not None and Path(settings.policy).is_dir()
+    from agemem.policy.models import PRESETS
+
+    shipped = settings.policy in PRESETS and PRESETS[settings.policy].kind == "policy"
+    trained = (
+        settings.base_url is not None
+        or shipped
+        or (settings.policy is not None and Path(settings.policy).is_dir())
     )
     if settings.method in TRAINED_ONLY and not trained:
         raise EvalError(
-            f"{settings.method} evaluates a trained policy: pass --policy CHECKPOINT_DIR "
-            "(agemem-norl runs the base model)"
+            f"{settings.method} evaluates a trained policy: pass --policy CHECKPOINT_DIR or a "
+            "shipped one (smollm2-135m-agemem); agemem-norl runs the base model"
         )
     return make_method(settings.method)
 
