@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Every method on synthetic (held-out seeds), hotpotqa (test split) and locomo (one full
-# conversation), and the interactive worlds' methods (no-memory, rag, agemem-norl; agemem with
+# Every method on synthetic (held-out seeds), hotpotqa (test split) and locomo (conversation 1,
+# the test split), and the interactive worlds' methods (no-memory, rag, agemem-norl; agemem with
 # POLICY) on babyai, twc, pddl and scienceworld (one batch of worlds each), with SmolLM2-135M,
-# greedy decoding; then one merged table and plots:
+# greedy decoding; then one merged table and plots. On hotpotqa and locomo the trained rows run
+# the shipped policies by default (agemem: smollm2-135m-agemem, SFT + GRPO; agemem-sft:
+# smollm2-135m-agemem-sft) and oracle-memory the oracle's memory with SmolLM2 answering:
 # $OUT/report.md, $OUT/results.json, $OUT/score_vs_tokens.png, $OUT/tool_calls.png.
 # Resumable: rerun the same command after an interruption; finished tasks are skipped and a task
 # stopped midway replays the model calls its run journaled (agemem.eval.journal).
@@ -12,7 +14,9 @@
 #   LIMIT=N               cap every benchmark at N tasks (a quick check; LoCoMo's 1 stays 1)
 #   WORLDS=N              worlds per interactive benchmark (default: one batch, 8; ScienceWorld 4)
 #   BENCHMARKS, METHODS   space-separated subsets (default: all below)
-#   POLICY=DIR            a trained checkpoint: adds the `agemem` rows
+#   TRAINED_QA            the rows of shipped policies and the oracle on hotpotqa and locomo
+#   POLICY=DIR            a trained checkpoint for the `agemem` rows where no policy ships
+#                         (synthetic and the worlds: e.g. the quickstart's)
 #   BASE_POLICY=DIR       the checkpoint RL started from (e.g. its SFT stage): adds agemem-norl
 #                         rows for it in $OUT/<benchmark>/agemem-norl-base, the same tools
 #                         without RL for a trained policy whose base is not SmolLM2
@@ -32,6 +36,7 @@ OUT=${OUT:-runs/compare}
 export OMP_NUM_THREADS=${THREADS:-2}
 BENCHMARKS=${BENCHMARKS:-"synthetic hotpotqa locomo babyai twc pddl scienceworld"}
 METHODS=${METHODS:-"no-memory full-context rag mem0-style a-mem-style agemem-norl agemem-rag atommem"}
+TRAINED_QA=${TRAINED_QA:-"oracle-memory agemem-sft agemem"}  # on hotpotqa and locomo (shipped)
 WORLD_METHODS="no-memory rag agemem-norl"  # what agemem.agentic runs (plus agemem)
 declare -A TASKS=([synthetic]=30 [hotpotqa]=200 [locomo]=1 [babyai]=${WORLDS:-8}
   [twc]=${WORLDS:-8} [pddl]=${WORLDS:-8} [scienceworld]=${WORLDS:-4})
@@ -63,7 +68,9 @@ for b in $BENCHMARKS; do
     fi
     run "$b" "$m"
   done
-  if [[ -n "${POLICY:-}" ]]; then run "$b" agemem --policy "$POLICY"; fi
+  if [[ $b =~ ^(hotpotqa|locomo)$ ]]; then
+    for m in $TRAINED_QA; do run "$b" "$m"; done
+  elif [[ -n "${POLICY:-}" ]]; then run "$b" agemem --policy "$POLICY"; fi
   if [[ -n "${BASE_POLICY:-}" ]]; then run "$b" agemem-norl --policy "$BASE_POLICY"; fi
 done
 dirs=()

@@ -13,6 +13,7 @@ task source's texts; the oracle data is then produced with the tiny tokenizer's 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -26,7 +27,7 @@ from accelerate import Accelerator
 
 from agemem.env import EnvConfig, alias_vocabulary, run_episodes, system_prompt
 from agemem.env.oracle import Oracle
-from agemem.episode import Episode, load_episodes
+from agemem.episode import Episode, load_episodes, save_episodes
 from agemem.memory.embed import Embedder
 from agemem.policy.hf import HFPolicy
 from agemem.progress import LoggedProgress
@@ -127,13 +128,15 @@ def oracle_episodes(
     tokenizer: object | None,
     seed: int,
     embedder: Embedder | None,
+    progress: bool = False,
 ) -> list[Episode]:
-    """The oracle (docs/LEARNABILITY.md's imperfect rates) once over every task, rewarded."""
+    """The oracle (`OracleRates`' deliberately imperfect defaults) once over every task,
+    rewarded."""
     return run_episodes(
         Oracle(seed=seed),
         tasks,
         env,
-        progress=False,
+        progress=progress,
         embedder=embedder,
         token_counter=HFTokenCounter(tokenizer) if tokenizer is not None else None,
         seed=seed,
@@ -285,9 +288,7 @@ def _prepare(
     if config.episodes:
         episodes = load_episodes(config.episodes)
     else:
-        episodes = oracle_episodes(
-            tasks, env, reward, tokenizer=tokenizer, seed=config.run.seed, embedder=embedder
-        )
+        episodes = _cached_oracle_episodes(config, tasks, env, reward, tokenizer, embedder)
     kept = keep_episodes(episodes, config.min_reward, config.reward.key)
     if not kept:
         raise ValueError(
@@ -312,6 +313,48 @@ def _prepare(
     data["pool"] = float(len(pool))
     log.info("SFT data: %s", data)
     return model, tokenizer, packed, pool, data
+
+
+ORACLE_FILE = "oracle-episodes.jsonl"  # under run.out_dir, beside `<name>.key.json`
+
+
+def _cached_oracle_episodes(
+    config: SFTConfig,
+    tasks: Sequence[Task],
+    env: EnvConfig,
+    reward: RewardConfig,
+    tokenizer: Any,
+    embedder: Embedder | None,
+) -> list[Episode]:
+    """The oracle's episodes, saved in the run directory and read back by a later run with the
+    same data settings (a restart or resume; 1,200 SmolLM2 episodes took ~30 minutes to make on
+    2 busy cores). The key is what the episodes depend on: tasks, env, reward, seed, model."""
+    path = Path(config.run.out_dir) / ORACLE_FILE
+    key_file = path.with_suffix(".key.json")
+    key = {
+        "tasks": config.tasks.model_dump(mode="json"),
+        "n_tasks": config.n_tasks,
+        "env": config.env.model_dump(mode="json"),
+        "reward": config.reward.model_dump(mode="json"),
+        "seed": config.run.seed,
+        "model": config.model.name,
+    }
+    if path.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+        log.info("reusing the oracle's episodes in %s", path)
+        return load_episodes(path)
+    episodes = oracle_episodes(
+        tasks,
+        env,
+        reward,
+        tokenizer=tokenizer,
+        seed=config.run.seed,
+        embedder=embedder,
+        progress=config.run.progress,
+    )
+    if config.run.out_dir:
+        save_episodes(episodes, path)
+        key_file.write_text(json.dumps(key, indent=1), encoding="utf-8")
+    return episodes
 
 
 def sft_step(
