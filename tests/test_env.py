@@ -181,6 +181,33 @@ def test_overflow_is_recorded_in_budget_stages_only(embedder):
     assert roomy.facts.overflows == [] and not roomy.facts.overflowed
 
 
+def test_a_sliding_window_keeps_the_latest_messages_within_budget(embedder):
+    """`over_budget="drop_oldest"` with the conversation kept (no stage-1 window, no reset at
+    stage 2): the no-memory baseline's context. The oldest messages go first, never the
+    question, and no overflow is ever recorded."""
+    window = PRESETS["paper"].with_(
+        t_max=30,
+        budget_excludes_system=True,
+        keep_stage12_turns=False,
+        stage1_window=None,
+        stage2_reset=False,
+        over_budget="drop_oldest",
+        stage3_max_turns=1,
+    )
+    (episode,) = run_episodes(Silent(), [TASK], window, progress=False, embedder=embedder)
+    assert episode.facts.overflows == [] and episode.facts.max_tokens <= episode.facts.t_max
+    texts = [[m["content"] for m in s.messages if m["role"] == "user"] for s in episode.steps]
+    assert texts[2][0].startswith("Ana lives in Paris.")  # stage 2 still holds stage 1
+    stage3 = texts[-1]
+    assert stage3[-1] == "Question: Where does Ana live?"
+    assert "The weather in Oslo is cold." in stage3
+    assert not any(t.startswith("Ana lives in Paris.") for t in stage3)  # dropped first
+    # the same budget without the window: AgeMem's rule records the overflow
+    record = window.with_(over_budget="record")
+    (kept,) = run_episodes(Silent(), [TASK], record, progress=False, embedder=embedder)
+    assert kept.facts.overflowed
+
+
 def test_synthetic_preset_budget_comes_from_the_task(embedder):
     task = load_tasks("synthetic", limit=1)[0]
     env = MemoryEnv(PRESETS["synthetic"], embedder=cached(embedder))

@@ -98,7 +98,7 @@ def build_word_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """A word/punctuation `PreTrainedTokenizerFast` whose vocabulary is the corpus's pieces, every
     ASCII punctuation mark, the digits, the chat roles and `memory_ids` (each a single token; the
-    synthetic tasks draw ids from a small space, see docs/LEARNABILITY.md). `tags` become single
+    env shows ids from a small space, `EnvConfig.id_space`). `tags` become single
     tokens wherever they occur (AgeMem's by default; pass AtomMem's `<add_memory>`... instead).
     Ids are assigned in sorted order, so the same corpus always gives the same tokenizer.
     Unknown words map to `<unk>`.
@@ -145,11 +145,11 @@ def build_tiny(
     max_context: int = 1024,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """A randomly initialised Llama (defaults: 4 layers, hidden 128, 4 heads, FFN 512, tied
-    embeddings; ~0.9M parameters with a ~250-word vocabulary, the shape that learned the protocol
-    in docs/LEARNABILITY.md) and its tokenizer. `seed` fixes the weights without touching the
-    global RNG. `max_context` (our default 1,024) bounds the rotary positions the model is meant
-    for; the synthetic episodes stay well under it. `tags` (single tokens) default to AgeMem's
-    protocol tags and `agemem_call_fragments()`."""
+    embeddings; ~0.9M parameters with a ~250-word vocabulary, the shape the quickstart trains:
+    README, "What the quickstart recipe learned") and its tokenizer. `seed` fixes the weights
+    without touching the global RNG. `max_context` (our default 1,024) bounds the rotary
+    positions the model is meant for; the synthetic episodes stay well under it. `tags` (single
+    tokens) default to AgeMem's protocol tags and `agemem_call_fragments()`."""
     if tags is None:
         tags = PROTOCOL_TAGS + agemem_call_fragments()
     tokenizer = build_word_tokenizer(corpus_texts, memory_ids, tags)

@@ -79,10 +79,11 @@ CHIT_CHAT = (
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Curriculum knobs. `t_max` is a context-budget hint for the environment (tokens), stored in
-    each task's metadata; presets scale it as 12 + 8 per distractor note, which gives the 44 that
-    made the LEARNABILITY experiment's stage 2 overflow unless the agent filtered. (Measured over
-    500 tasks: stage-2 notes plus the question average 22 / 38 / 69 words for easy / default /
-    hard, before any system text or model turns.)"""
+    each task's metadata; presets scale it as 12 + 8 per distractor note, which gives the
+    default 44: with the `synthetic` env preset's 86-token margin, stage 2 overflows unless the
+    agent filters (the oracle's token counts are in `agemem.env.config`'s `synthetic` preset).
+    (Measured over 500 tasks: stage-2 notes plus the question average 22 / 38 / 69 words for
+    easy / default / hard, before any system text or model turns.)"""
 
     name: str = "custom"
     n_entities: int = 2
@@ -126,7 +127,7 @@ def _check(ok: bool, problem: str) -> None:
 PRESETS = {
     "easy": SyntheticConfig("easy", n_entities=1, n_facts=2, n_corrections=1, n_chit_chat=1,
                             n_distractors=2, t_max=28),
-    # The shape that SFT + GRPO learned on 2 CPU cores (docs/LEARNABILITY.md).
+    # The shape `agemem quickstart` trains on (README, "What the quickstart recipe learned").
     "default": SyntheticConfig("default"),
     "hard": SyntheticConfig("hard", n_entities=3, n_facts=6, n_corrections=4, n_chit_chat=4,
                             n_distractors=8, t_max=76),

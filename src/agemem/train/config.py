@@ -225,9 +225,10 @@ class GRPOConfig(_Config):
     Defaults: K=8 (AgeMem); clip 0.2/0.28 (AtomMem; AgeMem states none); beta 0.1 (AgeMem; k3
     estimator); std-scaled advantages with eps 1e-4; token-mean; one pass per batch (so the
     ratio is 1 and clipping only guards later passes); temperature 1.0 (enough exploration for the
-    quickstart's gain: README, "What the quickstart recipe learned"). Micro-batches: at most `micro_batch_size` rows and
-    `micro_batch_tokens` padded tokens (None: no cap), as in SFT. `curriculum`: phases run in
-    order, the last one until `steps`; none means one phase with the base tasks and env.
+    quickstart's gain: README, "What the quickstart recipe learned"). Micro-batches: at most
+    `micro_batch_size` rows and `micro_batch_tokens` padded tokens (None: no cap), as in SFT.
+    `curriculum`: phases run in order, the last one until `steps`; none means one phase with the
+    base tasks and env.
     `resume`: True for the latest checkpoint in `run.out_dir`, or a checkpoint directory.
     `old_logprobs` (the ratio's denominator): "recompute" (default; TRL and verl do so) takes the
     first pass's own log-probs, detached, so the first pass is exactly on-policy (ratio 1) even

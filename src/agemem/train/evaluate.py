@@ -2,10 +2,11 @@
 
 Per episode: `success` is 1 when every question was answered exactly right and the context never
 went over budget (an overflow is a failure: a real context window would have cut it; this is the
-success docs/LEARNABILITY.md reports); `em` is the exact match alone. Counts are means per
-episode: tool calls that ran (`tools/<name>`), refused calls (`failed_calls`), corrected facts
-whose memory ends stale or without the latest value (`stale`), turns with a fatal format error
-(`format_errors`), and `overflow` is the share of episodes that went over budget.
+success the quickstart reports: README, "What the quickstart recipe learned"); `em` is the exact
+match alone. Counts are means per episode: tool calls that ran (`tools/<name>`), refused calls
+(`failed_calls`), corrected facts whose memory ends stale or without the latest value (`stale`),
+turns with a fatal format error (`format_errors`), and `overflow` is the share of episodes that
+went over budget.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def evaluate_model(
     progress: bool = False,
 ) -> dict[str, float]:
     """`evaluate_policy` of an `HFPolicy` over `model` at each temperature (0 = greedy), keys
-    prefixed `sampled/` (T = 1, the fairer baseline: docs/LEARNABILITY.md), `greedy/` (T = 0)
+    prefixed `sampled/` (T = 1, the fairer measure of a policy trained on a random strategy:
+    measured on the synthetic curriculum, greedy decoding of the quickstart's SFT model takes
+    each turn's likeliest action and lets the notes pass: 0.1 Filter_context calls per episode
+    against 1.36 sampled, overflow in 96% of episodes, success 0.02 greedy against 0.315 sampled
+    on 200 held-out tasks), `greedy/` (T = 0)
     or `t<T>/`. The model's train/eval mode is restored afterwards."""
     was_training = model.training
     out: dict[str, float] = {}

@@ -41,9 +41,9 @@ def group_advantages(
 
     scale="std" (AgeMem, standard GRPO): (r - mean_group) / (std_group + eps), std with K-1
     (the sample std, as the paper writes it). scale="none" (AtomMem, Dr. GRPO): r - mean_group.
-    eps=1e-4 is ours (the papers do not give it): TRL's value, and the one that learned in
-    LEARNABILITY.md; it only matters for near-equal rewards. A group of one episode, or one
-    whose rewards are all equal, carries no comparison and gets 0.
+    eps=1e-4 is ours (the papers do not give it): TRL's value, and the quickstart's
+    (README, "What the quickstart recipe learned"); it only matters for near-equal rewards. A
+    group of one episode, or one whose rewards are all equal, carries no comparison and gets 0.
 
     >>> group_advantages([1.0, 0.0, 2.0, 2.0], ["a", "a", "b", "b"], scale="none").tolist()
     [0.5, -0.5, 0.0, 0.0]
