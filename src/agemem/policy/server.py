@@ -49,6 +49,7 @@ One server per process: under several training processes each rolls out its shar
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -87,12 +88,30 @@ from agemem.policy.hf import DEFAULT_STOP, _check_context
 from agemem.policy.openai import ServerError
 
 
+@dataclass(frozen=True)
+class SyncTimes:
+    """What the last `sync_weights` did: `kind` names what it wrote ("lora": the adapter,
+    "model": the whole model, "model+lora", "base": nothing, the base file served as is,
+    "unchanged": nothing at all, the server already had these weights), `write_s` the seconds
+    spent writing files, `load_s` those the server took to load them (a llama.cpp restart)."""
+
+    kind: str = "none"
+    write_s: float = 0.0
+    load_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.write_s + self.load_s
+
+
 class WeightSyncPolicy(ABC):
     """A `Policy` served by an inference engine that samples from the trainer's current weights:
     `sync_weights(model)` before each step's rollouts, `act` as any policy, `close` at the end
-    (also a context manager). `reseed` restarts the sampling stream (GRPO seeds each step)."""
+    (also a context manager). `reseed` restarts the sampling stream (GRPO seeds each step);
+    `last_sync` says what the last sync did and cost."""
 
     tokenizer: PreTrainedTokenizerBase  # the trainer's: prompts are its chat template's ids
+    last_sync: SyncTimes = SyncTimes()
 
     @abstractmethod
     def act(
@@ -137,21 +156,6 @@ class WeightSyncPolicy(ABC):
         self.close()
 
 
-@dataclass
-class SyncTimes:
-    """Seconds the last `sync_weights` spent writing GGUF files and restarting the server."""
-
-    # what was written: "lora" (the adapter), "model" (the whole model), "model+lora", "base"
-    # (nothing: `base_gguf` served as is), or "unchanged" (no restart: same weights)
-    kind: str = "none"
-    export_s: float = 0.0
-    restart_s: float = 0.0
-
-    @property
-    def total_s(self) -> float:
-        return self.export_s + self.restart_s
-
-
 class LlamaCppPolicy(WeightSyncPolicy):
     """A llama.cpp server on 127.0.0.1 sampling from the trainer's weights (module docstring).
 
@@ -189,6 +193,10 @@ class LlamaCppPolicy(WeightSyncPolicy):
             raise ValueError(f"max_new_tokens must be in [1, context), got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
             raise ValueError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise ServerError(
+                "LlamaCppPolicy needs xllamacpp (prebuilt llama.cpp): pip install xllamacpp"
+            )
         self.base_gguf = Path(base_gguf)
         if not self.base_gguf.is_file():
             raise FileNotFoundError(f"base GGUF {self.base_gguf} does not exist")
@@ -278,10 +286,14 @@ class LlamaCppPolicy(WeightSyncPolicy):
             return list(pool.map(self._complete, prompts, seeds))
 
     def close(self) -> None:
+        """Stop the server and delete the GGUF files written (the whole `work_dir` when it is a
+        temporary one; a given `work_dir` keeps the server's log)."""
         self._finalizer()
-        self._closed, self._served = True, None
+        self._closed, self._served, self._base = True, None, None
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+        else:
+            self._remove_stale_files()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -325,8 +337,8 @@ class LlamaCppPolicy(WeightSyncPolicy):
         return self.work_dir / f"{stem}-{self._files}.gguf"
 
     def _remove_stale_files(self) -> None:
-        """Exports the server no longer uses (it serves `self._base` and the newest adapter)."""
-        keep = {self._base[1] if self._base else None, self._server.lora}
+        """Files the server does not use (it serves `self._base` and the newest adapter)."""
+        keep = {self._base[1] if self._base else None, self._server.lora if self._served else None}
         for path in self.work_dir.glob("*.gguf"):
             if path not in keep:
                 path.unlink(missing_ok=True)

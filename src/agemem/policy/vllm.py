@@ -32,6 +32,7 @@ import math
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,7 +45,7 @@ from transformers import PreTrainedTokenizerBase
 from agemem.policy.base import Message, ToolSpec, Turn
 from agemem.policy.hf import DEFAULT_STOP
 from agemem.policy.openai import ServerError
-from agemem.policy.server import WeightSyncPolicy, post_json
+from agemem.policy.server import SyncTimes, WeightSyncPolicy, post_json
 
 
 class VLLMPolicy(WeightSyncPolicy):
@@ -96,14 +97,17 @@ class VLLMPolicy(WeightSyncPolicy):
                 "VLLMPolicy syncs LoRA adapters only; a full-weight model goes through vLLM's "
                 "NCCL/IPC weight transfer (--weight-transfer-config), not implemented here"
             )
+        start = time.perf_counter()
         self._syncs += 1
         name = f"agemem-{self._syncs}"
         path = self.adapter_dir / name
         model.save_pretrained(path)
+        written = time.perf_counter()
         self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         previous, self.adapter = self.adapter, name
         if previous is not None:
             self._drop(previous)
+        self.last_sync = SyncTimes("lora", written - start, time.perf_counter() - written)
 
     def act(self, contexts: list[list[Message]], tools: list[ToolSpec] | None = None) -> list[Turn]:
         prompts = self._prompts(contexts, tools)

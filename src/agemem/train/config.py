@@ -235,6 +235,11 @@ class GRPOConfig(_Config):
     when the sampler's forward differs from the trainer's (bf16 autocast, a different kernel, an
     inference server), and later `ppo_epochs` reuse them; "sampler" takes the logprobs the
     rollout recorded.
+    `rollout`: what samples the rollouts. "hf" (default): `HFPolicy` over the trainer's own torch
+    model. "llama.cpp": a llama.cpp server (`agemem.policy.server.LlamaCppPolicy`) started once
+    per run and handed the current weights before each step's rollouts (a LoRA adapter, the base
+    written once when it is not the shipped SmolLM2 file): SmolLM2-architecture models only,
+    with `old_logprobs="recompute"` (the server records no logprobs).
     """
 
     run: RunSettings = RunSettings()
@@ -257,6 +262,7 @@ class GRPOConfig(_Config):
     micro_batch_tokens: int | None = Field(None, ge=1)
     ppo_epochs: int = Field(1, ge=1)
     old_logprobs: Literal["recompute", "sampler"] = "recompute"
+    rollout: Literal["hf", "llama.cpp"] = "hf"
     optim: OptimSettings = OptimSettings()
     eval: EvalSettings = EvalSettings()
     resume: bool | str = False

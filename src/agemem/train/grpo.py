@@ -4,7 +4,8 @@ One step:
 1. Tasks: `tasks_per_step` training tasks drawn for this step (the curriculum's phase decides
    their knobs and the env's); under several processes each rolls out its share.
 2. Rollouts: `k` episodes per task with the current policy (`HFPolicy` at `temperature`, 1.0 by
-   default), all batched through `run_episodes`; each episode is scored by the reward
+   default; or, with `rollout="llama.cpp"`, a llama.cpp server handed the current weights
+   first), all batched through `run_episodes`; each episode is scored by the reward
    (`reward.key`).
 3. Advantages: each episode's reward against its group's (the k rollouts of its task), broadcast
    to every model turn of the episode (`step_samples`): one sample per turn, its prompt the exact
@@ -28,6 +29,7 @@ uninterrupted run would have taken.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Sequence
@@ -45,6 +47,9 @@ from agemem.env import EnvConfig, run_episodes
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder
 from agemem.policy.hf import HFPolicy
+from agemem.policy.models import PRESETS as MODEL_PRESETS
+from agemem.policy.models import package_file
+from agemem.policy.server import LlamaCppPolicy, WeightSyncPolicy
 from agemem.progress import LoggedProgress
 from agemem.rewards import RewardConfig, reward_fn
 from agemem.tasks import Task
@@ -114,11 +119,23 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
     evaluate = _evaluator(config, accelerator, model, tokenizer, reward, embedder)
     before = evaluate(step, writer) if step == 0 and config.eval.before else {}
 
+    server = _rollout_server(config, accelerator, model, tokenizer)
     run = _Run(
-        config, accelerator, model, reference, tokenizer, optimizer, scheduler, reward, embedder
+        config,
+        accelerator,
+        model,
+        reference,
+        tokenizer,
+        optimizer,
+        scheduler,
+        reward,
+        embedder,
+        server,
     )
     stopped = False
-    with StopRequest() as stop, LoggedProgress(disable=not (config.run.progress and main)) as bar:
+    closing = contextlib.closing(server) if server else contextlib.nullcontext()
+    progress = LoggedProgress(disable=not (config.run.progress and main))
+    with StopRequest() as stop, progress as bar, closing:
         job = bar.add_task("GRPO", total=config.steps, completed=step)
         while step < config.steps:
             last = _train_step(run, step)
@@ -162,6 +179,7 @@ class _Run:
     scheduler: Any
     reward: RewardConfig
     embedder: Embedder | None
+    server: WeightSyncPolicy | None  # rollout="llama.cpp": the server the rollouts go through
 
 
 def _train_step(run: _Run, step: int) -> dict[str, Any]:
@@ -191,6 +209,7 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
         max_new_tokens=generation_length(config.model),
         seed=step_seed(config.run.seed, step, 1 + accelerator.process_index),
         embedder=run.embedder,
+        server=run.server,
     )
     rollout_s = time.perf_counter() - start
 
@@ -216,6 +235,9 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
         **rollouts,
         **update,
         "rollout_s": rollout_s,
+        # the weights handed to the rollout server (files written, server restarted): part of
+        # rollout_s
+        **({"rollout/sync_s": run.server.last_sync.total_s} if run.server else {}),
         "update_s": update_s,
         "step_s": time.perf_counter() - start,
         # throughput of this process's share (generated tokens sampled / trained per second)
@@ -236,11 +258,19 @@ def rollout(
     max_new_tokens: int,
     seed: int,
     embedder: Embedder | None = None,
+    server: WeightSyncPolicy | None = None,
 ) -> list[Episode]:
-    """`k` scored episodes per task, sampled from `model` (left in eval mode)."""
-    policy = HFPolicy(
-        model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
-    )
+    """`k` scored episodes per task, sampled from `model` (left in eval mode): by an `HFPolicy`
+    over it, or by `server` (built with these sampling settings), handed `model`'s weights and
+    reseeded first."""
+    if server is None:
+        policy: HFPolicy | WeightSyncPolicy = HFPolicy(
+            model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        )
+    else:
+        server.sync_weights(model)
+        server.reseed(seed)
+        policy = server
     return run_episodes(
         policy,
         tasks,
@@ -419,6 +449,10 @@ def _check(config: GRPOConfig, accelerator: Accelerator) -> None:
             f"tasks_per_step={config.tasks_per_step} leaves some of the "
             f"{accelerator.num_processes} processes without a task; raise it"
         )
+    if config.rollout == "llama.cpp" and config.old_logprobs != "recompute":
+        raise ConfigError(
+            'rollout="llama.cpp" records no logprobs: set old_logprobs="recompute" (the default)'
+        )
 
 
 def _reference(
@@ -436,6 +470,31 @@ def _reference(
     for p in frozen.parameters():
         p.requires_grad_(False)
     return frozen.eval()
+
+
+def _rollout_server(
+    config: GRPOConfig, accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any
+) -> WeightSyncPolicy | None:
+    """The llama.cpp server of `rollout="llama.cpp"` (None for "hf"), one per process: a slot per
+    episode of this process's share, up to 16, each as long as the model's context window (a
+    prompt beyond it fails clearly instead of being cut), its base the shipped SmolLM2 GGUF
+    (served as is when the trainer's base is exactly it, else the template of the base's export).
+    It starts at the first step's sync; its log goes to `<out_dir>/rollout-server/`."""
+    if config.rollout == "hf":
+        return None
+    episodes = -(-config.tasks_per_step // accelerator.num_processes) * config.k
+    window = accelerator.unwrap_model(model).config.max_position_embeddings
+    rank = f"-{accelerator.process_index}" if accelerator.num_processes > 1 else ""
+    return LlamaCppPolicy(
+        tokenizer,
+        package_file(MODEL_PRESETS["smollm2-135m"].source),
+        n_parallel=min(16, episodes),
+        context=window,
+        max_new_tokens=generation_length(config.model),
+        temperature=config.temperature,
+        seed=config.run.seed,
+        work_dir=Path(config.run.out_dir) / f"rollout-server{rank}",
+    )
 
 
 def _writer(config: GRPOConfig, out: Path, step: int) -> MetricsWriter:
