@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -137,3 +138,29 @@ def test_episodes_layout_runs_each_message_as_a_trained_policys_episode(tmp_path
         assert "unknown layout 'threads'" in str(err)
     else:
         raise AssertionError("an unknown layout must be refused")
+
+
+def test_the_shipped_policy_answers_a_new_session_from_memory(tmp_path, embedder):
+    """The shipped trained SmolLM2 policy in a real chat: told a fact in one session, asked in
+    a new session over the same store file, its answer comes from the memory it stored."""
+    from agemem.chat import chat_policy
+    from agemem.env.driver import policy_token_counter
+    from agemem.policy.models import TRAINED_DIR
+
+    if not (TRAINED_DIR / "smollm2-135m-agemem" / "adapters.json").is_file():
+        pytest.skip("no trained policy ships in this copy (agemem export-policy writes it)")
+    policy = chat_policy("smollm2-135m-agemem", None, None, None, temperature=0.0)
+    path, counter = tmp_path / "memory.db", policy_token_counter(policy)
+
+    def chat(store):
+        return session(store, embedder, policy=policy, layout="episodes", token_counter=counter)
+
+    with SQLiteStore(path, cached(embedder)) as store:
+        chat(store).send("My sister Maya moved to Lisbon last spring.")
+        stored = [m.content for m in chat(store).memories()]
+        assert any("Lisbon" in m for m in stored), stored
+    with SQLiteStore(path, cached(embedder)) as store:  # a new session, the same file
+        reply = chat(store).send("Which city does my sister Maya live in?")
+        retrieved = [o for step in reply.steps for o in step.observations if "Lisbon" in o]
+        assert retrieved, "the answer turn saw no memory of the fact"
+        assert reply.answer is not None and "Lisbon" in reply.answer
