@@ -62,6 +62,7 @@ def test_id_space_is_the_first_space_of_every_preset():
     assert {name: config.id_space for name, config in PRESETS.items()} == {
         "paper": 9,
         "synthetic": 9,
+        "compact": 9,
         "atommem": 9,
     }
     for bad in (0, -1, None):

@@ -99,7 +99,7 @@ def test_bf16_autocast_grpo_loss_and_gradient_are_close_to_fp32(lora_model, samp
     results = {}
     for precision in ("fp32", "bf16-autocast"):
         config = GRPOConfig(run=RunSettings(precision=precision))
-        run = _Run(config, Accelerator(cpu=True), model, "adapters-off", tok, *[None] * 4)
+        run = _Run(config, Accelerator(cpu=True), model, "adapters-off", tok, *[None] * 5)
         loss, metrics, _ = batch_loss(run, batch, tokens)
         loss.backward()
         results[precision] = loss.item(), _grads(model), metrics
