@@ -63,6 +63,35 @@ def test_smollm2_answers_synthetic_questions_from_the_transcript(tmp_path):
     assert 100 < m["prompt_tokens_mean"] <= 256  # the synthetic budget
 
 
+def test_the_llama_cpp_backend_serves_the_same_model_and_stops_its_server(tmp_path):
+    """The same greedy run on both backends: llama.cpp serves SmolLM2's weights (the shipped
+    GGUF), so its answers score like torch's; the server is gone when the run ends."""
+
+    def run(backend: str) -> dict:
+        settings = EvalSettings("synthetic", "no-memory", limit=4, batch_size=4, backend=backend)
+        return run_eval(settings, tmp_path / backend, progress=False)
+
+    before = _children()
+    served, torch_run = run("llama.cpp"), run("torch")
+    assert served["settings"]["backend"] == "llama.cpp" and "backend" not in torch_run["settings"]
+    assert abs(served["metrics"]["f1"] - torch_run["metrics"]["f1"]) <= 0.25
+    assert served["metrics"]["f1"] > 0.1
+    assert _children() <= before  # no llama.cpp process left behind
+
+
+def _children() -> set[int]:
+    """This process's live children (Linux /proc)."""
+    mine, found = str(os.getpid()), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[1] == mine and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
 def test_oracle_memory_stores_only_the_evidence_and_smollm2_answers_from_it(tmp_path):
     """The ceiling row: the oracle's memory work, the real small model's answers."""
     settings = EvalSettings("hotpotqa", "oracle-memory", limit=3, batch_size=3)
@@ -289,6 +318,20 @@ def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
             ["--benchmark", "hotpotqa", "--method", "rag", "--policy", "no-such-model"],
             "cannot load model 'no-such-model'",
         ),
+        (["--benchmark", "hotpotqa", "--method", "rag", "--backend", "gpu"], "unknown backend"),
+        (
+            [
+                "--benchmark",
+                "synthetic",
+                "--method",
+                "rag",
+                "--policy",
+                "tiny",
+                "--backend",
+                "llama.cpp",
+            ],
+            "--backend llama.cpp cannot serve 'tiny'",
+        ),  # fmt: skip
     ],
 )
 def test_user_errors_are_one_line(args, message, tmp_path, monkeypatch):

@@ -33,10 +33,8 @@ from agemem.episode import Episode
 from agemem.policy.base import Policy
 from agemem.policy.gguf_export import ExportError
 from agemem.policy.hf import GenerationStats, HFPolicy
-from agemem.policy.models import PRESETS as MODEL_PRESETS
-from agemem.policy.models import package_file
 from agemem.policy.openai import ServerError
-from agemem.policy.server import LlamaCppPolicy
+from agemem.policy.server import LlamaCppPolicy, serve_hf_policy
 from agemem.tasks import Task, load_tasks
 
 Run = tuple[list[Episode], float, GenerationStats]
@@ -84,26 +82,12 @@ def _server(
     """A llama.cpp server with `policy`'s weights and sampling settings, warmed up like the HF
     policy, and what its sync cost; or None and why it cannot serve this model."""
     try:
-        server = LlamaCppPolicy(
-            policy.tokenizer,
-            package_file(MODEL_PRESETS["smollm2-135m"].source),
-            n_parallel=batch,
-            context=2048,
-            max_new_tokens=policy.max_new_tokens,
-            temperature=policy.temperature,
-            stop=policy.stop,
-            seed=seed,
-        )
-    except ServerError as err:
-        return None, {"skipped": str(err)}
-    try:
         start = time.perf_counter()
-        server.sync_weights(policy.model)
+        server = serve_hf_policy(policy, n_parallel=batch, context=2048, seed=seed)
         sync = {"sync_kind": server.last_sync.kind, "sync_s": round(time.perf_counter() - start, 3)}
-        run_episodes(server, warm_up, config.with_(n_max=1), progress=False)
-    except ExportError as err:
-        server.close()
+    except (ServerError, ExportError) as err:
         return None, {"skipped": str(err)}
+    run_episodes(server, warm_up, config.with_(n_max=1), progress=False)
     return server, sync
 
 

@@ -22,10 +22,11 @@ finished batch is appended the same way, and a resumed run skips the episodes al
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ RESULTS = "results.json"
 JOURNAL = "journal.jsonl"
 SHARDS = "shards"
 DEFAULT_MAX_NEW_TOKENS = 64  # for methods that do not say (ours)
+BACKENDS = ("torch", "llama.cpp")
 
 
 class EvalError(ValueError):
@@ -76,6 +78,11 @@ class EvalSettings:
     policy: str | None = "smollm2-135m"  # preset name or checkpoint directory
     base_url: str | None = None  # OpenAI-compatible server instead of a local model
     model: str | None = None  # the server's model name
+    # A local model runs in torch ("torch": HFPolicy) or is served by llama.cpp ("llama.cpp":
+    # the same weights written as GGUF, q8_0 for a fine-tuned base, one slot per episode of a
+    # batch; SmolLM2-architecture models only). Ours: greedy turns match torch's on most
+    # contexts, not all (quantized weights), so compare methods run on the same backend.
+    backend: str = "torch"
     limit: int | None = None
     t_max: int | None = None
     batch_size: int | None = None
@@ -89,8 +96,10 @@ class EvalSettings:
     options: dict[str, Any] = field(default_factory=dict)  # task-source options
 
     def identity(self) -> dict[str, Any]:
-        """Everything but `limit`: a run may be extended to more tasks, never changed."""
-        return {k: v for k, v in asdict(self).items() if k != "limit"}
+        """Everything but `limit`: a run may be extended to more tasks, never changed. The
+        backend only when not torch, so that runs written before it was a setting resume."""
+        skip = {"limit"} | ({"backend"} if self.backend == "torch" else set())
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 @dataclass(frozen=True)
@@ -287,7 +296,7 @@ def _run_tasks(
         ctx = _context(spec, method, settings)
         judge = _judge(settings)
         total = sum(len(t.questions) for t in tasks)
-        with _bar(progress) as bar:
+        with _closing(ctx.policy), _bar(progress) as bar:
             name = f"{spec.name} / {method.name}"
             if out.parent.name == SHARDS:
                 name += f" [shard {out.name}]"
@@ -306,6 +315,17 @@ def _run_tasks(
                 bar.advance(job, sum(len(t.questions) for t in chunk))
             journal.finish()
     return [done[t.id] for t in tasks]
+
+
+@contextlib.contextmanager
+def _closing(policy: Policy) -> Iterator[None]:
+    """Stops a server-backed policy (llama.cpp) when the run ends, however it ends."""
+    try:
+        yield
+    finally:
+        close = getattr(policy, "close", None)
+        if close is not None:
+            close()
 
 
 def _batch_size(spec: BenchmarkSpec, settings: EvalSettings) -> int:
@@ -369,7 +389,7 @@ def _run_interactive(
     if len(done) >= total:
         return done[:total]
     ctx = _context(spec, None, settings)
-    with _bar(progress) as bar:
+    with _closing(ctx.policy), _bar(progress) as bar:
         job = bar.add_task(
             f"{spec.name} / {settings.method}",
             total=total,
@@ -405,7 +425,8 @@ def _context(spec: BenchmarkSpec, method: EvalMethod | None, settings: EvalSetti
     from agemem.memory.embed import default_embedder
 
     hint = getattr(method, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-    policy, window = _policy(settings, settings.max_new_tokens or hint)
+    batch_size = _batch_size(spec, settings)
+    policy, window = _policy(settings, settings.max_new_tokens or hint, batch_size)
     t_max = settings.t_max or spec.t_max
     env = PRESETS[spec.env_preset].with_(**spec.env_overrides)
     return RunContext(
@@ -416,22 +437,40 @@ def _context(spec: BenchmarkSpec, method: EvalMethod | None, settings: EvalSetti
         top_k=settings.top_k,
         seed=settings.seed,
         progress=False,
-        batch_size=settings.batch_size or spec.batch_size,
+        batch_size=batch_size,
         model_context=window,
         stage1_window=spec.stage1_window,
         env=env if env.t_max is None else env.with_(t_max=t_max),
     )
 
 
-def _policy(settings: EvalSettings, max_new_tokens: int) -> tuple[Policy, int | None]:
-    """The policy, and its window in tokens (None when unknown: a server)."""
+def _policy(settings: EvalSettings, max_new_tokens: int, slots: int) -> tuple[Policy, int | None]:
+    """The policy (`slots` episodes at once on a llama.cpp backend), and its window in tokens
+    (None when unknown: a server)."""
+    if settings.backend not in BACKENDS:
+        raise EvalError(f"unknown backend {settings.backend!r}; choose from {', '.join(BACKENDS)}")
+    if settings.base_url and settings.backend != "torch":
+        raise EvalError("--backend applies to a local model; drop it with --base-url")
     if settings.base_url:
         return _server(
             settings.base_url, settings.model, settings.temperature, max_new_tokens
         ), None
     if not settings.policy:
         raise EvalError("no model: pass --policy PRESET_OR_DIR or --base-url URL --model NAME")
-    return _local(settings.policy, settings.temperature, max_new_tokens, settings.seed)
+    policy, window = _local(settings.policy, settings.temperature, max_new_tokens, settings.seed)
+    if settings.backend == "torch":
+        return policy, window
+    from agemem.policy.gguf_export import ExportError
+    from agemem.policy.openai import ServerError
+    from agemem.policy.server import serve_hf_policy
+
+    try:
+        served = serve_hf_policy(
+            policy, n_parallel=slots, context=window or 4096, seed=settings.seed
+        )
+    except (ExportError, ServerError) as err:
+        raise EvalError(f"--backend llama.cpp cannot serve {settings.policy!r}: {err}") from None
+    return served, window
 
 
 def _server(url: str, model: str | None, temperature: float, max_new_tokens: int) -> Policy:

@@ -174,6 +174,7 @@ class HFPolicy:
         self.device = next(self.model.parameters()).device
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.top_p, self.top_k = top_p, top_k
         self.stop = tuple(stop)
         self.eos_ids = _eos_ids(self.model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -84,7 +84,7 @@ from agemem.policy.gguf_export import (
     write_lora,
     write_model,
 )
-from agemem.policy.hf import DEFAULT_STOP, _check_context
+from agemem.policy.hf import DEFAULT_STOP, HFPolicy, _check_context
 from agemem.policy.openai import ServerError
 
 
@@ -342,6 +342,35 @@ class LlamaCppPolicy(WeightSyncPolicy):
         for path in self.work_dir.glob("*.gguf"):
             if path not in keep:
                 path.unlink(missing_ok=True)
+
+
+def serve_hf_policy(
+    policy: HFPolicy, *, n_parallel: int, context: int, seed: int = 0
+) -> LlamaCppPolicy:
+    """A llama.cpp server that samples as `policy` does: its tokenizer, turn length, temperature,
+    truncation and stop strings, and its model's current weights (synced once, here). The base
+    GGUF is the shipped SmolLM2 file, so only SmolLM2-architecture models can be served;
+    another raises `ExportError`, a missing xllamacpp `ServerError`."""
+    from agemem.policy.models import PRESETS, package_file
+
+    server = LlamaCppPolicy(
+        policy.tokenizer,
+        package_file(PRESETS["smollm2-135m"].source),
+        n_parallel=n_parallel,
+        context=context,
+        max_new_tokens=policy.max_new_tokens,
+        temperature=policy.temperature,
+        top_p=policy.top_p,
+        top_k=policy.top_k,
+        stop=policy.stop,
+        seed=seed,
+    )
+    try:
+        server.sync_weights(policy.model)
+    except BaseException:
+        server.close()
+        raise
+    return server
 
 
 class _Server:
