@@ -21,6 +21,9 @@
 #                         rows for it in $OUT/<benchmark>/agemem-norl-base, the same tools
 #                         without RL for a trained policy whose base is not SmolLM2
 #   THREADS=2             torch threads per process (the machine's cores)
+#   BACKEND=torch         how local models run on the QA benchmarks: torch, or llama.cpp (the
+#                         same weights served by llama.cpp, q8_0; every row alike, so the rows
+#                         stay comparable; `agemem eval --backend`)
 #   SHARDS=1              processes per QA run (`agemem eval --shard I/N`), gathered into one
 #                         run when all end. On the 2-core reference machine, HotpotQA
 #                         a-mem-style: SHARDS=2 THREADS=1 made 50 model calls per minute,
@@ -48,6 +51,7 @@ run() {  # benchmark method [extra args...]
   if [[ -n "${LIMIT:-}" && "$LIMIT" -lt "$n" ]]; then n=$LIMIT; fi
   echo "== $b / $dir ($n tasks)"
   local args=(eval --benchmark "$b" --method "$m" --limit "$n" --out "$OUT/$b/$dir" "$@")
+  if [[ ! $b =~ ^(babyai|twc|pddl|scienceworld)$ ]]; then args+=(--backend "${BACKEND:-torch}"); fi
   local log="$OUT/$b.$dir.log"  # appended: a resumed run keeps the log of the runs before it
   if [[ ${SHARDS:-1} -gt 1 && ! $b =~ ^(babyai|twc|pddl|scienceworld)$ ]]; then
     local pids=() i

@@ -32,6 +32,7 @@ from agemem.train.checkpoint import checkpoint_dir, latest_checkpoint
 from agemem.train.config import load_config
 from agemem.train.grpo import rollout, run_grpo
 from agemem.train.metrics import read_metrics
+from agemem.train.plots import plot_runs
 from agemem.train.sft import run_sft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,6 +170,9 @@ def test_resume_reproduces_the_next_step(start_dir, tmp_path, embedder):
     assert resumed.metrics["rollout/reward_mean"] == straight.metrics["rollout/reward_mean"]
     steps = [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
     assert steps == [1, 2]
+    runs = {"a": list(read_metrics(tmp_path / "a" / "metrics.jsonl")), "b": []}
+    written = plot_runs(runs, tmp_path / "plots")  # `agemem plot`: a GRPO run's curves
+    assert [p.name for p in written] == ["learning_curves.png", "tool_mix.png"]
 
 
 def test_ctrl_c_finishes_the_step_saves_and_returns(start_dir, tmp_path, embedder):

@@ -59,6 +59,21 @@ def test_sft_loss_decreases_on_oracle_data(sft_run):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+def test_agemem_plot_draws_the_sft_loss_and_names_a_bad_directory(sft_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from agemem.cli import app
+
+    _, out = sft_run
+    result = CliRunner().invoke(app, ["plot", str(out), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    png = tmp_path / "sft_loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert not (tmp_path / "learning_curves.png").exists()  # no rollouts in an SFT run
+    result = CliRunner().invoke(app, ["plot", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "metrics.jsonl does not exist" in result.output
+
+
 def test_samples_mask_prompt_tokens_and_loss_is_completion_nll(sft_run, embedder):
     result, _ = sft_run
     model, tokenizer = load_for_training(ModelSettings(name=str(result.final_dir)))

@@ -283,6 +283,36 @@ def train(
     typer.echo(json.dumps(summary | {f"after/{k}": v for k, v in result.eval_after.items()}))
 
 
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Training run directories (metrics.jsonl).")],
+    out: Annotated[Path, typer.Option(help="Where the PNG files go.")] = Path("."),
+) -> None:
+    """Plot training runs: the SFT loss, GRPO's learning curves and tool-call mix."""
+    from agemem.train.metrics import read_metrics
+    from agemem.train.plots import plot_runs
+
+    records = {}
+    for run in runs:
+        path = run / "metrics.jsonl"
+        if not path.is_file():
+            typer.echo(
+                f"error: {path} does not exist (is {run} a training run directory?)", err=True
+            )
+            raise typer.Exit(1)
+        try:
+            records[str(run)] = list(read_metrics(path))
+        except (ValueError, UnicodeDecodeError) as err:
+            typer.echo(f"error: {path} is not a metrics file: {err}", err=True)
+            raise typer.Exit(1) from None
+    written = plot_runs(records, out)
+    if not written:
+        typer.echo("error: no SFT loss or GRPO rollout records in these runs", err=True)
+        raise typer.Exit(1)
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
 REPRODUCE = (
     "agemem sft --preset smollm2-hotpotqa && agemem train --preset smollm2-hotpotqa && "
     "agemem export-policy"

@@ -1,4 +1,5 @@
-"""Training plots from a run's `metrics.jsonl`: learning curves and the tool-call mix.
+"""Training plots from a run's `metrics.jsonl`: the SFT loss, GRPO's learning curves and its
+tool-call mix (`plot_runs` picks what each run's records hold; `agemem plot` runs it).
 
 matplotlib is an optional dependency (the `plot` extra); `require_matplotlib` names the fix
 when it is missing. Figures are written with the non-interactive Agg backend, so plotting works
@@ -54,6 +55,49 @@ def plot_learning_curves(runs: Runs, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, plt, path)
+
+
+def plot_sft_loss(runs: Runs, path: str | Path) -> Path:
+    """Per SFT step, for each run: the loss (thin) and its 20-step moving mean, with the
+    held-out evaluations' success as points on a second axis when the run has them."""
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    right = None
+    for i, (label, rows) in enumerate(runs.items()):
+        color = f"C{i}"
+        steps, losses = _series(rows, "loss")
+        ax.plot(steps, losses, color=color, alpha=0.3, linewidth=0.8)
+        means = [sum(losses[max(0, j - 19) : j + 1]) / len(losses[max(0, j - 19) : j + 1])
+                 for j in range(len(losses))]  # fmt: skip
+        ax.plot(steps, means, color=color, label=f"{label}: loss (20-step mean)")
+        eval_steps, success = _series(rows, "eval/success")
+        if eval_steps:
+            right = right or ax.twinx()
+            right.plot(eval_steps, success, "o", color=color, label=f"{label}: held-out success")
+    ax.set(xlabel="SFT step", ylabel="loss (weighted token NLL)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    if right is not None:
+        right.set(ylabel="held-out success", ylim=(-0.02, 1.02))
+        right.legend(fontsize=7, loc="center right")
+    return _save(fig, plt, path)
+
+
+def plot_runs(runs: Runs, out: str | Path) -> list[Path]:
+    """Every plot the runs' records allow, into `out`: `sft_loss.png` for SFT runs (a loss, no
+    rollouts), `learning_curves.png` and `tool_mix.png` for GRPO runs."""
+    out = Path(out)
+    grpo = {k: v for k, v in runs.items() if any("rollout/reward_mean" in r for r in v)}
+    sft = {k: v for k, v in runs.items() if k not in grpo and any("loss" in r for r in v)}
+    written = []
+    if sft:
+        written.append(plot_sft_loss(sft, out / "sft_loss.png"))
+    if grpo:
+        written += [
+            plot_learning_curves(grpo, out / "learning_curves.png"),
+            plot_tool_mix(grpo, out / "tool_mix.png"),
+        ]
+    return written
 
 
 def plot_tool_mix(runs: Runs, path: str | Path) -> Path:
