@@ -66,3 +66,25 @@ def test_missing_or_malformed_policies_are_one_clear_error(tmp_path, monkeypatch
     result = CliRunner().invoke(app, ["export-policy", "--sft", str(tmp_path), "--sft-only"])
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and "not a LoRA adapter" in result.output
+
+
+def test_a_lora_checkpoint_loads_as_its_base_with_the_adapter_merged(tmp_path):
+    """A trainer's LoRA checkpoint (`checkpoints/step-N/model`, a peft adapter directory) loads
+    as one plain model: the base it names with the adapter merged, as `agemem eval --policy`
+    and an export see it."""
+    base, tokenizer = load_model("smollm2-135m")
+    merged = trained_adapter(base, 3, tmp_path / "model")  # base_model_name_or_path: the cache
+    tokenizer.save_pretrained(tmp_path / "model")
+    loaded, loaded_tokenizer = load_model(tmp_path / "model")
+    assert not any("lora" in name for name, _ in loaded.named_parameters())
+    ids = torch.tensor([tokenizer.encode("Where did Annie Morton grow up?")])
+    with torch.no_grad():
+        want, got = merged(ids).logits, loaded(ids).logits
+    assert torch.allclose(want, got, atol=1e-4)
+    assert not torch.allclose(got, load_model("smollm2-135m")[0](ids).logits, atol=1e-2)
+    assert loaded_tokenizer.chat_template == tokenizer.chat_template
+    config = json.loads((tmp_path / "model" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (tmp_path / "model" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotAvailable, match="base model .* is not here"):
+        load_model(tmp_path / "model")

@@ -53,7 +53,6 @@ def apply_adapters(
 ) -> PreTrainedModel:
     """`model` (the manifest's base) with the adapters of `directory` merged in, in the
     manifest's order: all of them, or those named in `only`."""
-    from peft import PeftModel
 
     directory = Path(directory)
     manifest = PolicyManifest.read(directory)
@@ -66,10 +65,17 @@ def apply_adapters(
         adapter = directory / name
         if not (adapter / WEIGHTS).is_file() or not (adapter / CONFIG).is_file():
             raise PolicyFilesError(f"adapter {adapter} lacks {WEIGHTS} or {CONFIG}")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = merge_adapter(model, adapter)
     return model
+
+
+def merge_adapter(model: PreTrainedModel, adapter: str | Path) -> PreTrainedModel:
+    """`model` with the peft LoRA adapter directory `adapter` merged into its weights."""
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
 
 def export_policy(

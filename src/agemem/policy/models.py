@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -279,6 +280,26 @@ def _load_policy(
     return model.to(device).eval(), tokenizer
 
 
+def _load_adapter_dir(
+    path: Path, device: str, dtype: str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A LoRA training checkpoint (a peft adapter directory, as the trainers save under LoRA):
+    the base it names loaded as `load_model` loads it, the adapter merged in, and the
+    checkpoint's own tokenizer. Merged, the weights are one plain model, as an export sees them."""
+    from agemem.policy.adapters import merge_adapter
+
+    config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base or not (base in PRESETS or Path(base).is_dir()):
+        raise ModelNotAvailable(
+            f"{path} is a LoRA adapter whose base model {base!r} is not here (neither a preset "
+            "nor a directory)"
+        )
+    model, _ = load_model(base, device=device, dtype=dtype)
+    model = merge_adapter(model, path)
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(path)
+
+
 def load_model(
     name_or_path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -296,6 +317,8 @@ def load_model(
         if preset.kind == "policy":
             return _load_policy(preset, device, dtype)
         path, dtype = resolve_preset(name), dtype or preset.dtype
+    elif (Path(name) / "adapter_config.json").is_file():
+        return _load_adapter_dir(Path(name), device, dtype)
     elif Path(name).is_dir():
         path = Path(name)
     else:
