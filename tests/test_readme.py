@@ -19,8 +19,8 @@ def test_library_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(example, "README.md", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "Maya" in printed
-    events = [
-        e["event"] for e in namespace["memory"].history(namespace["hits"]["results"][0]["id"])
-    ]
+    memory = namespace["memory"]
+    events = [e["event"] for e in memory.history(namespace["top"], user_id="alice")]
     assert events[-1] == "UPDATE"
+    assert memory.get(namespace["top"], user_id="bob") is None  # the scope rule holds
     assert (tmp_path / "memory.db").exists()

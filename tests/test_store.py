@@ -200,45 +200,171 @@ def test_filter_keys_are_parameters_not_sql(tagged):
 # ---- adds, dedupe, updates, history ------------------------------------------------------------
 
 
-def test_near_duplicate_is_reported_not_inserted(store):
+# Pairs the store's old default (refuse any add with cosine >= 0.95) silently dropped.
+NEAR_PAIRS = [
+    ("Meeting with Bob on Monday at 3pm", "Meeting with Bob on Tuesday at 3pm"),
+    ("My flight is AF1234 to Paris on May 3", "My flight is AF1235 to Paris on May 3"),
+]
+
+
+def test_exact_duplicates_merge_and_everything_else_is_stored(store):
     first = store.add("Alice lives in Paris.", scope=U1)
-    again = store.add("Alice resides in Paris", scope=U1)
-    assert first.added and not again.added
-    assert again.duplicate_of is not None and again.duplicate_of.id == first.item.id
-    assert again.item.id == first.item.id
-    assert 0.95 <= again.similarity < 1.0
+    again = store.add("  Alice lives \t in Paris. ", scope=U1)  # same text, other whitespace
+    assert first.event == "ADD" and first.added
+    assert (again.event, again.match, again.added) == ("NONE", "exact", False)
+    assert again.item.id == again.duplicate_of.id == first.item.id
+    assert again.similarity == pytest.approx(1.0, abs=1e-3)
     assert store.count() == 1
-    assert store.add("Alice lives in Lyon.", scope=U1).added  # different fact (cosine ~0.8)
-    assert store.add("Alice resides in Paris", scope=U2).added  # other scope
-    assert store.add("Alice resides in Paris", scope=U1, dedupe=False).added
-    assert store.count() == 4
+    assert [e.event for e in store.history(first.item.id)] == ["ADD"]  # the merge wrote nothing
+    distinct = [
+        store.add("Alice resides in Paris", scope=U1),  # a near-duplicate (cosine 0.95)
+        store.add("alice lives in paris.", scope=U1),  # case counts
+        store.add("Alice lives in Paris.", scope=U2),  # another user
+        store.add("Alice lives in Paris.", scope=Scope("u1", "agentA")),  # another exact scope
+        store.add("Alice lives in Paris.", scope=U1, metadata={"src": "chat"}),
+        store.add("Alice lives in Paris.", scope=U1, memory_type="episodic"),
+        store.add("Alice lives in Paris.", scope=U1, dedupe="off"),
+        store.add("Alice lives in Paris.", scope=U1, dedupe=False),  # False is "off"
+    ]
+    assert [r.event for r in distinct] == ["ADD"] * len(distinct)
+    assert store.count() == 1 + len(distinct)
 
 
-def test_dedupe_threshold_is_a_store_option(tmp_path, embedder):
-    with SQLiteStore(tmp_path / "strict.db", embedder, dedupe_threshold=0.999) as strict:
-        strict.add("Alice lives in Paris.")
-        assert strict.add("Alice resides in Paris").added
+@pytest.mark.parametrize(("old", "new"), NEAR_PAIRS)
+def test_near_duplicates_are_kept_by_default(store, embedder, old, new):
+    a, b = embedder.embed([old, new])
+    assert float(a @ b) >= 0.95  # the old default refused the second add
+    results = [store.add(old, scope=U1), store.add(new, scope=U1)]
+    assert [r.event for r in results] == ["ADD", "ADD"]
+    assert sorted(m.content for m in store.get_all(scope=U1)) == sorted([old, new])
+
+
+def test_eighty_distinct_facts_from_two_writers_keep_eighty_rows(tmp_path, embedder):
+    facts = {w: [f"fact {w} number {i}" for i in range(40)] for w in "AB"}
+    with (
+        SQLiteStore(tmp_path / "m.db", embedder) as a,
+        SQLiteStore(tmp_path / "m.db", embedder) as b,
+    ):
+        for fa, fb in zip(facts["A"], facts["B"], strict=True):
+            assert a.add(fa).added and b.add(fb).added
+        for writer in (a, b):  # each writer repeats them all: exact repeats merge
+            repeats = writer.add_many([NewMemory(f) for f in facts["A"] + facts["B"]])
+            assert {r.event for r in repeats} == {"NONE"}
+        assert sorted(m.content for m in a.get_all()) == sorted(facts["A"] + facts["B"])
+
+
+def test_near_mode_turns_a_near_duplicate_into_an_update_history_records(store):
+    monday, tuesday = NEAR_PAIRS[0]
+    first = store.add(monday, scope=U1, metadata={"source": "mail"})
+    result = store.add(tuesday, scope=U1, metadata={"by": "bob"}, dedupe="near")
+    assert (result.event, result.match, result.added) == ("UPDATE", "near", False)
+    assert result.item.id == first.item.id and result.duplicate_of.content == monday
+    assert result.similarity >= 0.95
+    assert store.count() == 1
+    stored = store.get(first.item.id)
+    assert stored.content == tuesday and stored.metadata == {"source": "mail", "by": "bob"}
+    assert store.search("meeting Tuesday", scope=U1, mode="dense", top_k=1)[0].id == first.item.id
+    events = store.history(first.item.id)
+    assert [(e.event, e.old_content, e.new_content) for e in events] == [
+        ("ADD", None, monday),
+        ("UPDATE", monday, tuesday),
+    ]
+    again = store.add(tuesday, scope=U1, metadata={"source": "mail", "by": "bob"}, dedupe="near")
+    assert (again.event, again.match) == ("NONE", "exact")  # exact repeats still merge
+    assert store.add("Carol plays the violin.", scope=U1, dedupe="near").added  # unrelated
+
+
+def test_near_mode_threshold_per_call_and_per_store(tmp_path, embedder):
+    with SQLiteStore(tmp_path / "near.db", embedder, dedupe="near") as near:
+        assert near.add("Alice lives in Paris.").added
+        assert near.add("Alice resides in Paris", dedupe_threshold=0.99).added  # 0.95 < 0.99
+        assert near.add("Alice resides in Paris.", dedupe_threshold=0.9).event == "UPDATE"
+        assert near.add("Bob lives in Rome.", dedupe="exact").added
+    with SQLiteStore(tmp_path / "strict.db", embedder, dedupe="near", dedupe_threshold=0.999) as s:
+        s.add("Alice lives in Paris.")
+        assert s.add("Alice resides in Paris").added
     with pytest.raises(ValueError, match="cosine"):
         SQLiteStore(tmp_path / "bad.db", embedder, dedupe_threshold=1.5)
+    with pytest.raises(ValueError, match="exact, near, reject, off"):
+        SQLiteStore(tmp_path / "bad.db", embedder, dedupe="fuzzy")
+    with SQLiteStore(tmp_path / "ok.db", embedder) as store:
+        with pytest.raises(ValueError, match="exact, near, reject, off"):
+            store.add("x", dedupe="similar")
+        with pytest.raises(ValueError, match="cosine"):
+            store.add("x", dedupe="near", dedupe_threshold=float("nan"))
+        assert store.count() == 0
 
 
-def test_add_many_dedupes_within_the_batch_and_embeds_once(tmp_path, embedder):
+def test_reject_mode_reports_the_near_duplicate_and_writes_nothing(tmp_path, embedder):
+    """The AgeMem env's mode: the agent is told what matched and decides."""
+    with SQLiteStore(tmp_path / "m.db", embedder, dedupe="reject") as store:
+        first = store.add("Alice lives in Paris.", scope=U1)
+        again = store.add("Alice resides in Paris", scope=U1)
+        assert first.added and (again.event, again.match, again.added) == ("NONE", "near", False)
+        assert again.duplicate_of.id == again.item.id == first.item.id
+        assert 0.95 <= again.similarity < 1.0
+        assert store.count() == 1 and len(store.history(first.item.id)) == 1
+        assert store.add("Alice lives in Lyon.", scope=U1).added  # different fact (cosine ~0.8)
+        assert store.add("Alice resides in Paris", scope=U2).added  # other scope
+        assert store.add("Alice resides in Paris", scope=U1, dedupe="off").added
+        assert store.count() == 4
+
+
+def test_add_many_checks_each_item_against_the_earlier_ones(tmp_path, embedder):
     counting = CountingEmbedder(embedder)
     with SQLiteStore(tmp_path / "m.db", counting) as store:
         given = embedder.embed(["Precomputed vector entry"])[0]
-        results = store.add_many(
-            [
-                NewMemory("The cat sleeps on the sofa."),
-                NewMemory("The cat sleeps on the sofa"),
-                NewMemory("Precomputed vector entry", embedding=given * 3.0),
-                NewMemory("Quarterly taxes are due in April."),
-            ]
-        )
-        assert counting.texts == 3  # the given embedding was not recomputed
-        assert [r.added for r in results] == [True, False, True, True]
-        assert results[1].duplicate_of.id == results[0].item.id
+        batch = [
+            NewMemory("The cat sleeps on the sofa."),
+            NewMemory("The cat sleeps on the sofa"),
+            NewMemory("Precomputed vector entry", embedding=given * 3.0),
+            NewMemory("The cat  sleeps on the sofa."),
+            NewMemory("Quarterly taxes are due in April."),
+        ]
+        results = store.add_many(batch)
+        assert counting.texts == 4  # the given embedding was not recomputed
+        assert [r.event for r in results] == ["ADD", "ADD", "ADD", "NONE", "ADD"]
+        assert results[3].duplicate_of.id == results[0].item.id
         stored = store.get(results[2].item.id).embedding
         assert np.linalg.norm(stored) == pytest.approx(1.0, abs=1e-5)  # normalised on the way in
+        assert store.count() == 4
+        rejected = store.add_many(batch[:2] + batch[4:], dedupe="reject")
+        assert [r.event for r in rejected] == ["NONE", "NONE", "NONE"]
+        store.reset()
+        near = store.add_many(batch[:2], dedupe="near")  # the second updates the first
+        assert [r.event for r in near] == ["ADD", "UPDATE"]
+        assert near[1].item.id == near[0].item.id
+        assert [e.event for e in store.history(near[0].item.id)] == ["ADD", "UPDATE"]
+        assert [m.content for m in store.get_all()] == ["The cat sleeps on the sofa"]
+
+
+def test_by_id_calls_check_the_scope(store):
+    item = store.add("Alice's PIN is 4412.", scope=Scope("u1", "agentA", "s1")).item
+    inside = [U1, Scope(user_id="u1", session_id="s1"), Scope(agent_id="agentA"), None, Scope()]
+    outside = [U2, Scope(user_id="u1", session_id="s2"), Scope(agent_id="agentB")]
+    for scope in inside:
+        assert store.get(item.id, scope=scope).id == item.id
+        assert [e.event for e in store.history(item.id, scope=scope)] == ["ADD"]
+    for scope in outside:
+        for call in (
+            lambda s: store.get(item.id, scope=s),
+            lambda s: store.update(item.id, "Alice's PIN is 0000.", scope=s),
+            lambda s: store.update(item.id, metadata={"x": 1}, scope=s),
+            lambda s: store.delete(item.id, scope=s),
+            lambda s: store.history(item.id, scope=s),
+        ):
+            with pytest.raises(MemoryNotFound, match=item.id):
+                call(scope)
+    assert (
+        store.get(item.id).content == "Alice's PIN is 4412." and store.get(item.id).metadata == {}
+    )
+    store.update(item.id, "Alice's PIN is 9999.", scope=U1)
+    store.delete(item.id, scope=U1)
+    # once deleted, its history still answers to its own scope only
+    assert [e.event for e in store.history(item.id, scope=U1)] == ["ADD", "UPDATE", "DELETE"]
+    with pytest.raises(MemoryNotFound):
+        store.history(item.id, scope=U2)
+    assert len(store.history(item.id)) == 3
 
 
 def test_add_many_is_all_or_nothing(store):

@@ -74,12 +74,28 @@ def test_add_memory_stores_an_entry_in_scope(state, store):
     assert [e.event for e in store.history(memory_id)] == ["ADD"]
 
 
-def test_add_near_duplicate_is_reported_not_stored(state, store):
+@pytest.mark.parametrize("again", ["Ann is allergic to peanuts.", "Ann is allergic to peanuts"])
+def test_add_near_duplicate_is_reported_not_stored_in_reject_mode(tmp_path, embedder, again):
+    """The envs' stores refuse near-duplicates ("reject") and tell the agent what to update."""
+    with SQLiteStore(tmp_path / "m.db", embedder=embedder, dedupe="reject") as store:
+        state = AgentMemoryState(store, Context(embedder=embedder), scope=ANN)
+        first = add(state, "Ann is allergic to peanuts.")
+        result = run(state, "Add_memory", content=again)
+        assert result.ok and f"Not added: near-duplicate of {first}, similarity" in result.content
+        assert f"Update_memory with memory_id '{first}'" in result.content
+        assert store.count() == 1 and state.added_ids == [first]
+
+
+def test_add_exact_duplicate_is_merged_and_a_near_one_stored_by_default(state, store):
     first = add(state, "Ann is allergic to peanuts.")
-    result = run(state, "Add_memory", content="Ann is allergic to peanuts.")
-    assert result.ok and "near-duplicate" in result.content
-    assert f"Update_memory with memory_id '{first}'" in result.content
-    assert store.count() == 1 and state.added_ids == [first]
+    result = run(state, "Add_memory", content="Ann is  allergic to peanuts. ")
+    assert result.ok
+    assert (
+        result.content
+        == f"Not added: {first} already holds this text: {'Ann is allergic to peanuts.'!r}."
+    )
+    second = add(state, "Ann is allergic to peanuts and shellfish.")
+    assert store.count() == 2 and state.added_ids == [first, second]
 
 
 def test_retrieve_shows_ids_the_model_can_copy_into_update(state, store):

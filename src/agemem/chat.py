@@ -336,7 +336,9 @@ def open_chat(
     policy = chat_policy(model, base_url, api_key, scripted, temperature)
     store.parent.mkdir(parents=True, exist_ok=True)
     embedder = cached(default_embedder())
-    with SQLiteStore(store, embedder) as memory:
+    # "reject", as in the env the policy was trained in: a near-duplicate add is refused and the
+    # agent is told which entry it matched, to update it itself
+    with SQLiteStore(store, embedder, dedupe="reject") as memory:
         session = ChatSession(
             policy,
             memory,

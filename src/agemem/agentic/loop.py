@@ -118,7 +118,9 @@ class AgentEpisode:
         self._tools = settings.method in TOOL_METHODS
         self._window = not self._tools  # no-memory and rag cut the history to fit t_max
         self._window_start = 0  # index of the first kept round after system prompt and goal
-        self._store: MemoryStore = SQLiteStore(":memory:", embedder, ids=seeded_memory_ids(0))
+        self._store: MemoryStore = SQLiteStore(  # "reject": near-duplicate steps stored once
+            ":memory:", embedder, ids=seeded_memory_ids(0), dedupe="reject"
+        )
         self._context = Context(settings.t_max, token_counter, embedder, summarizer)
         self._state = AgentMemoryState(self._store, self._context)
         self._recorder: Recorder | None = None

@@ -76,4 +76,12 @@ class EpisodeEnv:
     def _new_store(self) -> MemoryStore:
         threshold = self.config.dedupe_threshold
         extra = {} if threshold is None else {"dedupe_threshold": threshold}
-        return SQLiteStore(":memory:", self.embedder, ids=seeded_memory_ids(self._seed), **extra)
+        # "reject": a near-duplicate add is refused and the agent is told which entry it matched,
+        # so the agent itself decides whether to update it (the env's behaviour since the start)
+        return SQLiteStore(
+            ":memory:",
+            self.embedder,
+            ids=seeded_memory_ids(self._seed),
+            dedupe="reject",
+            **extra,
+        )

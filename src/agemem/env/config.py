@@ -84,7 +84,8 @@ class EnvConfig:
     AtomMem fields: `chunk_tokens` / `chunk_overlap` (AtomMem: 4,096 / 100), `atommem_top_k`
     (AtomMem: 6), `max_chunk_steps` (AtomMem: 40; chunks beyond it are not read).
     Shared: `filter_theta` (AgeMem: 0.6), `search_mode` (dense: both papers retrieve by cosine),
-    `dedupe_threshold` (the store's near-duplicate cosine; None keeps the store's default 0.95).
+    `dedupe_threshold` (the cosine at which the env's store refuses a near-duplicate add, dedupe
+    mode "reject"; None keeps the store's default 0.95).
     """
 
     name: str = "custom"

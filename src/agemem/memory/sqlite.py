@@ -9,6 +9,8 @@ Layout of the file:
 - `history`: ADD / UPDATE / DELETE events with old and new content, written by triggers so that
   no write path can skip them. It doubles as the change feed that keeps every process's
   in-memory vector index in step with the file (rows with an id above the last one applied).
+- `deleted_scopes`: the scope of each deleted entry (written by a trigger), so that the history of
+  a deleted entry stays readable to its own scope and to no other.
 - `meta`: schema version, embedder name and dimension, and a `generation` counter that reset
   and import bump to make every process reload its index in full.
 - `graph_cache`: the last HNSW graph a process built for a large store, with the state it
@@ -16,8 +18,14 @@ Layout of the file:
 
 Concurrency: WAL journal, `busy_timeout`, every write in `BEGIN IMMEDIATE` (so writers queue
 instead of failing half-way), every search in one read transaction (one consistent snapshot).
-Near-duplicate checks run inside the write transaction, so two processes cannot both insert the
-same fact.
+Duplicate checks run inside the write transaction, so two processes cannot both insert the same
+fact.
+
+Deduplication (`DedupeMode`, per store and per call): "exact" (the default) keeps one entry per
+normalised text in a scope and stores every other add; "near" also turns a near-duplicate into an
+UPDATE of the entry it matched (history keeps the old text); "reject" writes nothing for a
+near-duplicate and reports what it matched (AgeMem's env, where the agent decides); "off" stores
+everything.
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agemem.memory.embed import Embedder, default_embedder
 from agemem.memory.search import SearchConfig, resolve_search_config, rrf_fuse
 from agemem.memory.store import (
+    DEDUPE_MODES,
     DEFAULT_MEMORY_TYPE,
     AddResult,
+    DedupeMode,
     EmbedderMismatch,
     HistoryEvent,
     MemoryItem,
@@ -52,18 +62,21 @@ from agemem.memory.store import (
     SearchMode,
     StoreError,
     new_memory_id,
+    normalize_content,
     utc_now,
 )
 from agemem.memory.vector_index import VectorIndex, VectorIndexConfig
 
 SCHEMA_VERSION = 1
-# Cosine at or above which a new entry counts as a restatement of an existing one in its scope.
-# Measured with all-MiniLM-L6-v2: rewordings of one fact score 0.96-0.99 ("Alice lives in Paris" /
-# "Alice resides in Paris" 0.968, "... Paris." 0.990), related but different facts lower
-# ("... in Lyon" 0.806, "Bob likes sushi" / "Bob dislikes sushi" 0.922). Facts differing only
-# in a small token still pass as duplicates ("Tuesday" / "Wednesday" 0.973), which is why a
-# blocked add reports what it matched: the caller (or agent) can update that entry instead.
+# Cosine at or above which modes "near" and "reject" take a new entry for a restatement of an
+# existing one in its scope. Measured with all-MiniLM-L6-v2: rewordings of one fact score
+# 0.96-0.99 ("Alice lives in Paris" / "Alice resides in Paris" 0.968, "... Paris." 0.990), related
+# but different facts lower ("... in Lyon" 0.806, "Bob likes sushi" / "Bob dislikes sushi" 0.922).
+# Facts differing only in a small token pass too ("Tuesday" / "Wednesday" 0.973, flight "AF1234" /
+# "AF1235"), which is why the default mode, "exact", stores near-duplicates, and why "near" turns
+# one into an UPDATE that history records, and "reject" reports what it matched.
 DEFAULT_DEDUPE_THRESHOLD = 0.95
+DEFAULT_DEDUPE: DedupeMode = "exact"
 # Long enough to wait out another process's bulk insert of tens of thousands of rows; a writer
 # stuck for longer than this is a bug worth surfacing as `sqlite3.OperationalError`.
 DEFAULT_BUSY_TIMEOUT_S = 30.0
@@ -74,6 +87,10 @@ SEARCH_MODES = ("hybrid", "dense", "bm25")
 ANY_SCOPE = Scope()  # the default scope: matches every entry
 FILTER_OPERATORS = ("$eq", "$ne", "$in", "$gt", "$gte", "$lt", "$lte")
 _SCOPE_COLUMNS = ("user_id", "agent_id", "session_id")
+_INSERT = (
+    "INSERT INTO memories (id, content, metadata, memory_type, user_id, agent_id, session_id, "
+    "created_at, updated_at, embedding) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
 _COLUMNS = (
     "rowid, id, content, metadata, memory_type, user_id, agent_id, session_id, "
     "created_at, updated_at, embedding"
@@ -106,6 +123,13 @@ CREATE TABLE IF NOT EXISTS history (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_memory ON history (memory_id);
+-- Who a deleted entry belonged to: its history stays readable to that scope only.
+CREATE TABLE IF NOT EXISTS deleted_scopes (
+    memory_id TEXT PRIMARY KEY,
+    user_id TEXT,
+    agent_id TEXT,
+    session_id TEXT
+);
 -- The last HNSW graph a process built or brought up to date, with the state it reflects, so
 -- that a process opening a large store starts from it instead of rebuilding (see _reload).
 CREATE TABLE IF NOT EXISTS graph_cache (
@@ -137,6 +161,10 @@ CREATE TRIGGER IF NOT EXISTS memories_ad AFTER DELETE ON memories BEGIN
     VALUES ('delete', old.rowid, old.content);
     INSERT INTO history (memory_id, event, old_content, new_content, created_at)
     VALUES (old.id, 'DELETE', old.content, NULL, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'));
+END;
+CREATE TRIGGER IF NOT EXISTS memories_ad_scope AFTER DELETE ON memories BEGIN
+    INSERT OR REPLACE INTO deleted_scopes (memory_id, user_id, agent_id, session_id)
+    VALUES (old.id, old.user_id, old.agent_id, old.session_id);
 END;
 """
 
@@ -283,6 +311,24 @@ def _metadata_json(metadata: Any) -> str:
         raise ValueError(f"metadata must be JSON-serialisable (no NaN/inf): {exc}") from None
 
 
+def _check_threshold(value: Any) -> float:
+    if not _is_number(value) or not -1.0 <= value <= 1.0:
+        raise ValueError(f"dedupe_threshold is a cosine in [-1, 1], got {value!r}")
+    return float(value)
+
+
+def _check_dedupe(value: Any) -> DedupeMode:
+    if not isinstance(value, str) or value not in DEDUPE_MODES:
+        raise ValueError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _exact_phrase(text: str) -> str:
+    """`text` as one FTS5 phrase: FTS5 tokenizes it as it tokenized the stored entries, so an
+    entry with the same normalised text contains this phrase."""
+    return '"' + text.replace('"', '""') + '"'
+
+
 def _check_entry(item: NewMemory) -> None:
     _check_content(item.content)
     _metadata_json(item.metadata)
@@ -334,11 +380,14 @@ def _pydantic_problem(exc: ValidationError) -> str:
 
 
 class SQLiteStore(MemoryStore):
-    """Long-term memory in one SQLite file: hybrid search, near-duplicate checks, history.
+    """Long-term memory in one SQLite file: hybrid search, duplicate checks, history.
 
     `path` may be ":memory:" for a private throwaway store (no WAL, one process).
     `search`: a `SearchConfig` or preset name (see `agemem.memory.search`).
-    `dedupe_threshold`: see `DEFAULT_DEDUPE_THRESHOLD`.
+    `dedupe`: what an add does with a duplicate in its scope, unless the call says otherwise
+    (`DedupeMode`: "exact" by default, "near", "reject", "off").
+    `dedupe_threshold`: the near-duplicate cosine of "near" and "reject" (see
+    `DEFAULT_DEDUPE_THRESHOLD`).
     `ids`: where new ids come from (`seeded_memory_ids(seed)` for reproducible episodes).
     """
 
@@ -349,16 +398,16 @@ class SQLiteStore(MemoryStore):
         *,
         search: SearchConfig | str = "balanced",
         index: VectorIndexConfig | None = None,
+        dedupe: DedupeMode = DEFAULT_DEDUPE,
         dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         ids: Callable[[], str] = new_memory_id,
     ) -> None:
-        if not -1.0 <= dedupe_threshold <= 1.0:
-            raise ValueError(f"dedupe_threshold is a cosine in [-1, 1], got {dedupe_threshold}")
+        self.dedupe = _check_dedupe(dedupe)
+        self.dedupe_threshold = _check_threshold(dedupe_threshold)
         self.path = str(path)
         self.embedder = embedder or default_embedder()
         self.search_config = resolve_search_config(search)
-        self.dedupe_threshold = dedupe_threshold
         self._new_id = ids
         self._lock = threading.RLock()
         self._index = VectorIndex(self.embedder.dim, index)
@@ -609,9 +658,11 @@ class SQLiteStore(MemoryStore):
             score=score,
         )
 
-    def _get(self, memory_id: str) -> MemoryItem:
+    def _get(self, memory_id: str, scope: Scope | None = None) -> MemoryItem:
+        """The entry, if it exists in `scope` (any scope for None); else `MemoryNotFound`."""
+        where, params = _where(scope or ANY_SCOPE)
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM memories WHERE id = ?", (memory_id,)
+            f"SELECT {_COLUMNS} FROM memories WHERE id = ? AND {where}", (memory_id, *params)
         ).fetchone()
         if row is None:
             raise MemoryNotFound(memory_id)
@@ -652,40 +703,135 @@ class SQLiteStore(MemoryStore):
         memory_type: str = DEFAULT_MEMORY_TYPE,
         scope: Scope = ANY_SCOPE,
         embedding: np.ndarray | None = None,
-        dedupe: bool = True,
+        dedupe: DedupeMode | bool | None = None,
+        dedupe_threshold: float | None = None,
     ) -> AddResult:
         item = NewMemory(content, metadata or {}, memory_type, scope, embedding)
-        return self.add_many([item], dedupe=dedupe)[0]
+        return self.add_many([item], dedupe=dedupe, dedupe_threshold=dedupe_threshold)[0]
 
-    def add_many(self, items: Sequence[NewMemory], *, dedupe: bool = True) -> list[AddResult]:
+    def add_many(
+        self,
+        items: Sequence[NewMemory],
+        *,
+        dedupe: DedupeMode | bool | None = None,
+        dedupe_threshold: float | None = None,
+    ) -> list[AddResult]:
+        """Store `items` in one transaction, each checked against the file and the earlier items
+        of the batch as `dedupe` says (None or True: the store's mode; False: "off")."""
+        mode = self._dedupe_mode(dedupe)
+        threshold = self.dedupe_threshold
+        if dedupe_threshold is not None:
+            threshold = _check_threshold(dedupe_threshold)
         for item in items:
             _check_entry(item)
         vectors = self._embeddings_for(items)
         with self._transaction(write=True) as conn:
-            if dedupe:  # checked against the file as it is now, under the write lock
+            if mode in ("near", "reject"):  # near-duplicates are found through the index
                 self._sync()
             ids = iter(self._fresh_ids(len(items)))
-            results: list[AddResult] = []
-            pending: list[tuple[MemoryItem, np.ndarray]] = []  # accepted in this batch
-            for item, vec in zip(items, vectors, strict=True):
-                match = self._duplicate(vec, item.scope, pending) if dedupe else None
-                if match is not None:
-                    results.append(AddResult(match[0], False, match[0], match[1]))
-                    continue
-                now = utc_now()
-                new = MemoryItem(
-                    next(ids), item.content, dict(item.metadata), item.memory_type,
-                    item.scope, now, now, vec,
-                )  # fmt: skip
-                pending.append((new, vec))
-                results.append(AddResult(new, True))
-            conn.executemany(
-                "INSERT INTO memories (id, content, metadata, memory_type, user_id, agent_id, "
-                "session_id, created_at, updated_at, embedding) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [self._row(it) for it, _ in pending],
-            )
+            if mode == "off":
+                results = [
+                    AddResult(self._new_item(next(ids), item, vec))
+                    for item, vec in zip(items, vectors, strict=True)
+                ]
+                conn.executemany(_INSERT, [self._row(r.item) for r in results])
+            else:
+                batch: list[tuple[MemoryItem, np.ndarray]] = []  # this batch's writes, as now
+                results = [
+                    self._add_checked(item, vec, ids, mode, threshold, batch)
+                    for item, vec in zip(items, vectors, strict=True)
+                ]
         self._save_graph()
         return results
+
+    def _dedupe_mode(self, dedupe: DedupeMode | bool | None) -> DedupeMode:
+        if dedupe is None or dedupe is True:
+            return self.dedupe
+        if dedupe is False:
+            return "off"
+        return _check_dedupe(dedupe)
+
+    @staticmethod
+    def _new_item(memory_id: str, item: NewMemory, vec: np.ndarray) -> MemoryItem:
+        now = utc_now()
+        return MemoryItem(
+            memory_id, item.content, dict(item.metadata), item.memory_type, item.scope, now, now,
+            vec,
+        )  # fmt: skip
+
+    def _add_checked(
+        self,
+        item: NewMemory,
+        vec: np.ndarray,
+        ids: Iterator[str],
+        mode: DedupeMode,
+        threshold: float,
+        batch: list[tuple[MemoryItem, np.ndarray]],
+    ) -> AddResult:
+        """One add of a checked batch, written at once so that the next item's checks see it."""
+        if mode in ("exact", "near"):
+            same = self._exact_duplicate(item)
+            if same is not None:
+                assert same.embedding is not None
+                return AddResult(same, "NONE", same, float(same.embedding @ vec), "exact")
+        if mode in ("near", "reject"):
+            match = self._duplicate(vec, item.scope, batch, threshold)
+            if match is not None:
+                found, similarity = match
+                if mode == "reject":
+                    return AddResult(found, "NONE", found, similarity, "near")
+                updated = self._replace_near(found, item, vec)
+                batch[:] = [(it, v) for it, v in batch if it.id != found.id]
+                batch.append((updated, vec))
+                return AddResult(updated, "UPDATE", found, similarity, "near")
+        new = self._new_item(next(ids), item, vec)
+        self._conn.execute(_INSERT, self._row(new))
+        batch.append((new, vec))
+        return AddResult(new)
+
+    def _exact_duplicate(self, item: NewMemory) -> MemoryItem | None:
+        """An entry of exactly this scope with the same normalised text, type and metadata.
+        Candidates come from the FTS index (they contain the text as a phrase); a text without
+        a letter or digit has no FTS tokens, so its scope is scanned instead."""
+        key = normalize_content(item.content)
+        metadata = json.loads(_metadata_json(item.metadata))
+        where, params = _where(item.scope, exact_scope=True)
+        sql = f"SELECT {_COLUMNS} FROM memories WHERE {where} AND memory_type = ?"
+        params.append(item.memory_type)
+        if re.search(r"[^\W_]", key):
+            sql += " AND rowid IN (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?)"
+            params.append(_exact_phrase(key))
+        else:
+            sql += " AND length(content) >= ?"
+            params.append(len(key))
+        for row in self._conn.execute(sql, params):
+            if normalize_content(row[2]) == key and json.loads(row[3]) == metadata:
+                return self._item(row)
+        return None
+
+    def _replace_near(self, old: MemoryItem, item: NewMemory, vec: np.ndarray) -> MemoryItem:
+        """Mode "near": the new text replaces the matched entry's (history records the UPDATE
+        with both texts); the new metadata is merged over the old; type and scope stay."""
+        new = replace(
+            old,
+            content=item.content,
+            metadata={**old.metadata, **item.metadata},
+            updated_at=utc_now(),
+            embedding=vec,
+            score=None,
+        )
+        self._conn.execute(
+            "UPDATE memories SET content = ?, metadata = ?, updated_at = ?, embedding = ? "
+            "WHERE id = ?",
+            (
+                new.content,
+                _metadata_json(new.metadata),
+                new.updated_at,
+                vec.astype("<f4").tobytes(),
+                new.id,
+            ),
+        )
+        return new
 
     def _row(self, item: MemoryItem) -> tuple[Any, ...]:
         assert item.embedding is not None
@@ -696,11 +842,15 @@ class SQLiteStore(MemoryStore):
         )  # fmt: skip
 
     def _duplicate(
-        self, vec: np.ndarray, scope: Scope, pending: list[tuple[MemoryItem, np.ndarray]]
+        self,
+        vec: np.ndarray,
+        scope: Scope,
+        pending: list[tuple[MemoryItem, np.ndarray]],
+        threshold: float,
     ) -> tuple[MemoryItem, float] | None:
         """The most similar entry with exactly this scope (stored, or earlier in the batch: a
-        linear scan, so bulk loads of distinct entries should pass dedupe=False), if its cosine
-        reaches the dedupe threshold. Call with the index synced."""
+        linear scan, so bulk loads of distinct entries should pass dedupe="off"), if its cosine
+        reaches `threshold`. Call with the index synced."""
         where, params = _where(scope, exact_scope=True)
         keys, scores = self._dense(vec, 1, where, params)
         candidates: list[tuple[float, MemoryItem | int]] = [
@@ -710,7 +860,7 @@ class SQLiteStore(MemoryStore):
         if not candidates:
             return None
         sim, found = max(candidates, key=lambda c: c[0])
-        if sim < self.dedupe_threshold:
+        if sim < threshold:
             return None
         if isinstance(found, int):
             found = replace(self._items([(found, sim)])[0], score=None)
@@ -722,17 +872,19 @@ class SQLiteStore(MemoryStore):
         content: str | None = None,
         *,
         metadata: dict[str, Any] | None = None,
+        scope: Scope | None = None,
     ) -> MemoryItem:
         """Replace content and/or metadata (metadata is replaced, not merged); the embedding is
-        recomputed only when the content changes. A no-op update writes nothing."""
+        recomputed only when the content changes. A no-op update writes nothing. An entry
+        outside `scope` (None: any) is not found."""
         if content is not None:
             _check_content(content)
         if metadata is not None:
             _metadata_json(metadata)
-        before = self.get(memory_id)  # embed outside the write lock
+        before = self.get(memory_id, scope=scope)  # embed outside the write lock
         vec = None if content in (None, before.content) else self._embed([content])[0]
         with self._transaction(write=True) as conn:
-            old = self._get(memory_id)
+            old = self._get(memory_id, scope)
             new = replace(
                 old,
                 content=old.content if content is None else content,
@@ -757,9 +909,9 @@ class SQLiteStore(MemoryStore):
             )
         return new
 
-    def delete(self, memory_id: str) -> MemoryItem:
+    def delete(self, memory_id: str, *, scope: Scope | None = None) -> MemoryItem:
         with self._transaction(write=True) as conn:
-            old = self._get(memory_id)
+            old = self._get(memory_id, scope)
             conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
         return old
 
@@ -779,9 +931,9 @@ class SQLiteStore(MemoryStore):
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def get(self, memory_id: str) -> MemoryItem:
+    def get(self, memory_id: str, *, scope: Scope | None = None) -> MemoryItem:
         with self._lock:
-            return self._get(memory_id)
+            return self._get(memory_id, scope)
 
     def get_all(
         self,
@@ -799,6 +951,17 @@ class SQLiteStore(MemoryStore):
             rows = self._conn.execute(sql, [*params, -1 if limit is None else limit]).fetchall()
         return [self._item(row) for row in rows]
 
+    def _owned_by(self, memory_id: str, scope: Scope) -> bool:
+        """Whether the entry, live or deleted, belongs to `scope`."""
+        for table, key in (("memories", "id"), ("deleted_scopes", "memory_id")):
+            row = self._conn.execute(
+                f"SELECT user_id, agent_id, session_id FROM {table} WHERE {key} = ?",
+                (memory_id,),
+            ).fetchone()
+            if row is not None:
+                return scope.covers(Scope(*row))
+        return False
+
     def count(self, *, scope: Scope = ANY_SCOPE) -> int:
         where, params = _where(scope)
         with self._lock:
@@ -806,9 +969,13 @@ class SQLiteStore(MemoryStore):
                 f"SELECT count(*) FROM memories WHERE {where}", params
             ).fetchone()[0]
 
-    def history(self, memory_id: str) -> list[HistoryEvent]:
-        """Events of one entry, oldest first (kept after deletion); `MemoryNotFound` if none."""
-        with self._lock:
+    def history(self, memory_id: str, *, scope: Scope | None = None) -> list[HistoryEvent]:
+        """Events of one entry, oldest first (kept after deletion); `MemoryNotFound` if none, or
+        if the entry (or, once deleted, the entry it was) is outside `scope` (None: any). Entries
+        deleted by a version of agemem that did not yet record their scope answer only to None."""
+        with self._transaction(write=False):
+            if scope is not None and scope.as_dict() and not self._owned_by(memory_id, scope):
+                raise MemoryNotFound(memory_id)
             rows = self._conn.execute(
                 "SELECT id, memory_id, event, old_content, new_content, created_at FROM history "
                 "WHERE memory_id = ? ORDER BY id",
@@ -949,11 +1116,7 @@ class SQLiteStore(MemoryStore):
             fresh = iter(self._fresh_ids(len(items) - len(given), reserved=given))
             for item in items:
                 item.id = item.id or next(fresh)
-            conn.executemany(
-                "INSERT INTO memories (id, content, metadata, memory_type, user_id, agent_id, "
-                "session_id, created_at, updated_at, embedding) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [self._row(it) for it in items],
-            )
+            conn.executemany(_INSERT, [self._row(it) for it in items])
             self._bump_generation()
         return len(items)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,17 @@ DEFAULT_MEMORY_TYPE = "semantic"
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
 HistoryEventKind = Literal["ADD", "UPDATE", "DELETE"]
+# What an add does with a duplicate in its scope (see `SQLiteStore` and the README's table):
+# "exact"  an entry with the same normalised text, type and metadata is not stored again (the
+#          result points at it); anything else, near-duplicates included, is stored. The default.
+# "near"   as "exact", and a near-duplicate (cosine >= the threshold) becomes an UPDATE of the
+#          entry it matched: the new text replaces the old, and history keeps both.
+# "reject" a near-duplicate (or exact one) is not written; the result names the entry it matched
+#          and the cosine, and the caller decides (AgeMem's env: the agent is told to update it).
+# "off"    every add is stored.
+DedupeMode = Literal["exact", "near", "reject", "off"]
+DEDUPE_MODES: tuple[DedupeMode, ...] = ("exact", "near", "reject", "off")
+AddEvent = Literal["ADD", "NONE", "UPDATE"]
 
 
 class StoreError(Exception):
@@ -60,6 +72,16 @@ def seeded_memory_ids(seed: int) -> Callable[[], str]:
     return lambda: f"mem_{rng.getrandbits(32):08x}"
 
 
+def normalize_content(text: str) -> str:
+    """What "exact" deduplication compares: Unicode NFC, whitespace runs as one space, trimmed.
+    Case and punctuation count ("PIN 12ab" and "PIN 12AB" are different facts).
+
+    >>> normalize_content("  Meeting at \t 3pm ")
+    'Meeting at 3pm'
+    """
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -74,6 +96,16 @@ class Scope:
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in vars(self).items() if v is not None}
+
+    def covers(self, other: Scope) -> bool:
+        """Whether an entry of scope `other` is in this scope (a `None` field matches anything).
+
+        >>> Scope(user_id="alice").covers(Scope("alice", "bot", "s1"))
+        True
+        >>> Scope(user_id="alice").covers(Scope(user_id="bob"))
+        False
+        """
+        return all(getattr(other, k) == v for k, v in self.as_dict().items())
 
 
 @dataclass
@@ -118,12 +150,24 @@ class NewMemory:
 
 @dataclass
 class AddResult:
-    """What an add did. When a near-duplicate blocked the insert, `item` is the existing entry."""
+    """What an add did (see `DedupeMode`).
+
+    `event` "ADD": `item` is the new entry. "NONE": nothing was written; `item` and
+    `duplicate_of` are the entry it matched. "UPDATE" (mode "near"): `item` is the matched entry
+    as updated, `duplicate_of` as it was. `match` says how it matched ("exact" or "near"),
+    `similarity` the cosine between the two embeddings.
+    """
 
     item: MemoryItem
-    added: bool
+    event: AddEvent = "ADD"
     duplicate_of: MemoryItem | None = None
     similarity: float | None = None
+    match: Literal["exact", "near"] | None = None
+
+    @property
+    def added(self) -> bool:
+        """Whether a new entry was stored."""
+        return self.event == "ADD"
 
 
 @dataclass(frozen=True)
@@ -148,16 +192,25 @@ class MemoryStore(ABC):
         memory_type: str = DEFAULT_MEMORY_TYPE,
         scope: Scope = Scope(),
         embedding: np.ndarray | None = None,
-        dedupe: bool = True,
-    ) -> AddResult: ...
+        dedupe: DedupeMode | bool | None = None,
+        dedupe_threshold: float | None = None,
+    ) -> AddResult:
+        """Store one entry. `dedupe`: a `DedupeMode` for this call (None or True: the store's
+        mode; False: "off"); `dedupe_threshold`: the near-duplicate cosine for this call."""
 
     @abstractmethod
-    def add_many(self, items: Sequence[NewMemory], *, dedupe: bool = True) -> list[AddResult]:
+    def add_many(
+        self,
+        items: Sequence[NewMemory],
+        *,
+        dedupe: DedupeMode | bool | None = None,
+        dedupe_threshold: float | None = None,
+    ) -> list[AddResult]:
         """Insert many entries in one transaction (embedding missing ones in batches)."""
 
     @abstractmethod
-    def get(self, memory_id: str) -> MemoryItem:
-        """Raises `MemoryNotFound`."""
+    def get(self, memory_id: str, *, scope: Scope | None = None) -> MemoryItem:
+        """Raises `MemoryNotFound`, also when the entry is not in `scope` (None: any scope)."""
 
     @abstractmethod
     def get_all(
@@ -175,12 +228,14 @@ class MemoryStore(ABC):
         content: str | None = None,
         *,
         metadata: dict[str, Any] | None = None,
+        scope: Scope | None = None,
     ) -> MemoryItem:
-        """Replace content and/or metadata; raises `MemoryNotFound`."""
+        """Replace content and/or metadata; raises `MemoryNotFound` (also outside `scope`)."""
 
     @abstractmethod
-    def delete(self, memory_id: str) -> MemoryItem:
-        """Remove an entry and return it as it was; raises `MemoryNotFound`."""
+    def delete(self, memory_id: str, *, scope: Scope | None = None) -> MemoryItem:
+        """Remove an entry and return it as it was; raises `MemoryNotFound` (also outside
+        `scope`)."""
 
     @abstractmethod
     def search(
@@ -196,7 +251,8 @@ class MemoryStore(ABC):
         """Best `top_k` entries in `scope` matching `filters`, best first, each with `score`."""
 
     @abstractmethod
-    def history(self, memory_id: str) -> list[HistoryEvent]: ...
+    def history(self, memory_id: str, *, scope: Scope | None = None) -> list[HistoryEvent]:
+        """Events of one entry, deleted or not; `MemoryNotFound` if none (or outside `scope`)."""
 
     @abstractmethod
     def count(self, *, scope: Scope = Scope()) -> int: ...

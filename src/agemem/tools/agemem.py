@@ -116,6 +116,13 @@ def add_memory(state: AgentMemoryState, args: AddMemoryArgs) -> str:
         state.added_ids.append(result.item.id)
         return f"Added {result.item.id}: {result.item.content}"
     existing = result.duplicate_of or result.item
+    if result.event == "UPDATE":  # the store's dedupe mode "near"
+        return (
+            f"Updated {existing.id} instead of adding a near-duplicate (similarity "
+            f"{result.similarity or 0:.2f}): {existing.content!r} -> {result.item.content!r}"
+        )
+    if result.match == "exact":
+        return f"Not added: {existing.id} already holds this text: {existing.content!r}."
     similarity = "" if result.similarity is None else f", similarity {result.similarity:.2f}"
     return (
         f"Not added: near-duplicate of {existing.id}{similarity}: {existing.content!r}. "

@@ -115,6 +115,8 @@ def create(state: AtomMemState, args: CreateArgs) -> str:
     if result.added:
         return f"Created: {result.item.content}"
     existing = result.duplicate_of or result.item
+    if result.event == "UPDATE":  # the store's dedupe mode "near"
+        return f"Updated a near-duplicate instead: {existing.content!r} -> {result.item.content!r}"
     return f"Not created: a near-duplicate is already stored: {existing.content!r}."
 
 
