@@ -218,14 +218,25 @@ def chat(
 
 @app.command()
 def demo(
-    path: Annotated[Path, typer.Option(help="Store file (recreated).")] = Path(
-        "runs/demo/memory.db"
-    ),
+    path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Store file to create (default: runs/demo/memory.db, the demo's own, recreated "
+            "on every run). An existing file is replaced only with --overwrite."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the file at --path if it exists.")
+    ] = False,
 ) -> None:
     """A short walk through AgeMem's three stages on a real store and context."""
-    from agemem.demo import run_demo
+    from agemem.demo import DEFAULT_PATH, run_demo
 
-    run_demo(path)
+    try:
+        run_demo(path or DEFAULT_PATH, overwrite=overwrite or path is None)
+    except (FileExistsError, IsADirectoryError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
 
 
 Overrides = Annotated[

@@ -23,6 +23,7 @@ from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState, agemem_system_pr
 from agemem.tools.parse import parse_agemem
 
 BUDGET = 200  # context tokens on top of the system prompt: small, so the budget is visible
+DEFAULT_PATH = Path("runs/demo/memory.db")  # the demo's own store, recreated on every run
 
 
 def _call(name: str, **arguments: object) -> str:
@@ -73,10 +74,20 @@ def _script(correction_id: str) -> list[tuple[str, str, str | None]]:
     ]
 
 
-def run_demo(path: Path) -> None:
+def run_demo(path: Path, *, overwrite: bool = False) -> None:
+    """Run the walk on a new store at `path`. An existing file there is replaced only with
+    `overwrite` (else `FileExistsError`, before anything is touched)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give --path a file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists and the demo would replace it; pass --overwrite to replace "
+            "it, or choose another --path"
+        )
     console = Console()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
     embedder = default_embedder()
     store = SQLiteStore(path, embedder)
     system = {"role": "system", "content": agemem_system_prompt()}
