@@ -89,7 +89,7 @@ def run_demo(path: Path, *, overwrite: bool = False) -> None:
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         stale.unlink(missing_ok=True)
     embedder = default_embedder()
-    store = SQLiteStore(path, embedder)
+    store = SQLiteStore(path, embedder, dedupe="reject")  # as in AgeMem's env (see its prompt)
     system = {"role": "system", "content": agemem_system_prompt()}
     context = Context(embedder=embedder)
     context.append(system, protected=True)
