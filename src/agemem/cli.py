@@ -328,6 +328,7 @@ REPRODUCE = (
     "agemem sft --preset smollm2-hotpotqa && agemem train --preset smollm2-hotpotqa && "
     "agemem export-policy"
 )
+REPRODUCE_SFT = "agemem sft --preset smollm2-hotpotqa && agemem export-policy --sft-only"
 
 
 @app.command("export-policy")
@@ -353,8 +354,9 @@ def export_policy_command(
     if not sft_only and grpo_adapter is not None:
         adapters.append(("grpo", grpo_adapter))
     target = out or TRAINED_DIR / "smollm2-135m-agemem"
+    command = REPRODUCE_SFT if len(adapters) == 1 else REPRODUCE
     try:
-        written = export_policy(adapters, target, base=base, command=REPRODUCE)
+        written = export_policy(adapters, target, base=base, command=command)
     except PolicyFilesError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
