@@ -181,3 +181,46 @@ def test_bad_input_and_a_dead_server_fail_clearly(base):
             policy.act(CONTEXTS[:1])
     with pytest.raises(ServerError, match="closed"):
         policy.act(CONTEXTS[:1])
+
+
+def test_the_server_stops_when_the_process_that_started_it_is_killed(tmp_path):
+    """A trainer or eval run killed outright (no close, no finalizer) leaves no llama.cpp
+    server behind: the child stops with its parent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import sys, time
+from agemem.policy.models import load_model
+from agemem.policy.server import LlamaCppPolicy
+model, tokenizer = load_model("smollm2-135m")
+policy = LlamaCppPolicy(tokenizer, {str(GGUF)!r}, n_parallel=1, context=256,
+                        max_new_tokens=4, work_dir={str(tmp_path)!r})
+policy.sync_weights(model)
+print(policy._server.process.pid, flush=True)
+time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # the server runs
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.2)
+        assert not _alive(child), "the llama.cpp server outlived the process that started it"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, already exited and waiting for its reaper, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -401,6 +401,7 @@ class _Server:
             "n_parallel": n_parallel,
             "n_ctx": context,
             "threads": threads,
+            "parent": os.getpid(),
         }
         env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
         with log_path.open("wb") as log:
