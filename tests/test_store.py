@@ -166,6 +166,26 @@ def tagged(tmp_path_factory, embedder):
         ({"day": {"$gte": "2024-04-01"}}, {"Call the plumber"}),
         ({"kind": "todo", "day": {"$lt": "2024-04-01"}}, {"Buy a birthday gift"}),
         ({"weird key. with \u00e9": "x"}, set()),
+        # Mem0's operator names (no $), AND / OR / NOT, wildcard, substrings
+        ({"kind": {"in": ["todo", "other"]}}, {"Buy a birthday gift", "Call the plumber"}),
+        ({"kind": {"nin": ["todo"]}}, {"Trip to Rome in May", "Trip to Oslo in June"}),
+        ({"year": {"gt": 2023, "lte": 2024}}, {"Trip to Oslo in June", "Buy a birthday gift"}),
+        ({"day": "*"}, {"Buy a birthday gift", "Call the plumber"}),
+        ({"note": "*"}, set()),  # present but null
+        ({"kind": {"contains": "rav"}}, {"Trip to Rome in May", "Trip to Oslo in June"}),
+        ({"kind": {"contains": "RAV"}}, set()),
+        ({"kind": {"icontains": "RAV"}}, {"Trip to Rome in May", "Trip to Oslo in June"}),
+        (
+            {"OR": [{"done": True}, {"day": {"gte": "2024-04-01"}}]},
+            {"Trip to Rome in May", "Call the plumber"},
+        ),
+        ({"AND": [{"kind": "travel"}, {"year": 2024}]}, {"Trip to Oslo in June"}),
+        ({"NOT": [{"kind": "travel"}]}, {"Buy a birthday gift", "Call the plumber"}),
+        ({"NOT": [{"kind": "travel"}, {"year": "2024"}]}, {"Buy a birthday gift"}),
+        ({"kind": "todo", "OR": [{"NOT": [{"year": 2024}]}]}, {"Call the plumber"}),
+        ({"memory_type": "semantic", "year": 2023}, {"Trip to Rome in May"}),
+        ({"user_id": None, "kind": "travel"}, {"Trip to Rome in May", "Trip to Oslo in June"}),
+        ({"user_id": "*"}, set()),
     ],
 )
 def test_metadata_filters(tagged, filters, expected):
@@ -177,13 +197,17 @@ def test_metadata_filters(tagged, filters, expected):
 @pytest.mark.parametrize(
     ("filters", "message"),
     [
-        ({"kind": {"$regex": "tr.*"}}, r"'\$regex'; allowed: \$eq, \$ne, \$in, \$gt, \$gte"),
-        ({"kind": {"$in": "travel"}}, "'\\$in' takes a list"),
+        ({"kind": {"$regex": "tr.*"}}, r"'\$regex' on 'kind'; use one of eq, ne, in, nin, gt"),
+        ({"kind": {"$in": "travel"}}, "'\\$in' on 'kind' takes a list"),
         ({"year": {"$gt": None}}, "compares numbers or strings"),
-        ({"kind": ["travel"]}, "use \\{'\\$in'"),
+        ({"kind": ["travel"]}, "use \\{'in'"),
         ({"kind": {}}, "empty dict"),
         ({'a"b': 1}, "without"),
-        (["kind"], "must be a dict"),
+        (["kind"], "is a dict of field"),
+        ({"kind": {"contains": 3}}, "takes a string"),
+        ({"user_id": 3}, "compares strings"),
+        ({"OR": "kind"}, "takes a list of filters"),
+        ({"kind": {"in": list(range(1001))}}, "at most 1000"),
     ],
 )
 def test_bad_filters_name_the_problem(tagged, filters, message):

@@ -46,6 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agemem.memory.embed import Embedder, default_embedder
+from agemem.memory.filters import CASEFOLD_SQL, casefold, compile_filters
 from agemem.memory.search import SearchConfig, resolve_search_config, rrf_fuse
 from agemem.memory.store import (
     DEDUPE_MODES,
@@ -85,7 +86,6 @@ MAX_FTS_TERMS = 32  # BM25 over more OR-ed terms costs time and adds nothing for
 _SQL_CHUNK = 900  # keys per `IN (...)` list, under SQLite's historic 999-variable limit
 SEARCH_MODES = ("hybrid", "dense", "bm25")
 ANY_SCOPE = Scope()  # the default scope: matches every entry
-FILTER_OPERATORS = ("$eq", "$ne", "$in", "$gt", "$gte", "$lt", "$lte")
 _SCOPE_COLUMNS = ("user_id", "agent_id", "session_id")
 _INSERT = (
     "INSERT INTO memories (id, content, metadata, memory_type, user_id, agent_id, session_id, "
@@ -197,71 +197,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _equals(path: str, value: Any) -> tuple[str, list[Any]]:
-    """A never-NULL SQL test that metadata at `path` equals `value`, JSON types included."""
-    if value is None:
-        return "json_type(metadata, ?) IS 'null'", [path]
-    if isinstance(value, bool):
-        return "json_type(metadata, ?) IS ?", [path, "true" if value else "false"]
-    if _is_number(value):
-        return (
-            "(json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) IS ?)"
-            " IS 1",
-            [path, path, value],
-        )
-    if isinstance(value, str):
-        return "(json_type(metadata, ?) IS 'text' AND json_extract(metadata, ?) IS ?)", [
-            path,
-            path,
-            value,
-        ]
-    raise ValueError(
-        f"metadata filter value {value!r} is a {type(value).__name__}; compare with a string, "
-        "number, bool or None (use {'$in': [...]} to match any of several values)"
-    )
-
-
-_COMPARE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-
-
-def _operator(path: str, op: str, arg: Any) -> tuple[str, list[Any]]:
-    if op == "$eq":
-        return _equals(path, arg)
-    if op == "$ne":
-        sql, params = _equals(path, arg)
-        return f"NOT {sql}", params
-    if op == "$in":
-        if not isinstance(arg, list | tuple):
-            raise ValueError(f"'$in' takes a list of values, got {arg!r}")
-        parts = [_equals(path, v) for v in arg]
-        if not parts:
-            return "0", []
-        return "(" + " OR ".join(p for p, _ in parts) + ")", [x for _, ps in parts for x in ps]
-    if op in _COMPARE:
-        if _is_number(arg):
-            kind = "json_type(metadata, ?) IN ('integer', 'real')"
-        elif isinstance(arg, str):
-            kind = "json_type(metadata, ?) IS 'text'"
-        else:
-            raise ValueError(f"{op!r} compares numbers or strings, got {arg!r}")
-        return f"({kind} AND json_extract(metadata, ?) {_COMPARE[op]} ?)", [path, path, arg]
-    raise ValueError(
-        f"unknown metadata filter operator {op!r}; allowed: {', '.join(FILTER_OPERATORS)}"
-    )
-
-
-def _metadata_condition(key: str, condition: Any) -> tuple[str, list[Any]]:
-    """SQL for one top-level metadata key; the key travels as a bound JSON path, never as SQL."""
-    if not isinstance(key, str) or '"' in key:
-        raise ValueError(f"metadata filter key {key!r} must be a string without '\"'")
-    path = f'$."{key}"'
-    ops = condition if isinstance(condition, dict) else {"$eq": condition}
-    if not ops:
-        raise ValueError(f"metadata filter on {key!r} is an empty dict; give an operator")
-    parts = [_operator(path, op, arg) for op, arg in ops.items()]
-    return " AND ".join(p for p, _ in parts), [x for _, ps in parts for x in ps]
-
-
 def _where(
     scope: Scope, filters: dict[str, Any] | None = None, *, exact_scope: bool = False
 ) -> tuple[str, list[Any]]:
@@ -275,10 +210,8 @@ def _where(
             params.append(value)
         elif exact_scope:
             clauses.append(f"{column} IS NULL")
-    if filters is not None and not isinstance(filters, dict):
-        raise ValueError(f"filters must be a dict of metadata key -> condition, got {filters!r}")
-    for key, condition in (filters or {}).items():
-        sql, extra = _metadata_condition(key, condition)
+    if filters is not None:
+        sql, extra = compile_filters(filters)
         clauses.append(sql)
         params.extend(extra)
     return " AND ".join(clauses) or "1", params
@@ -431,6 +364,7 @@ class SQLiteStore(MemoryStore):
     def _setup(self, busy_timeout_s: float) -> None:
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.create_function(CASEFOLD_SQL, 1, casefold, deterministic=True)  # icontains
         if self.path != ":memory:":
             conn.execute("PRAGMA journal_mode = WAL")
         # In WAL mode NORMAL stays consistent after any crash; a power cut may lose the last
