@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from agemem.eval.cli import eval_command, report_command
+from agemem.serve.cli import register as register_serve
 
 app = typer.Typer(
     help="agemem: LLM agents that manage their own long- and short-term memory.",
@@ -25,6 +26,7 @@ store_app = typer.Typer(
     help="Inspect, export and import a memory store file.", no_args_is_help=True
 )
 app.add_typer(store_app, name="store")
+register_serve(app)  # serve, mcp, keys
 
 
 def _write_json(payload: dict, path: Path | None) -> None:
