@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from string import Template
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agemem.context import DEFAULT_THETA, Context
 from agemem.memory.store import (
@@ -27,6 +27,11 @@ from agemem.memory.store import (
 from agemem.tools.registry import NonEmptyStr, Tool, ToolArgs, ToolError, ToolSet, ToolStats
 
 MAX_TOP_K = 20  # our cap on Retrieve_memory's top_k (the paper gives only the default, 3)
+# Our caps on what one call may carry (the paper gives none). A memory is a self-contained fact:
+# the longest supporting fact in HotpotQA is under 1,000 characters, a LoCoMo turn under 2,000.
+MAX_CONTENT_CHARS = 4_000  # Add_memory / Update_memory content
+MAX_QUERY_CHARS = 1_000  # Retrieve_memory query, Filter_context criteria, ids, memory_type
+MAX_METADATA_CHARS = 2_000  # metadata, as JSON
 
 
 @dataclass
@@ -52,27 +57,42 @@ class AgentMemoryState:
 _ID_HELP = "an id shown with a memory, e.g. mem_7"
 
 
-class AddMemoryArgs(ToolArgs):
-    content: NonEmptyStr = Field(description="the fact to remember, self-contained")
+class _MetadataArgs(ToolArgs):
+    @field_validator("metadata", check_fields=False)
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value, ensure_ascii=False)) > MAX_METADATA_CHARS:
+            raise ValueError(f"metadata is longer than {MAX_METADATA_CHARS} characters as JSON")
+        return value
+
+
+class AddMemoryArgs(_MetadataArgs):
+    content: NonEmptyStr = Field(
+        description="the fact to remember, self-contained", max_length=MAX_CONTENT_CHARS
+    )
     metadata: dict[str, Any] | None = Field(None, description="e.g. source, tags, date")
     memory_type: NonEmptyStr = Field(
-        DEFAULT_MEMORY_TYPE, description="e.g. semantic (facts), episodic (events)"
+        DEFAULT_MEMORY_TYPE,
+        description="e.g. semantic (facts), episodic (events)",
+        max_length=MAX_QUERY_CHARS,
     )
 
 
-class UpdateMemoryArgs(ToolArgs):
-    memory_id: str = Field(description=_ID_HELP)
-    content: NonEmptyStr = Field(description="the new content, replacing the old")
+class UpdateMemoryArgs(_MetadataArgs):
+    memory_id: str = Field(description=_ID_HELP, max_length=MAX_QUERY_CHARS)
+    content: NonEmptyStr = Field(
+        description="the new content, replacing the old", max_length=MAX_CONTENT_CHARS
+    )
     metadata: dict[str, Any] | None = Field(None, description="replaces the metadata if given")
 
 
 class DeleteMemoryArgs(ToolArgs):
-    memory_id: str = Field(description=_ID_HELP)
+    memory_id: str = Field(description=_ID_HELP, max_length=MAX_QUERY_CHARS)
     confirmation: bool = Field(description="must be true to delete")
 
 
 class RetrieveMemoryArgs(ToolArgs):
-    query: NonEmptyStr = Field(description="what to look for")
+    query: NonEmptyStr = Field(description="what to look for", max_length=MAX_QUERY_CHARS)
     top_k: int = Field(3, ge=1, le=MAX_TOP_K, description=f"how many entries, 1-{MAX_TOP_K}")
     metadata_filter: dict[str, Any] | None = Field(
         None, description="only entries whose metadata has these values"
@@ -87,7 +107,9 @@ class SummaryContextArgs(ToolArgs):
 
 
 class FilterContextArgs(ToolArgs):
-    criteria: NonEmptyStr = Field(description="describes the messages to drop")
+    criteria: NonEmptyStr = Field(
+        description="describes the messages to drop", max_length=MAX_QUERY_CHARS
+    )
 
 
 # --- handlers -------------------------------------------------------------------------------

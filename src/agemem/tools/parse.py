@@ -17,6 +17,14 @@ JSON (trailing commas included) becomes a `ToolCall` with ``error`` set, which d
 an observation for the model. Fatal issues (empty output, unclosed tags, no action, an answer
 together with tool calls) make the whole turn unrunnable: the caller runs neither the calls nor the
 answer (`ParsedTurn.ok` is False).
+
+Limits (a model's output is untrusted input; each limit is an error the model reads, never an
+exception): a step of more than `MAX_OUTPUT_CHARS` characters or with more than
+`MAX_CALLS_PER_STEP` calls is a fatal issue (nothing runs). A call is refused (``error`` set) when
+its JSON nests deeper than `MAX_JSON_DEPTH`, holds a number literal longer than
+`MAX_NUMBER_CHARS` characters, a NaN or Infinity, a string with an unpaired surrogate, or (given
+as a Python object, e.g. OpenAI ``arguments``) a value JSON cannot hold. Text the parser returns
+(``think``, ``answer``) and every issue message are safe to encode as UTF-8 (`safe_text`).
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ IssueCode = Literal[
     "single_object",
     "array_in_hermes",
     "multiple_tool_call_blocks",
+    "too_long",
+    "too_many_calls",
 ]
 
 # AtomMem tag -> the operation (tool) name it maps to; names follow the AtomMem paper's atomic
@@ -55,6 +65,15 @@ ATOMMEM_TAGS: dict[str, str] = {
 }
 ATOMMEM_ANSWER_TAG = "final_answer"
 _CALL_KEYS = {"name", "arguments"}
+
+# Bounds on one model step (see the module docstring). A step of AgeMem's protocol is a few
+# hundred tokens and its calls carry short facts, so these only stop hostile or degenerate input:
+# 100,000 characters is ~25,000 tokens; 16 calls per step is more than any trajectory we recorded
+# (the SFT data's maximum is 6) and keeps one step's store work under a second.
+MAX_OUTPUT_CHARS = 100_000
+MAX_CALLS_PER_STEP = 16
+MAX_JSON_DEPTH = 16  # arrays/objects inside one call; a call with metadata needs 3-4
+MAX_NUMBER_CHARS = 64  # a number literal; Python refuses ints over 4,300 digits with ValueError
 
 
 @dataclass(frozen=True)
@@ -94,7 +113,130 @@ class ParsedTurn:
 
     def error_text(self) -> str:
         """The fatal issues as one observation for the model ('' when the turn is ok)."""
-        return " ".join(f"Format error: {i.message}" for i in self.errors)
+        return safe_text(" ".join(f"Format error: {i.message}" for i in self.errors))
+
+
+def safe_text(text: str) -> str:
+    """`text` with every unpaired surrogate replaced by U+FFFD, so it encodes as UTF-8 (a
+    well-formed surrogate pair becomes the character it encodes).
+
+    >>> safe_text("ok \\ud800 end"), safe_text("\\ud83d\\ude00")
+    ('ok \ufffd end', '😀')
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+class _Unreadable(ValueError):
+    """A JSON text or value outside the parser's limits; the message is for the model."""
+
+
+def _json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether arrays/objects in a JSON text nest deeper than `limit` (strings skipped)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def _number(parse: type[int] | type[float]) -> Any:
+    def read(literal: str) -> int | float:
+        if len(literal) > MAX_NUMBER_CHARS:
+            raise _Unreadable(
+                f"a number in the call has {len(literal)} characters (at most "
+                f"{MAX_NUMBER_CHARS}); write it as a string if it is an identifier"
+            )
+        return parse(literal)
+
+    return read
+
+
+def _no_constant(name: str) -> Any:
+    raise _Unreadable(f"{name} is not JSON; use a number or null")
+
+
+def _bounded_loads(text: str) -> Any:
+    """`json.loads` within the limits; `_Unreadable` (or `JSONDecodeError`) otherwise."""
+    if _json_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise _Unreadable(
+            f"the call nests arrays/objects deeper than {MAX_JSON_DEPTH} levels; flatten it"
+        )
+    value = json.loads(
+        text,
+        parse_int=_number(int),
+        parse_float=_number(float),
+        parse_constant=_no_constant,
+    )
+    problem = json_value_problem(value)
+    if problem is not None:
+        raise _Unreadable(problem)
+    return value
+
+
+def json_value_problem(value: Any) -> str | None:
+    """Why a decoded value cannot be a tool call's JSON (too deep, a huge or non-finite number,
+    a non-JSON type, an unpaired surrogate), or None. Iterative: any depth is safe to check."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth >= MAX_JSON_DEPTH:
+                return (
+                    f"the call nests arrays/objects deeper than {MAX_JSON_DEPTH} levels; flatten it"
+                )
+            if isinstance(item, dict):
+                for key in item:
+                    if not isinstance(key, str):
+                        return f"object keys must be strings, got a {type(key).__name__} key"
+                    stack.append((key, depth + 1))
+                children = item.values()
+            else:
+                children = item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str):
+            if safe_text(item) != item:
+                return (
+                    "a string in the call holds an unpaired surrogate (an invalid character "
+                    "escape such as \\ud800); write plain text"
+                )
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if item.bit_length() > MAX_NUMBER_CHARS * 3:  # ~ MAX_NUMBER_CHARS digits
+                return f"a number in the call is longer than {MAX_NUMBER_CHARS} digits"
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return "NaN and Infinity are not JSON; use a number or null"
+        else:
+            return f"a {type(item).__name__} is not a JSON value; use strings, numbers, objects"
+    return None
+
+
+def _dumps(value: Any) -> str:
+    """`json.dumps` for the ``raw`` field of a call; a value it cannot write shows as its type."""
+    try:
+        return safe_text(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
 
 
 # --- scanning tagged text -------------------------------------------------------------------
@@ -189,7 +331,7 @@ def _json_type(value: Any) -> str:
 
 
 def _call_from_obj(obj: Any) -> ToolCall:
-    raw = json.dumps(obj, ensure_ascii=False)
+    raw = _dumps(obj)
     shape = 'write each call as {"name": "<tool>", "arguments": {...}}'
     if not isinstance(obj, dict):
         return ToolCall("", None, raw=raw, error=f"a tool call must be a JSON object; {shape}.")
@@ -214,9 +356,12 @@ def _calls_from_block(content: str) -> tuple[list[ToolCall], Literal["array", "o
     """Calls in one ``<tool_call>`` block, and the block's JSON shape."""
     text = content.strip()
     try:
-        value = json.loads(text)
+        value = _bounded_loads(text)
     except json.JSONDecodeError as err:
-        return [ToolCall("", None, raw=text, error=_json_error(text, err))], "bad"
+        return [ToolCall("", None, raw=safe_text(text), error=_json_error(text, err))], "bad"
+    except (_Unreadable, RecursionError) as err:
+        error = f"the tool call cannot be read: {err}; nothing was run. Call again."
+        return [ToolCall("", None, raw=safe_text(text), error=error)], "bad"
     if isinstance(value, list):
         return [_call_from_obj(v) for v in value], "array"
     return [_call_from_obj(value)], "object" if isinstance(value, dict) else "bad"
@@ -228,12 +373,12 @@ def _numbered(calls: list[ToolCall]) -> list[ToolCall]:
 
 
 def _think(blocks: list[tuple[str, str]]) -> str | None:
-    parts = [content.strip() for tag, content in blocks if tag == "think"]
+    parts = [safe_text(content.strip()) for tag, content in blocks if tag == "think"]
     return "\n".join(parts) if parts else None
 
 
 def _answers(blocks: list[tuple[str, str]], tag: str, issues: list[FormatIssue]) -> str | None:
-    answers = [content.strip() for t, content in blocks if t == tag]
+    answers = [safe_text(content.strip()) for t, content in blocks if t == tag]
     if len(answers) > 1:
         issues.append(
             FormatIssue("multiple_answers", f"give exactly one <{tag}> per step.", fatal=True)
@@ -255,6 +400,29 @@ def _empty(fmt: Format) -> ParsedTurn:
     return ParsedTurn(fmt, issues=[FormatIssue("empty", msg, True)])
 
 
+def _unbounded(fmt: Format, text: str) -> ParsedTurn | None:
+    """A fatal turn for an empty or over-long step, else None (the step is parsed)."""
+    if len(text) > MAX_OUTPUT_CHARS:
+        msg = (
+            f"the response has {len(text)} characters, more than {MAX_OUTPUT_CHARS}; nothing "
+            "was run. Write a short step."
+        )
+        return ParsedTurn(fmt, issues=[FormatIssue("too_long", msg, True)])
+    return _empty(fmt) if not text.strip() else None
+
+
+def _counted(turn: ParsedTurn) -> ParsedTurn:
+    """Numbered calls; more than `MAX_CALLS_PER_STEP` of them is a fatal issue."""
+    turn.tool_calls = _numbered(turn.tool_calls)
+    if len(turn.tool_calls) > MAX_CALLS_PER_STEP:
+        msg = (
+            f"the step makes {len(turn.tool_calls)} tool calls, more than "
+            f"{MAX_CALLS_PER_STEP}; nothing was run. Make at most {MAX_CALLS_PER_STEP} per step."
+        )
+        turn.issues.append(FormatIssue("too_many_calls", msg, True))
+    return turn
+
+
 # --- the parsers ----------------------------------------------------------------------------
 
 
@@ -266,8 +434,8 @@ def parse_agemem(text: str) -> ParsedTurn:
     >>> t.ok, t.tool_calls[0].name, t.tool_calls[0].arguments
     (True, 'Add_memory', {'content': 'Ann likes tea'})
     """
-    if not text.strip():
-        return _empty("agemem")
+    if (refused := _unbounded("agemem", text)) is not None:
+        return refused
     scan = _scan(text, {"think", "tool_call", "answer"})
     issues = scan.issues
     calls: list[ToolCall] = []
@@ -287,7 +455,7 @@ def parse_agemem(text: str) -> ParsedTurn:
         issues.append(
             FormatIssue("missing_think", "start each step with <think>...</think>.", False)
         )
-    return ParsedTurn("agemem", _think(scan.blocks), _numbered(calls), answer, issues)
+    return _counted(ParsedTurn("agemem", _think(scan.blocks), calls, answer, issues))
 
 
 def _common_checks(
@@ -323,8 +491,10 @@ def parse_hermes(text: str) -> ParsedTurn:
 
 def _hermes(text: str, fmt: Format, given_calls: list[ToolCall]) -> ParsedTurn:
     """Hermes rules over ``text``; ``given_calls`` come from outside it (OpenAI ``tool_calls``)."""
-    if not text.strip() and not given_calls:
-        return _empty(fmt)
+    if given_calls and not text.strip():
+        text = ""
+    elif (refused := _unbounded(fmt, text)) is not None:
+        return refused
     scan = _scan(text, {"think", "tool_call", "answer"})
     issues = scan.issues
     calls = list(given_calls)
@@ -338,9 +508,9 @@ def _hermes(text: str, fmt: Format, given_calls: list[ToolCall]) -> ParsedTurn:
     has_calls = bool(call_blocks or given_calls)
     answer = _answers(scan.blocks, "answer", issues)
     if answer is None and not has_calls and not scan.unclosed and scan.outside:
-        answer, scan.outside = scan.outside, ""
+        answer, scan.outside = safe_text(scan.outside), ""
     _common_checks(scan, issues, has_calls, answer, "answer")
-    return ParsedTurn(fmt, _think(scan.blocks), _numbered(calls), answer, issues)
+    return _counted(ParsedTurn(fmt, _think(scan.blocks), calls, answer, issues))
 
 
 def _openai_call(raw_call: Any) -> ToolCall:
@@ -352,14 +522,19 @@ def _openai_call(raw_call: Any) -> ToolCall:
     fn = raw_call["function"]
     name, call_id = str(fn.get("name") or ""), str(raw_call.get("id") or "")
     args = fn.get("arguments")
-    raw = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    raw = safe_text(args) if isinstance(args, str) else _dumps(args)
     if args is None or (isinstance(args, str) and not args.strip()):
         args = {}  # servers send "" or null for a call without arguments
     elif isinstance(args, str):
         try:
-            args = json.loads(args)
+            args = _bounded_loads(args)
         except json.JSONDecodeError as err:
             return ToolCall(name, None, call_id, raw, _json_error(args, err))
+        except (_Unreadable, RecursionError) as err:
+            error = f"the arguments cannot be read: {err}; nothing was run."
+            return ToolCall(name, None, call_id, raw, error)
+    elif (problem := json_value_problem(args)) is not None:
+        return ToolCall(name, None, call_id, raw, f"the arguments cannot be read: {problem}.")
     if not isinstance(args, dict):
         error = f"arguments must be a JSON object (got a JSON {_json_type(args)})."
         return ToolCall(name, None, call_id, raw, error)
@@ -371,8 +546,10 @@ def _openai_call(raw_call: Any) -> ToolCall:
 def _message_text(content: Any) -> str:
     """OpenAI content: a string, None, or a list of parts (only text parts carry text)."""
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    return content or ""
+        return "".join(
+            p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+        )
+    return content if isinstance(content, str) else ""
 
 
 def parse_openai(message: Mapping[str, Any]) -> ParsedTurn:
@@ -386,7 +563,10 @@ def parse_openai(message: Mapping[str, Any]) -> ParsedTurn:
     >>> t.ok, t.tool_calls[0].id, t.tool_calls[0].arguments
     (True, 'c1', {'query': 'tea'})
     """
-    field_calls = [_openai_call(c) for c in message.get("tool_calls") or []]
+    listed = message.get("tool_calls") or []
+    if not isinstance(listed, list | tuple):
+        listed = [listed]  # read as one call, which `_openai_call` refuses with the reason
+    field_calls = [_openai_call(c) for c in listed]
     turn = _hermes(_message_text(message.get("content")), "openai", field_calls)
     turn.think = message.get("reasoning_content") or message.get("reasoning") or turn.think
     return turn
@@ -408,6 +588,8 @@ def _atommem_index_op(name: str, content: str, with_text: bool) -> ToolCall:
 
 def _atommem_call(tag: str, content: str) -> ToolCall:
     name = ATOMMEM_TAGS[tag]
+    if (problem := json_value_problem(content)) is not None:
+        return ToolCall(name, None, raw=safe_text(content), error=f"<{tag}>: {problem}.")
     if tag == "modify_memory":
         return _atommem_index_op(name, content, with_text=True)
     if tag == "delete_memory":
@@ -427,14 +609,14 @@ def parse_atommem(text: str) -> ParsedTurn:
     >>> [(c.name, c.arguments) for c in t.tool_calls]
     [('create', {'content': 'Ann likes tea'}), ('delete', {'index': 2})]
     """
-    if not text.strip():
-        return _empty("atommem")
+    if (refused := _unbounded("atommem", text)) is not None:
+        return refused
     scan = _scan(text, {"think", ATOMMEM_ANSWER_TAG, *ATOMMEM_TAGS})
     issues = scan.issues
     calls = [_atommem_call(tag, content) for tag, content in scan.blocks if tag in ATOMMEM_TAGS]
     answer = _answers(scan.blocks, ATOMMEM_ANSWER_TAG, issues)
     _common_checks(scan, issues, bool(calls), answer, ATOMMEM_ANSWER_TAG)
-    return ParsedTurn("atommem", _think(scan.blocks), _numbered(calls), answer, issues)
+    return _counted(ParsedTurn("atommem", _think(scan.blocks), calls, answer, issues))
 
 
 def extract_boxed(text: str) -> str | None:

@@ -15,12 +15,18 @@ Dispatch policy (our choice; AgeMem's call array has no stated transaction seman
 one step are validated and run independently, in order. A bad call does not stop the calls after it
 (each gets its own observation) and does not undo the calls before it; later calls see the effects
 of earlier ones.
+
+Bounds: every observation is safe to encode as UTF-8 (unpaired surrogates become U+FFFD) and is
+cut to `MAX_OBSERVATION_CHARS` characters, saying how much was cut; a call list longer than
+`MAX_CALLS_PER_STEP` runs nothing (each call is answered with the limit); arguments that are not
+bounded JSON (`json_value_problem`) are refused before validation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import reprlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,9 +38,19 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from agemem.policy.base import Message, ToolSpec
-from agemem.tools.parse import ParsedTurn, ToolCall
+from agemem.tools.parse import (
+    MAX_CALLS_PER_STEP,
+    ParsedTurn,
+    ToolCall,
+    json_value_problem,
+    safe_text,
+)
 
 logger = logging.getLogger(__name__)
+
+# One observation's length: 20 retrieved entries of a few hundred characters fit; a 10 MB entry
+# or a runaway handler message does not flood the context.
+MAX_OBSERVATION_CHARS = 8_000
 
 ErrorKind = Literal["format", "parse", "unknown_tool", "arguments", "rejected", "internal"]
 
@@ -61,6 +77,15 @@ class ToolResult:
     call_id: str
     content: str
     error: ErrorKind | None = None
+
+    def __post_init__(self) -> None:
+        content = safe_text(str(self.content))
+        if len(content) > MAX_OBSERVATION_CHARS:
+            cut = len(content) - MAX_OBSERVATION_CHARS
+            content = f"{content[:MAX_OBSERVATION_CHARS]}... [{cut} more characters cut]"
+        object.__setattr__(self, "content", content)
+        object.__setattr__(self, "name", safe_text(str(self.name)))
+        object.__setattr__(self, "call_id", safe_text(str(self.call_id)))
 
     @property
     def ok(self) -> bool:
@@ -159,7 +184,10 @@ def _type_name(prop: dict[str, Any]) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=repr)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (ValueError, RecursionError):  # a huge int, a cycle, deep nesting
+        text = reprlib.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -214,12 +242,19 @@ class ToolSet(Generic[S]):
         return [tool.openai_schema() for tool in self]
 
     def dispatch(self, calls: Iterable[ToolCall], state: S) -> list[ToolResult]:
-        """Validate and run each call independently, in order; record each outcome in stats."""
-        results = []
-        for call in calls:
-            result = self._run(call, state)
+        """Validate and run each call independently, in order; record each outcome in stats.
+        More than `MAX_CALLS_PER_STEP` calls run none of them."""
+        calls = list(calls)
+        if len(calls) > MAX_CALLS_PER_STEP:
+            limit = (
+                f"Format error: {len(calls)} tool calls in one step, more than "
+                f"{MAX_CALLS_PER_STEP}; nothing was run. Make at most {MAX_CALLS_PER_STEP}."
+            )
+            results = [_answer(call, limit, "format") for call in calls]
+        else:
+            results = [self._run(call, state) for call in calls]
+        for result in results:
             state.stats.record(result)
-            results.append(result)
         return results
 
     def run(self, turn: ParsedTurn, state: S) -> list[ToolResult]:
@@ -231,7 +266,7 @@ class ToolSet(Generic[S]):
         if turn.ok:
             return self.dispatch(turn.tool_calls, state)
         results = [
-            ToolResult(call.name, call.id, turn.error_text(), "format")
+            _answer(call, turn.error_text(), "format")
             for call in turn.tool_calls or [ToolCall("", None)]
         ]
         for result in results:
@@ -240,10 +275,15 @@ class ToolSet(Generic[S]):
 
     def _run(self, call: ToolCall, state: S) -> ToolResult:
         def refused(content: str, kind: ErrorKind) -> ToolResult:
-            return ToolResult(call.name, call.id, content, kind)
+            return _answer(call, content, kind)
 
         if call.error is not None or call.arguments is None:
-            return refused(call.error or "the call could not be read.", "parse")
+            return refused(str(call.error or "the call could not be read."), "parse")
+        if not isinstance(call.name, str):
+            return refused("the tool call has no name string; give the tool's name.", "parse")
+        problem = json_value_problem(call.arguments)
+        if problem is not None:
+            return refused(f"the arguments cannot be read: {problem}; nothing was run.", "parse")
         tool = self._tools.get(call.name)
         if tool is None:
             return refused(self._unknown_tool(call.name), "unknown_tool")
@@ -263,7 +303,15 @@ class ToolSet(Generic[S]):
             )
 
     def _unknown_tool(self, name: str) -> str:
+        name = name[:100]
         lowered = {n.lower(): n for n in self._tools}
         close = get_close_matches(name.lower(), list(lowered), n=1)
         hint = f" Did you mean {lowered[close[0]]!r}?" if close else ""
         return f"unknown tool {name!r}; valid tools: {', '.join(self._tools)}.{hint}"
+
+
+def _answer(call: ToolCall, content: str, kind: ErrorKind | None) -> ToolResult:
+    """The observation answering `call` (its name and id, whatever their types)."""
+    name = call.name if isinstance(call.name, str) else ""
+    call_id = call.id if isinstance(call.id, str) else str(call.id)
+    return ToolResult(name, call_id, content, kind)
