@@ -285,13 +285,27 @@ def train(
         "quickstart"
     ),
     overrides: Overrides = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the memory plan for grpo.hardware (episodes per generate call, KV "
+            "cache, tokens per step) and refuse a config that cannot fit; train nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Step-wise GRPO (the config's grpo section); resumes with --set grpo.resume=true."""
     from agemem.train.config import load_config
     from agemem.train.grpo import run_grpo
 
     with _config_errors():
-        result = run_grpo(load_config(preset, overrides, kind="pipeline").grpo)
+        config = load_config(preset, overrides, kind="pipeline")
+        if dry_run:
+            from agemem.train.plan import dry_run as plan
+
+            plan(config, typer.echo)
+            return
+        result = run_grpo(config.grpo)
     summary = {"final": str(result.final_dir), "steps": result.steps}
     typer.echo(json.dumps(summary | {f"after/{k}": v for k, v in result.eval_after.items()}))
 

@@ -63,13 +63,15 @@ def run_episodes(
     summarizer: Summarizer | None = None,
     seed: int = 0,
     reward_fn: Callable[[Episode], dict[str, float]] | None = None,
+    max_batch: int | None = None,
 ) -> list[Episode]:
     """`k` episodes per task (task order, then rollout order), each `k` sharing a `group_id`
     (`<task id>@<task index>`, unique even when a task is listed twice) for GRPO.
 
     Embeddings go through a `CachingEmbedder` (one per embedder, kept between calls).
     `token_counter` defaults to the policy's tokenizer; `seed` makes the envs' id aliases
-    reproducible; `reward_fn`, if given, fills each episode's `reward`.
+    reproducible; `reward_fn`, if given, fills each episode's `reward`; `max_batch` caps the
+    contexts per `act` call (None: every live episode at once).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1 episodes per task, got {k}")
@@ -88,7 +90,7 @@ def run_episodes(
     ]
     if config.method == "agemem":
         embedder.embed(sorted(_known_texts(tasks)))  # one batch now instead of one call per use
-    return drive(policy, envs, slots, progress=progress, reward_fn=reward_fn)
+    return drive(policy, envs, slots, progress=progress, reward_fn=reward_fn, max_batch=max_batch)
 
 
 def drive(
@@ -98,16 +100,20 @@ def drive(
     *,
     progress: bool = False,
     reward_fn: Callable[[Episode], dict[str, float]] | None = None,
+    max_batch: int | None = None,
 ) -> list[Episode]:
     """Run `envs[i]` on `slots[i]` = (task, group id) to the end, all at once: one `policy.act`
-    call per step over every live episode. Closes the envs; episodes in slot order."""
+    call per step over every live episode (in calls of at most `max_batch` contexts). Closes the
+    envs; episodes in slot order."""
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 contexts per call (or None), got {max_batch}")
     episodes: list[Episode | None] = [None] * len(slots)
     try:
         contexts = {i: envs[i].reset(task) for i, (task, _) in enumerate(slots)}
         with Progress(disable=not progress, transient=True) as bar:
             job = bar.add_task("episodes", total=len(slots))
             while contexts:
-                for i, context in _step_all(policy, envs, contexts).items():
+                for i, context in _step_all(policy, envs, contexts, max_batch).items():
                     if context is None:
                         episodes[i] = _finished(envs[i], slots[i][1], reward_fn)
                         del contexts[i]
@@ -132,7 +138,10 @@ def _known_texts(tasks: Sequence[Task]) -> set[str]:
 
 
 def _step_all(
-    policy: Policy | Expert, envs: list[Env], contexts: dict[int, list[Message]]
+    policy: Policy | Expert,
+    envs: list[Env],
+    contexts: dict[int, list[Message]],
+    max_batch: int | None = None,
 ) -> dict[int, list[Message] | None]:
     """One turn for every live episode: the next context, or None when the episode ended. A
     policy reads the contexts; an expert reads the envs' records of them (`env.view`)."""
@@ -144,7 +153,13 @@ def _step_all(
         groups[key].append(i)
         tools_of[key] = tools
     out: dict[int, list[Message] | None] = {}
-    for key, indices in groups.items():
+    size = max_batch or len(contexts)
+    calls = [
+        (key, group[start : start + size])
+        for key, group in groups.items()
+        for start in range(0, len(group), size)
+    ]
+    for key, indices in calls:
         if isinstance(policy, Expert):
             turns = policy.act_on([envs[i].view for i in indices], tools_of[key])
         else:

@@ -180,6 +180,49 @@ class RunSettings(_Config):
     mmap_threshold_mb: int = Field(1, ge=0)
 
 
+class Endpoint(_Config):
+    """An OpenAI-compatible chat server (vLLM, SGLang, llama.cpp's server, a hosted API) that
+    training rollouts call as the reward's LLM judge or as Summary_context's summarizer, through
+    `agemem.policy.openai.OpenAIPolicy`. `base_url` includes the API prefix
+    (`http://host:8000/v1`); `model` is the name the server serves; the key is read from the
+    environment variable `api_key_env` (local servers need none). Sampling: `temperature` 0
+    (ours: a grade or a summary should not vary between the rollouts of one group);
+    `max_tokens` None takes the role's own: 8 for the judge (it writes one number, as
+    `agemem eval --judge`), 400 for the summarizer (`LLMSummarizer` asks for at most 200 words).
+    `concurrency`: requests in flight."""
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class RolloutServer(_Config):
+    """`rollout="vllm"`: the vLLM servers the rollouts go through (`agemem.policy.vllm`), one per
+    training process: process i samples from `base_urls[i]` (http://host:port, no /v1), each
+    started with `--enable-lora` on the trainer's base weights. The adapter each sync writes
+    goes to `adapter_dir` (None: `<run.out_dir>/rollout-adapters`), a directory the servers
+    must read (same machine or shared storage), one subdirectory per process. `concurrency`:
+    requests in flight per process."""
+
+    base_urls: list[str] = Field(default_factory=list)
+    adapter_dir: str | None = None
+    concurrency: int = Field(16, ge=1)
+    timeout_s: float = Field(600.0, gt=0)
+
+
+class HardwareSettings(_Config):
+    """The machine `agemem train --dry-run` plans for (the run itself takes its processes from
+    `accelerate launch`): `gpus` training processes, each with `memory_gb` of device memory
+    (None: the first CUDA device's, else this machine's RAM for one CPU process)."""
+
+    gpus: int = Field(1, ge=1)
+    memory_gb: float | None = Field(None, gt=0)
+
+
 # ---- the two trainers --------------------------------------------------------------------------
 
 
@@ -214,6 +257,7 @@ class SFTConfig(_Config):
     answer_weight: int = Field(1, ge=1)
     optim: OptimSettings = OptimSettings()
     eval: EvalSettings = EvalSettings()
+    generate_batch: int | None = Field(None, ge=1)
     resume: bool | str = False
 
 
@@ -239,7 +283,20 @@ class GRPOConfig(_Config):
     model. "llama.cpp": a llama.cpp server (`agemem.policy.server.LlamaCppPolicy`) started once
     per run and handed the current weights before each step's rollouts (a LoRA adapter, the base
     written once when it is not the shipped SmolLM2 file): SmolLM2-architecture models only,
-    with `old_logprobs="recompute"` (the server records no logprobs).
+    with `old_logprobs="recompute"` (the server records no logprobs). "vllm": a vLLM server per
+    process (`rollout_server`), handed the LoRA adapter before each step through vLLM's runtime
+    LoRA API (`agemem.policy.vllm.VLLMPolicy`), the same `WeightSyncPolicy` interface as
+    llama.cpp's; also with `old_logprobs="recompute"`. "sampler" is refused whenever the
+    sampler is not the trainer's own forward pass.
+    `generate_batch`: at most this many episodes per `generate` call, in rollouts and held-out
+    evaluation alike (None: every live episode of the process at once); a local model's KV cache
+    grows with it (`agemem train --dry-run` prints the estimate). The held-out evaluation runs
+    on every process, each its share of the tasks, the scores over all of them.
+    `judge` / `summarizer`: OpenAI-compatible endpoints (`Endpoint`) for the reward's LLM judge
+    (the `agemem` reward's task score is then the judge's grade: `task_metric="auto"`) and for
+    Summary_context, in rollouts and evaluation alike (None: no judge, token F1; the env's
+    extractive summarizer).
+    `hardware`: what `--dry-run` plans for.
     """
 
     run: RunSettings = RunSettings()
@@ -262,7 +319,12 @@ class GRPOConfig(_Config):
     micro_batch_tokens: int | None = Field(None, ge=1)
     ppo_epochs: int = Field(1, ge=1)
     old_logprobs: Literal["recompute", "sampler"] = "recompute"
-    rollout: Literal["hf", "llama.cpp"] = "hf"
+    rollout: Literal["hf", "llama.cpp", "vllm"] = "hf"
+    rollout_server: RolloutServer = RolloutServer()
+    generate_batch: int | None = Field(None, ge=1)
+    judge: Endpoint | None = None
+    summarizer: Endpoint | None = None
+    hardware: HardwareSettings = HardwareSettings()
     optim: OptimSettings = OptimSettings()
     eval: EvalSettings = EvalSettings()
     resume: bool | str = False
@@ -472,10 +534,33 @@ def _smollm2_hotpotqa() -> PipelineConfig:
 
 def _paper() -> PipelineConfig:
     """AgeMem's setting on GPUs: Qwen2.5-7B-Instruct, HotpotQA, the paper's env and reward,
-    K=8, beta 0.1, ~100 steps; LoRA (ours) keeps the reference model free (adapters off);
-    gradient checkpointing (ours) keeps HotpotQA's long contexts within a GPU's memory."""
-    lora = LoraSettings(r=64, alpha=128)
-    model = ModelSettings(name="qwen2.5-7b-instruct", lora=lora, gradient_checkpointing=True)
+    K=8, beta 0.1, ~100 steps, responses of up to 2,048 tokens (AgeMem), on 8 GPUs of 80 GB.
+
+    Ours where AgeMem is silent or trains differently:
+    - LoRA rank 64 on every linear layer keeps the reference model free (adapters off). Alpha
+      32 and the learning rates follow "LoRA Without Regret" (Schulman and Thinking Machines
+      Lab, 2025, https://thinkingmachines.ai/blog/lora/): with alpha 32 and the 1/r scaling,
+      LoRA's best learning rate was about 10x full fine-tuning's, in SFT and in RL alike, and
+      rank-independent. GRPO: 1e-5, 10x AgeMem's full-model 1e-6; SFT: 1e-4, 10x the 1e-5 of a
+      full 7B SFT.
+    - Gradient checkpointing keeps HotpotQA's long contexts within a GPU's memory.
+    - `generate_batch=16`: one process's share of a step's rollouts (16 tasks x 8 over 8 GPUs)
+      in one `generate` call, and the 200 held-out tasks (25 per GPU) in two; a call's KV cache
+      peaks at 16 rows of 8,192 prompt + 2,048 response tokens, 8.8 GiB in bf16
+      (`agemem train --preset paper --dry-run`).
+    - `micro_batch_tokens=16384`: a micro-batch's vocabulary projection over its generated
+      tokens (at most all of them: float32 log-softmax and its gradient over Qwen's 152k words,
+      10 bytes a token-word) then stays under 23 GiB; 4 rows of 10,240 tokens would allow 58.
+    - Old log-probabilities recomputed by the trainer (`old_logprobs="recompute"`): the bf16
+      sampler (cached decoding) and the checkpointed update are different forward passes.
+    - `max_new_tokens` is set on GRPO's model too: it is SFT's `final/` directory, not a preset,
+      so nothing else would give it AgeMem's 2,048.
+    """
+    lora = LoraSettings(r=64, alpha=32)
+    hardware = HardwareSettings(gpus=8, memory_gb=80)
+    model = ModelSettings(
+        name="qwen2.5-7b-instruct", lora=lora, gradient_checkpointing=True, max_new_tokens=2048
+    )
     hotpot = TaskSettings(source="hotpotqa", options={})
     sft = SFTConfig(
         run=RunSettings(out_dir="runs/paper/sft"),
@@ -487,18 +572,24 @@ def _paper() -> PipelineConfig:
         steps=500,
         batch_size=32,
         micro_batch_size=4,
-        optim=OptimSettings(lr=1e-5, warmup_steps=20, schedule="cosine"),
+        micro_batch_tokens=16384,
+        optim=OptimSettings(lr=1e-4, warmup_steps=20, schedule="cosine"),
+        generate_batch=16,
     )
     grpo = GRPOConfig(
         run=RunSettings(out_dir="runs/paper/grpo", save_every=10),
-        model=ModelSettings(name="runs/paper/sft/final", lora=lora, gradient_checkpointing=True),
+        model=model.model_copy(update={"name": "runs/paper/sft/final"}),
         tasks=hotpot,
         env=EnvSettings(preset="paper"),
         reward=RewardSettings(preset="agemem"),
         steps=100,
         tasks_per_step=16,
         micro_batch_size=4,
-        optim=OptimSettings(lr=1e-6),
+        micro_batch_tokens=16384,
+        old_logprobs="recompute",
+        generate_batch=16,
+        hardware=hardware,
+        optim=OptimSettings(lr=1e-5),
     )
     return PipelineConfig(sft=sft, grpo=grpo)
 

@@ -4,9 +4,11 @@ One step:
 1. Tasks: `tasks_per_step` training tasks drawn for this step (the curriculum's phase decides
    their knobs and the env's); under several processes each rolls out its share.
 2. Rollouts: `k` episodes per task with the current policy (`HFPolicy` at `temperature`, 1.0 by
-   default; or, with `rollout="llama.cpp"`, a llama.cpp server handed the current weights
-   first), all batched through `run_episodes`; each episode is scored by the reward
-   (`reward.key`).
+   default; or, with `rollout="llama.cpp"` / `"vllm"`, an inference server handed the current
+   weights first), batched through `run_episodes` in `generate` calls of at most
+   `generate_batch` episodes; each episode is scored by the reward (`reward.key`; with a
+   `judge` endpoint, an LLM grades the answers), Summary_context by the `summarizer` endpoint
+   when one is set.
 3. Advantages: each episode's reward against its group's (the k rollouts of its task), broadcast
    to every model turn of the episode (`step_samples`): one sample per turn, its prompt the exact
    context the model saw, its loss on the generated tokens only.
@@ -15,7 +17,8 @@ One step:
    tokens (the normaliser is the step's total, so micro-batching changes no gradient); AdamW,
    gradient clipping. The policy's and the reference's log-probs are both taken at the sampling
    temperature, the distribution the rollout recorded its logprobs in (TRL does the same).
-5. Bookkeeping: metrics (JSONL, TensorBoard), held-out evaluation, checkpoints.
+5. Bookkeeping: metrics (JSONL, TensorBoard), held-out evaluation (every process its share of
+   the tasks), checkpoints.
 
 The reference model is the starting policy: a frozen copy for full fine-tuning, the same model
 with its adapters switched off under LoRA; none when beta is 0. With beta 0, a turn whose
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,12 +50,15 @@ from peft import PeftModel
 from agemem.env import EnvConfig, run_episodes
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder
+from agemem.policy.base import Policy
 from agemem.policy.hf import HFPolicy
 from agemem.policy.models import PRESETS as MODEL_PRESETS
 from agemem.policy.models import package_file
+from agemem.policy.openai import OpenAIPolicy
 from agemem.policy.server import LlamaCppPolicy, WeightSyncPolicy
 from agemem.progress import LoggedProgress
 from agemem.rewards import RewardConfig, reward_fn
+from agemem.summarize import LLMSummarizer, Summarizer
 from agemem.tasks import Task
 from agemem.train.batch import Batch, Sample, TrainSample, collate, pack_turns, step_samples
 from agemem.train.checkpoint import (
@@ -64,9 +71,9 @@ from agemem.train.checkpoint import (
     save_checkpoint,
     save_final,
 )
-from agemem.train.config import ConfigError, GRPOConfig
+from agemem.train.config import ConfigError, Endpoint, GRPOConfig
 from agemem.train.curriculum import env_config, load_split, phase_at, step_seed, task_options
-from agemem.train.evaluate import episode_stats, held_out
+from agemem.train.evaluate import Rollouts, episode_stats, held_out_on_every_rank
 from agemem.train.grpo_loss import grpo_loss, token_logprobs
 from agemem.train.loop import (
     StopRequest,
@@ -116,7 +123,9 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
 
     main = accelerator.is_main_process
     writer = _writer(config, out, step) if main else None
-    evaluate = _evaluator(config, accelerator, model, tokenizer, reward, embedder)
+    judge, summarizer = endpoint_services(config.judge, config.summarizer)
+    services = Rollouts(config.generate_batch, judge, summarizer)
+    evaluate = _evaluator(config, accelerator, model, tokenizer, reward, embedder, services)
     before = evaluate(step, writer) if step == 0 and config.eval.before else {}
 
     server = _rollout_server(config, accelerator, model, tokenizer)
@@ -131,6 +140,8 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
         reward,
         embedder,
         server,
+        judge,
+        summarizer,
     )
     stopped = False
     closing = contextlib.closing(server) if server else contextlib.nullcontext()
@@ -179,7 +190,9 @@ class _Run:
     scheduler: Any
     reward: RewardConfig
     embedder: Embedder | None
-    server: WeightSyncPolicy | None  # rollout="llama.cpp": the server the rollouts go through
+    server: WeightSyncPolicy | None  # rollout="llama.cpp"/"vllm": the rollouts' server
+    judge: Policy | None = None  # the reward's LLM judge (`config.judge`)
+    summarizer: Summarizer | None = None  # Summary_context's (`config.summarizer`)
 
 
 def _train_step(run: _Run, step: int) -> dict[str, Any]:
@@ -210,6 +223,9 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
         seed=step_seed(config.run.seed, step, 1 + accelerator.process_index),
         embedder=run.embedder,
         server=run.server,
+        max_batch=config.generate_batch,
+        judge=run.judge,
+        summarizer=run.summarizer,
     )
     rollout_s = time.perf_counter() - start
 
@@ -259,10 +275,14 @@ def rollout(
     seed: int,
     embedder: Embedder | None = None,
     server: WeightSyncPolicy | None = None,
+    max_batch: int | None = None,
+    judge: Policy | None = None,
+    summarizer: Summarizer | None = None,
 ) -> list[Episode]:
     """`k` scored episodes per task, sampled from `model` (left in eval mode): by an `HFPolicy`
     over it, or by `server` (built with these sampling settings), handed `model`'s weights and
-    reseeded first."""
+    reseeded first; at most `max_batch` episodes per `act` call. `judge` grades the answers for
+    the reward, `summarizer` serves Summary_context (None: the env's default)."""
     if server is None:
         policy: HFPolicy | WeightSyncPolicy = HFPolicy(
             model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
@@ -279,7 +299,9 @@ def rollout(
         progress=False,
         embedder=embedder,
         seed=seed,
-        reward_fn=reward_fn(tasks, reward),
+        reward_fn=reward_fn(tasks, reward, judge=judge),
+        summarizer=summarizer,
+        max_batch=max_batch,
     )
 
 
@@ -449,9 +471,23 @@ def _check(config: GRPOConfig, accelerator: Accelerator) -> None:
             f"tasks_per_step={config.tasks_per_step} leaves some of the "
             f"{accelerator.num_processes} processes without a task; raise it"
         )
-    if config.rollout == "llama.cpp" and config.old_logprobs != "recompute":
+    if config.rollout != "hf" and config.old_logprobs != "recompute":
         raise ConfigError(
-            'rollout="llama.cpp" records no logprobs: set old_logprobs="recompute" (the default)'
+            f'rollout="{config.rollout}" records no logprobs: set old_logprobs="recompute" '
+            "(the default)"
+        )
+    urls = config.rollout_server.base_urls
+    if config.rollout == "vllm" and len(urls) < accelerator.num_processes:
+        raise ConfigError(
+            f'rollout="vllm" needs one server per process: rollout_server.base_urls has '
+            f"{len(urls)} for {accelerator.num_processes} processes "
+            '(e.g. rollout_server.base_urls=["http://localhost:8000"])'
+        )
+    reward = RewardConfig.preset(config.reward.preset).with_(**config.reward.overrides)
+    if config.judge is None and (reward.task_metric == "judge" or reward.storage_judge == "llm"):
+        raise ConfigError(
+            f"reward {reward.name!r} grades with an LLM judge: set judge.base_url and "
+            "judge.model (an OpenAI-compatible server)"
         )
 
 
@@ -482,6 +518,8 @@ def _rollout_server(
     It starts at the first step's sync; its log goes to `<out_dir>/rollout-server/`."""
     if config.rollout == "hf":
         return None
+    if config.rollout == "vllm":
+        return _vllm_server(config, accelerator, tokenizer)
     episodes = -(-config.tasks_per_step // accelerator.num_processes) * config.k
     window = accelerator.unwrap_model(model).config.max_position_embeddings
     rank = f"-{accelerator.process_index}" if accelerator.num_processes > 1 else ""
@@ -494,6 +532,55 @@ def _rollout_server(
         temperature=config.temperature,
         seed=config.run.seed,
         work_dir=Path(config.run.out_dir) / f"rollout-server{rank}",
+    )
+
+
+def _vllm_server(config: GRPOConfig, accelerator: Accelerator, tokenizer: Any) -> WeightSyncPolicy:
+    """This process's vLLM server of `rollout="vllm"` (`rollout_server.base_urls[rank]`), its
+    adapters written under `rollout_server.adapter_dir` (default `<out_dir>/rollout-adapters`),
+    one subdirectory per process."""
+    from agemem.policy.vllm import VLLMPolicy  # only its HTTP client: no vLLM install needed
+
+    settings, rank = config.rollout_server, accelerator.process_index
+    root = Path(settings.adapter_dir or Path(config.run.out_dir) / "rollout-adapters")
+    return VLLMPolicy(
+        tokenizer,
+        settings.base_urls[rank],
+        adapter_dir=root / f"rank-{rank}",
+        max_new_tokens=generation_length(config.model),
+        temperature=config.temperature,
+        seed=config.run.seed,
+        concurrency=settings.concurrency,
+        timeout=settings.timeout_s,
+    )
+
+
+# what each role writes: a grade is one number; LLMSummarizer asks for at most 200 words
+_ENDPOINT_TOKENS = {"judge": 8, "summarizer": 400}
+
+
+def endpoint_policy(endpoint: Endpoint, role: str) -> OpenAIPolicy:
+    """The `OpenAIPolicy` an `Endpoint` describes, for `role` ("judge" or "summarizer": its
+    default response length)."""
+    return OpenAIPolicy(
+        endpoint.base_url,
+        endpoint.model,
+        api_key=os.environ.get(endpoint.api_key_env),
+        timeout=endpoint.timeout_s,
+        temperature=endpoint.temperature,
+        max_tokens=endpoint.max_tokens or _ENDPOINT_TOKENS[role],
+        logprobs=False,
+        concurrency=endpoint.concurrency,
+    )
+
+
+def endpoint_services(
+    judge: Endpoint | None, summarizer: Endpoint | None
+) -> tuple[Policy | None, Summarizer | None]:
+    """(the reward's judge, Summary_context's summarizer) over their endpoints (None: unset)."""
+    return (
+        endpoint_policy(judge, "judge") if judge else None,
+        LLMSummarizer(endpoint_policy(summarizer, "summarizer")) if summarizer else None,
     )
 
 
@@ -510,24 +597,26 @@ def _evaluator(
     tokenizer: Any,
     reward: RewardConfig,
     embedder: Embedder | None,
+    services: Rollouts,
 ) -> Any:
-    """A function (step, writer) -> held-out scores, computed by the main process ({} on the
-    others) in the run's base env, without curriculum changes."""
+    """A function (step, writer) -> held-out scores in the run's base env, without curriculum
+    changes: every process runs its share of the tasks (`held_out_on_every_rank`) and gets the
+    scores over all of them; the main process writes them."""
     env = env_config(config.env.preset, config.env.overrides)
 
     def evaluate(step: int, writer: MetricsWriter | None) -> dict[str, float]:
-        scores: dict[str, float] = {}
-        if accelerator.is_main_process:
-            scores = held_out(
-                accelerator.unwrap_model(model),
-                tokenizer,
-                config.tasks,
-                config.eval,
-                env,
-                reward,
-                max_new_tokens=generation_length(config.model),
-                embedder=embedder,
-            )
+        scores = held_out_on_every_rank(
+            accelerator,
+            model,
+            tokenizer,
+            config.tasks,
+            config.eval,
+            env,
+            reward,
+            max_new_tokens=generation_length(config.model),
+            embedder=embedder,
+            rollouts=services,
+        )
         if writer and scores:
             writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
         accelerator.wait_for_everyone()

@@ -46,7 +46,7 @@ from agemem.train.checkpoint import (
 )
 from agemem.train.config import Precision, SFTConfig
 from agemem.train.curriculum import env_config, load_split
-from agemem.train.evaluate import held_out
+from agemem.train.evaluate import Rollouts, held_out_on_every_rank
 from agemem.train.grpo_loss import token_logprobs
 from agemem.train.loop import (
     StopRequest,
@@ -249,18 +249,19 @@ def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult
 
     final = out / "final"
     _save(accelerator, model, tokenizer, out)
-    scores: dict[str, float] = {}
-    if main:
-        scores = held_out(
-            accelerator.unwrap_model(model),
-            tokenizer,
-            config.tasks,
-            config.eval,
-            env,
-            reward,
-            max_new_tokens=generation_length(config.model),
-            embedder=embedder,
-        )
+    # every process its share of the held-out tasks, the scores over all of them
+    scores = held_out_on_every_rank(
+        accelerator,
+        model,
+        tokenizer,
+        config.tasks,
+        config.eval,
+        env,
+        reward,
+        max_new_tokens=generation_length(config.model),
+        embedder=embedder,
+        rollouts=Rollouts(max_batch=config.generate_batch),
+    )
     if writer:
         if scores:
             writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
