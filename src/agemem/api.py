@@ -49,6 +49,7 @@ from agemem.memory.store import (
     Scope,
     SearchMode,
 )
+from agemem.memory.storefile import default_store_path
 from agemem.policy.base import Message, ToolSpec
 from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState, agemem_system_prompt
 from agemem.tools.messages import UnreadableMessage, read_message, replies, unreadable_result
@@ -418,7 +419,7 @@ class Memory:
 
     def __init__(
         self,
-        path: str | Path = "agemem.db",
+        path: str | Path | None = None,
         *,
         embedder: Embedder | None = None,
         search: str = "balanced",
@@ -428,6 +429,8 @@ class Memory:
         options: dict[str, Any] = {"search": search, "dedupe": dedupe}
         if dedupe_threshold is not None:
             options["dedupe_threshold"] = dedupe_threshold
+        # None: ~/.agemem/memory.db (or $AGEMEM_STORE), the store `agemem chat` uses too
+        path = default_store_path() if path is None else path
         self.store = SQLiteStore(path, embedder, **options)
 
     @classmethod
@@ -847,7 +850,7 @@ class AsyncMemory:
     'Maya lives in Lisbon.'
     """
 
-    def __init__(self, path: str | Path = "agemem.db", **options: Any) -> None:
+    def __init__(self, path: str | Path | None = None, **options: Any) -> None:
         self.sync = Memory(path, **options)
 
     @classmethod
