@@ -12,10 +12,12 @@ not hand over, so they are not offered here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field, StringConstraints
 
 from agemem.api import Memory
@@ -48,7 +50,8 @@ def build_mcp(
         metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Store one fact in long-term memory. The same text is not stored twice in a scope."""
-        return memory_for(ctx).add(text, metadata=metadata, **scope(user_id, agent_id, run_id))
+        with answers():
+            return memory_for(ctx).add(text, metadata=metadata, **scope(user_id, agent_id, run_id))
 
     @server.tool()
     def search_memories(
@@ -62,9 +65,10 @@ def build_mcp(
     ) -> dict[str, Any]:
         """The memories most relevant to a query, best first (hybrid BM25 + vector search).
         `filters` uses Mem0's grammar over metadata keys (eq, ne, in, gt, contains, AND/OR)."""
-        return memory_for(ctx).search(
-            query, filters=filters, limit=limit, **scope(user_id, agent_id, run_id)
-        )
+        with answers():
+            return memory_for(ctx).search(
+                query, filters=filters, limit=limit, **scope(user_id, agent_id, run_id)
+            )
 
     @server.tool()
     def list_memories(
@@ -75,7 +79,8 @@ def build_mcp(
         limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 100,
     ) -> dict[str, Any]:
         """A scope's memories, oldest first."""
-        return memory_for(ctx).get_all(limit=limit, **scope(user_id, agent_id, run_id))
+        with answers():
+            return memory_for(ctx).get_all(limit=limit, **scope(user_id, agent_id, run_id))
 
     @server.tool()
     def update_memory(
@@ -89,7 +94,7 @@ def build_mcp(
     ) -> dict[str, Any]:
         """Replace a memory's text (and metadata, when given), by the id a search showed."""
         args = ops.by_id_args(scope(user_id, agent_id, run_id))
-        with ops.lookup(memory_id):
+        with answers(memory_id):
             return memory_for(ctx).update(memory_id, text, metadata=metadata, **args)
 
     @server.tool()
@@ -102,7 +107,7 @@ def build_mcp(
     ) -> dict[str, Any]:
         """Delete a memory by the id a search showed."""
         args = ops.by_id_args(scope(user_id, agent_id, run_id))
-        with ops.lookup(memory_id):
+        with answers(memory_id):
             return memory_for(ctx).delete(memory_id, **args)
 
     @server.tool()
@@ -115,7 +120,21 @@ def build_mcp(
     ) -> dict[str, Any]:
         """ADD / UPDATE / DELETE events of a memory, oldest first."""
         args = ops.by_id_args(scope(user_id, agent_id, run_id))
-        with ops.lookup(memory_id):
+        with answers(memory_id):
             return {"results": memory_for(ctx).history(memory_id, **args)}
 
     return server
+
+
+@contextmanager
+def answers(memory_id: str | None = None) -> Iterator[None]:
+    """A caller's mistake (an unknown id, no scope, a bad filter, a revoked key) as a tool error
+    whose message the model reads; anything else stays a server fault."""
+    try:
+        if memory_id is None:
+            yield
+        else:
+            with ops.lookup(memory_id):
+                yield
+    except (ops.NotFound, ValueError, PermissionError) as exc:
+        raise ToolError(str(exc)) from None

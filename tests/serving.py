@@ -1,0 +1,90 @@
+"""Real `agemem serve` / `agemem keys` processes for the serve tests: the console script of this
+environment, run as a subprocess on 127.0.0.1 with a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from servers import free_port
+
+AGEMEM = str(Path(sys.executable).with_name("agemem"))
+# one thread per server process: the tests share the machine with other work
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def agemem(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `agemem ARGS...`; stdout and stderr as text."""
+    done = subprocess.run(
+        [AGEMEM, *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"agemem {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+    return done
+
+
+def create_key(store: Path, tenant: str) -> str:
+    """A new key for `tenant`: the last line `agemem keys create` prints."""
+    return agemem("keys", "create", "--tenant", tenant, "--store", str(store)).stdout.splitlines()[
+        -1
+    ]
+
+
+@dataclass
+class Server:
+    url: str
+    store: Path
+    proc: subprocess.Popen
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@contextlib.contextmanager
+def agemem_server(store: Path, *extra: str, timeout: float = 180) -> Iterator[Server]:
+    """`agemem serve --store STORE --port P EXTRA...`, up once `/health` answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [AGEMEM, "serve", "--store", str(store), "--port", str(port), "--log-level", "warning"]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [*args, *extra], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=ENV
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"agemem serve did not start:\n{log.read().decode()}")
+                time.sleep(0.2)
+            yield Server(url, store, proc)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            # a server fault (500) is logged with its traceback; the tests fail on any
+            log.seek(0)
+            text = log.read().decode(errors="replace")
+            assert "Traceback" not in text, text
