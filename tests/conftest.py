@@ -11,9 +11,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-from agemem.memory.embed import default_embedder  # noqa: E402
+from agemem.memory.embed import reference_embedder  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def embedder():
-    return default_embedder()
+    return reference_embedder()

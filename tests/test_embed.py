@@ -1,32 +1,57 @@
-"""Embedders. The default one runs for real (all-MiniLM-L6-v2, offline). `OpenAIEmbedder` talks
-to a remote paid API, so its HTTP endpoint is replaced by `httpx2.MockTransport` (the transport
-library of the installed `openai` SDK): the SDK and our code run for real, only the server's
-answers are scripted."""
+"""Embedders. The two shipped builds of all-MiniLM-L6-v2 run for real, offline: the reference one
+(sentence-transformers, the `embedder` fixture) and the library's int8 ONNX one. `OpenAIEmbedder`
+talks to a remote paid API, so its HTTP endpoint is replaced by `httpx2.MockTransport` (the
+transport library of the installed `openai` SDK): the SDK and our code run for real, only the
+server's answers are scripted."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx2
 import numpy as np
 import openai
 import pytest
 
-from agemem.memory.embed import Embedder, OpenAIEmbedder
+from agemem.memory.embed import (
+    LIBRARY_EMBEDDER,
+    MINILM_TOKENIZER,
+    REFERENCE_EMBEDDER,
+    Embedder,
+    OpenAIEmbedder,
+    default_model_path,
+    library_embedder,
+)
 
-# ---- the default embedder ----------------------------------------------------------------------
+# Texts of the kinds a memory holds, an empty one and one past the 256-token limit included.
+TEXTS = [
+    "Maya lives in Lisbon.",
+    "Where does Maya live?",
+    "Meeting with Bob on Tuesday at 3pm",
+    "Meeting with Bob on Monday at 3pm",
+    "Flight AF1234 leaves CDG at 07:15.",
+    "Caroline went to the LGBTQ support group on 7 May 2023.",
+    "I like green tea, and hiking in the Alps with my dog Rex.",
+    "Ünïcödé tëxt, 日本語のテキスト, emoji 🎉",
+    "noted",
+    "",
+    "a long note " * 150,
+]
+
+# ---- the reference embedder: sentence-transformers -------------------------------------------
 
 
-def test_default_embedder_shape_and_normalisation(embedder):
+def test_reference_embedder_shape_and_normalisation(embedder):
     assert isinstance(embedder, Embedder)
-    assert embedder.name == "all-MiniLM-L6-v2" and embedder.dim == 384
+    assert embedder.name == REFERENCE_EMBEDDER == "all-MiniLM-L6-v2" and embedder.dim == 384
     vectors = embedder.embed(["The cat sat on the mat.", "Quarterly revenue grew 4%.", ""])
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert embedder.embed([]).shape == (0, 384)
 
 
-def test_default_embedder_puts_similar_sentences_closer(embedder):
+def test_reference_embedder_puts_similar_sentences_closer(embedder):
     a, b, c = embedder.embed(
         [
             "Alice lives in Paris.",
@@ -37,10 +62,49 @@ def test_default_embedder_puts_similar_sentences_closer(embedder):
     assert a @ b > 0.7 > 0.2 > a @ c
 
 
-def test_default_embedder_is_deterministic_and_batch_independent(embedder):
+def test_reference_embedder_is_deterministic_and_batch_independent(embedder):
     one = embedder.embed(["Bob likes sushi."])[0]
     many = embedder.embed(["Something else entirely.", "Bob likes sushi."])[1]
     np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+# ---- the library's embedder: int8 ONNX, no torch -----------------------------------------------
+
+
+def test_library_embedder_shape_normalisation_and_batch_independence():
+    onnx = library_embedder()
+    assert isinstance(onnx, Embedder)
+    assert onnx.name == LIBRARY_EMBEDDER and onnx.dim == 384
+    vectors = onnx.embed(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert onnx.embed([]).shape == (0, 384)
+    alone = np.stack([onnx.embed([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(alone, vectors, atol=1e-5)  # padding never leaks into a vector
+
+
+def test_library_embedder_agrees_with_the_reference_one(embedder):
+    onnx, reference = library_embedder().embed(TEXTS), embedder.embed(TEXTS)
+    cosines = np.sum(onnx * reference, axis=1)
+    assert cosines.min() > 0.99, cosines
+    # the similarities a search ranks by move by less than 0.02
+    assert np.abs(onnx @ onnx.T - reference @ reference.T).max() < 0.02
+
+
+def test_library_embedder_puts_similar_sentences_closer():
+    a, b, c = library_embedder().embed(
+        [
+            "Alice lives in Paris.",
+            "Alice's home is in Paris, France.",
+            "The stock market fell sharply on Monday.",
+        ]
+    )
+    assert a @ b > 0.7 > 0.2 > a @ c
+
+
+def test_library_tokenizer_is_the_model_packages_file():
+    shipped = Path(default_model_path()) / "tokenizer.json"
+    assert MINILM_TOKENIZER.read_bytes() == shipped.read_bytes()
 
 
 # ---- OpenAIEmbedder against a scripted server --------------------------------------------------

@@ -71,6 +71,8 @@ def test_execute_reads_an_anthropic_message_and_answers_with_tool_result_blocks(
         ],
         "stop_reason": "tool_use",
     }
+    schemas = {s["name"]: s["input_schema"] for s in tools.anthropic_schemas}
+    assert schemas["Add_memory"] == tools.toolset["Add_memory"].parameters()
     (reply,) = tools.execute(message)
     assert reply["role"] == "user"
     ok, bad = reply["content"]

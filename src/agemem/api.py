@@ -313,6 +313,14 @@ class MemoryTools:
         return self.toolset.openai_tools()
 
     @property
+    def anthropic_schemas(self) -> list[dict[str, Any]]:
+        """Pass as `tools=` to Anthropic's `messages.create` (the same JSON schemas)."""
+        return [
+            {"name": tool.name, "description": tool.description, "input_schema": tool.parameters()}
+            for tool in self.toolset
+        ]
+
+    @property
     def context(self) -> Context:
         """The messages Summary_context / Filter_context act on (when those tools are enabled)."""
         return self.state.context

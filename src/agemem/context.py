@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from agemem.memory.embed import Embedder, default_embedder
+from agemem.memory.embed import Embedder, library_embedder
 from agemem.policy.base import Message
 from agemem.summarize import ExtractiveSummarizer, Summarizer
 from agemem.tokens import ApproxTokenCounter, TokenCounter, message_text
@@ -80,7 +80,7 @@ class Context:
     """The agent's context window: messages, token accounting against `t_max`, summary, filter.
 
     `token_counter` defaults to `ApproxTokenCounter` (pass `HFTokenCounter(tokenizer)` for exact
-    counts), `embedder` to the shared `default_embedder()` (loaded at the first filter or summary),
+    counts), `embedder` to the shared `library_embedder()` (loaded at the first filter or summary),
     and `summarizer` to an `ExtractiveSummarizer` over that embedder.
 
     >>> ctx = Context(t_max=50)
@@ -143,7 +143,7 @@ class Context:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = default_embedder()
+            self._embedder = library_embedder()
         return self._embedder
 
     @property

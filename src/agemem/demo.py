@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from agemem.context import Context
-from agemem.memory.embed import default_embedder
+from agemem.memory.embed import library_embedder
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import Scope
 from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState, agemem_system_prompt
@@ -88,7 +88,7 @@ def run_demo(path: Path, *, overwrite: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         stale.unlink(missing_ok=True)
-    embedder = default_embedder()
+    embedder = library_embedder()
     store = SQLiteStore(path, embedder, dedupe="reject")  # as in AgeMem's env (see its prompt)
     system = {"role": "system", "content": agemem_system_prompt()}
     context = Context(embedder=embedder)

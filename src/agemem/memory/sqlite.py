@@ -45,7 +45,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agemem.memory.embed import Embedder, default_embedder
+from agemem.memory.embed import (
+    SHIPPED_EMBEDDERS,
+    Embedder,
+    EmbedderUnavailable,
+    library_embedder,
+)
 from agemem.memory.filters import CASEFOLD_SQL, casefold, compile_filters
 from agemem.memory.search import SearchConfig, resolve_search_config, rrf_fuse
 from agemem.memory.store import (
@@ -316,6 +321,9 @@ class SQLiteStore(MemoryStore):
     """Long-term memory in one SQLite file: hybrid search, duplicate checks, history.
 
     `path` may be ":memory:" for a private throwaway store (no WAL, one process).
+    `embedder`: a store is written by one embedder, recorded in the file; opening it with
+    another raises `EmbedderMismatch`. Without one, an existing store opens with the embedder it
+    records (when agemem ships it: `SHIPPED_EMBEDDERS`), a new one with `library_embedder()`.
     `search`: a `SearchConfig` or preset name (see `agemem.memory.search`).
     `dedupe`: what an add does with a duplicate in its scope, unless the call says otherwise
     (`DedupeMode`: "exact" by default, "near", "reject", "off").
@@ -339,11 +347,9 @@ class SQLiteStore(MemoryStore):
         self.dedupe = _check_dedupe(dedupe)
         self.dedupe_threshold = _check_threshold(dedupe_threshold)
         self.path = str(path)
-        self.embedder = embedder or default_embedder()
         self.search_config = resolve_search_config(search)
         self._new_id = ids
         self._lock = threading.RLock()
-        self._index = VectorIndex(self.embedder.dim, index)
         self._rowid_of: dict[str, int] = {}
         self._generation: int | None = None  # None: the index must be loaded in full
         self._last_history = 0
@@ -351,6 +357,8 @@ class SQLiteStore(MemoryStore):
             self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
         try:
+            self.embedder = embedder or self._recorded_embedder() or library_embedder()
+            self._index = VectorIndex(self.embedder.dim, index)
             self._setup(busy_timeout_s)
         except BaseException:
             self._conn.close()
@@ -358,6 +366,25 @@ class SQLiteStore(MemoryStore):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, embedder={self.embedder.name!r})"
+
+    def _recorded_embedder(self) -> Embedder | None:
+        """The embedder an existing store names, when agemem ships it (see `SHIPPED_EMBEDDERS`);
+        None for a new file, or one that names another embedder (`_check_meta` then says so)."""
+        try:
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key = 'embedder_name'"
+            ).fetchone()
+        except sqlite3.Error:
+            return None  # a new file (no meta table yet), or not a store: `_setup` tells which
+        if row is None or row[0] not in SHIPPED_EMBEDDERS:
+            return None
+        try:
+            return SHIPPED_EMBEDDERS[row[0]]()
+        except EmbedderUnavailable as err:
+            raise EmbedderUnavailable(
+                f"{self.path} was written by embedder {row[0]!r}, the only one that can read it; "
+                f"{err}"
+            ) from None
 
     # ---- connection and schema ---------------------------------------------------------------
 

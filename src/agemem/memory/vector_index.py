@@ -40,12 +40,18 @@ store therefore saves a built graph in its file and a process opening a large st
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from usearch.index import Index
+
+if TYPE_CHECKING:
+    from usearch.index import Index
 
 Keys = np.ndarray  # int64 keys, shape (n,)
 Scores = np.ndarray  # float32 cosine similarities, shape (n,), best first
@@ -97,6 +103,23 @@ def _dot(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
 def _int8_range(vectors: np.ndarray) -> np.ndarray:
     """Scale each row so its largest component is +-1: usearch maps [-1, 1] onto int8."""
     return vectors / np.abs(vectors).max(axis=-1, keepdims=True)
+
+
+@cache
+def _usearch_index() -> type[Index]:
+    """usearch's `Index`, imported when a graph is first needed (exact scans never need it).
+
+    On Linux the system libstdc++ is made global first: usearch's module carries its own static
+    copy and exports its symbols, and onnxruntime (the library embedder) imported after it then
+    crashes in libstdc++'s locale set-up. Bound to the system copy, both load in any order."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
+    from usearch.index import Index
+
+    return Index
 
 
 class VectorIndex:
@@ -151,7 +174,7 @@ class VectorIndex:
             self._hnsw = self._restore(graph, np.asarray(changed if changed is not None else []))
 
     def _restore(self, graph: bytes, changed: np.ndarray) -> Index:
-        restored = Index.restore(graph)
+        restored = _usearch_index().restore(graph)
         restored.expansion_add = self.config.expansion_add
         restored.expansion_search = self.config.expansion_search
         current = self._keys.astype(np.uint64)
@@ -224,7 +247,7 @@ class VectorIndex:
         """The HNSW graph, built on first need from the current rows."""
         if self._hnsw is None:
             cfg = self.config
-            graph = Index(
+            graph = _usearch_index()(
                 ndim=self.dim,
                 metric="cos",
                 dtype="i8",
