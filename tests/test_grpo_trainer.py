@@ -208,9 +208,12 @@ def test_lora_trains_adapters_only_with_adapters_off_reference(start_dir, tmp_pa
     assert any(not torch.equal(base[k], merged[k]) for k in base)
 
 
+# The `paper` preset's code path on the tiny model: LoRA, gradient checkpointing, a cap on
+# episodes per generate call, and the held-out evaluation (before and after the step) split
+# across the processes.
 DDP_SCRIPT = textwrap.dedent(
     """
-    import hashlib, sys
+    import hashlib, json, sys
     from pathlib import Path
     import torch.distributed as dist
     from agemem.train.config import load_config
@@ -219,13 +222,18 @@ DDP_SCRIPT = textwrap.dedent(
     start, out = sys.argv[1], Path(sys.argv[2])
     config = load_config("quickstart", [
         f"model.name={start}", f"run.out_dir={out}", "run.progress=false", "run.threads=1",
-        "model.max_new_tokens=48", "steps=1", "tasks_per_step=2", "k=4", "eval.n_tasks=0",
+        "model.max_new_tokens=48", "steps=1", "tasks_per_step=2", "k=4",
+        "model.lora={r: 4, alpha: 8}", "model.gradient_checkpointing=true", "generate_batch=3",
+        "eval.n_tasks=4", "eval.greedy=false", "eval.before=true",
     ], kind="grpo")
     result = run_grpo(config)
     digest = hashlib.sha256()
     for name, tensor in sorted(result.model.state_dict().items()):
         digest.update(name.encode() + tensor.detach().numpy().tobytes())
-    (out / f"hash-{dist.get_rank()}.txt").write_text(digest.hexdigest())
+    rank = dist.get_rank()
+    (out / f"hash-{rank}.txt").write_text(digest.hexdigest())
+    scores = {"before": result.eval_before, "after": result.eval_after}
+    (out / f"eval-{rank}.json").write_text(json.dumps(scores))
     """
 )
 
@@ -250,8 +258,15 @@ def test_two_processes_hold_identical_weights(start_dir, tmp_path):
         start_hash.update(name.encode() + tensor.numpy().tobytes())
     assert hashes[0] != start_hash.hexdigest()  # the step did change the weights
     records = list(read_metrics(out / "metrics.jsonl"))
-    assert [r["step"] for r in records] == [1]  # written once, by the main process
-    assert records[0]["rollout/turns"] > 0
+    # the step's metrics once, by the main process, between the evaluations before and after
+    assert [r["step"] for r in records] == [0, 1, 1]
+    assert "rollout/turns" in records[1] and records[1]["rollout/turns"] > 0
+    evals = [json.loads((out / f"eval-{rank}.json").read_text()) for rank in (0, 1)]
+    for when in ("before", "after"):
+        scores = [{k: v for k, v in e[when].items() if k != "sampled/seconds"} for e in evals]
+        assert scores[0] == scores[1]  # both ranks return the scores over all 4 tasks
+        assert scores[0]["sampled/episodes"] == 4 and scores[0]["sampled/ranks"] == 2
+    assert records[0]["eval/sampled/ranks"] == 2
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16-autocast"])

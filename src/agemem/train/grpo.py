@@ -83,6 +83,7 @@ from agemem.train.loop import (
     make_optimizer,
     micro_batches,
     optimizer_step,
+    prefix_sharing,
     setup,
     weighted_mean,
 )
@@ -370,7 +371,7 @@ def batch_loss(
     sampler's (`batch.old_logprobs`). The policy's and the reference's forward passes run under
     the run's precision (`autocast_for`); their log-probs and the loss are float32 either way."""
     config = run.config
-    share = config.run.share_prefix
+    share = prefix_sharing(config.run, config.model)
     with autocast_for(config.run.precision, batch.input_ids.device):
         logp = token_logprobs(
             run.model,
@@ -404,7 +405,7 @@ def _reference_logprobs(run: _Run, batch: Batch) -> torch.Tensor:
     """The frozen reference's log-probs of the batch's generated tokens, at the sampling
     temperature like the policy's."""
     args = (batch.input_ids, batch.attention_mask, batch.loss_mask, run.config.temperature)
-    share = run.config.run.share_prefix
+    share = prefix_sharing(run.config.run, run.config.model)
     with torch.no_grad():
         if run.reference == "adapters-off":
             peft_model = run.accelerator.unwrap_model(run.model)

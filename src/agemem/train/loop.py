@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from agemem.train.batch import Sample
-from agemem.train.config import OptimSettings, Precision, RunSettings
+from agemem.train.config import ModelSettings, OptimSettings, Precision, RunSettings
 
 S = TypeVar("S", bound=Sample)
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
@@ -78,6 +78,13 @@ def make_optimizer(
         name, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=total_steps
     )
     return optimizer, scheduler
+
+
+def prefix_sharing(run: RunSettings, model: ModelSettings) -> bool:
+    """`run.share_prefix`, except under gradient checkpointing: transformers turns the KV cache
+    off in a checkpointed model in training mode, and the shared prefix's keys and values are
+    that cache (`token_logprobs` would get none back)."""
+    return run.share_prefix and not model.gradient_checkpointing
 
 
 def autocast_for(precision: Precision, device: torch.device) -> AbstractContextManager[object]:

@@ -56,6 +56,7 @@ from agemem.train.loop import (
     make_optimizer,
     micro_batches,
     optimizer_step,
+    prefix_sharing,
     setup,
 )
 from agemem.train.metrics import MetricsWriter, truncate_after
@@ -372,7 +373,7 @@ def sft_step(
     tokens = global_count(accelerator, sum(s.n_generated for s in samples))
     normalizer = tokens / accelerator.num_processes
     chunks = micro_batches(samples, config.micro_batch_size, config.micro_batch_tokens)
-    precision, share = config.run.precision, config.run.share_prefix
+    precision, share = config.run.precision, prefix_sharing(config.run, config.model)
     rows = accumulate(
         accelerator,
         model,
