@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 from servers import free_port
 
 AGEMEM = str(Path(sys.executable).with_name("agemem"))
@@ -49,9 +49,9 @@ class Server:
     store: Path
     proc: subprocess.Popen
 
-    def client(self, key: str | None = None) -> httpx.Client:
+    def client(self, key: str | None = None) -> httpx2.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        return httpx2.Client(base_url=self.url, headers=headers, timeout=60)
 
 
 @contextlib.contextmanager
@@ -68,9 +68,9 @@ def agemem_server(store: Path, *extra: str, timeout: float = 180) -> Iterator[Se
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    if httpx2.get(f"{url}/health", timeout=2).status_code == 200:
                         break
-                except httpx.TransportError:
+                except httpx2.TransportError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)

@@ -9,7 +9,6 @@ import sqlite3
 from typing import Any
 
 import anyio
-import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -40,7 +39,7 @@ def served(tmp_path_factory) -> Any:
         yield server, keys
 
 
-def _add(client: httpx.Client, text: str, **scope: str) -> dict[str, Any]:
+def _add(client: httpx2.Client, text: str, **scope: str) -> dict[str, Any]:
     response = client.post("/memories", json={"messages": text, **scope})
     assert response.status_code == 200, response.text
     return response.json()["results"][0]
@@ -95,7 +94,7 @@ def test_rest_round_trip_in_mem0_shapes(served):
         assert deleted["deleted"] == 1
         assert client.get("/memories", params={"user_id": "carol"}).json() == {"results": []}
         assert client.get("/health").json() == {"status": "ok"}
-    docs = httpx.get(f"{server.url}/openapi.json").json()
+    docs = httpx2.get(f"{server.url}/openapi.json").json()
     for path in ("/memories", "/memories/{memory_id}", "/memories/{memory_id}/history"):
         assert path in docs["paths"]
     assert {"/search", "/reset"} <= set(docs["paths"])
@@ -111,7 +110,7 @@ def test_cross_tenant_and_cross_user_probes_are_refused(served):
     alice = {"user_id": "alice"}
     refused, leaks = [], []
 
-    def probe(name: str, response: httpx.Response, expected: int) -> None:
+    def probe(name: str, response: httpx2.Response, expected: int) -> None:
         if response.status_code != expected:
             refused.append(f"{name}: {response.status_code} {response.text}")
         if "7421" in response.text or "window seats" in response.text:
@@ -193,7 +192,7 @@ def test_missing_wrong_and_revoked_keys_get_401(served):
     answers = []
     for name, header in headers.items():
         for method, path, body in requests:
-            response = httpx.request(method, server.url + path, json=body, headers=header)
+            response = httpx2.request(method, server.url + path, json=body, headers=header)
             answers.append((name, method, path, response.status_code, response.json()))
     assert {a[3] for a in answers} == {401}, [a for a in answers if a[3] != 401]
     assert all("key" in a[4]["detail"] for a in answers)
@@ -375,7 +374,7 @@ def test_mcp_cross_tenant_and_key_probes_are_refused(served):
 
     for key in (None, "agm_000000000000_nope", keys["gone"] + "x"):
         assert anyio.run(without_a_valid_key, key) != "connected"
-        response = httpx.post(
+        response = httpx2.post(
             f"{server.url}/mcp",
             json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
             headers={"Authorization": f"Bearer {key}"} if key else {},
