@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 
@@ -23,9 +23,36 @@ app.add_typer(bench_app, name="bench")
 app.command("eval")(eval_command)
 app.command("report")(report_command)
 store_app = typer.Typer(
-    help="Inspect, export and import a memory store file.", no_args_is_help=True
+    help="Inspect, search, change, export and import a memory store file.", no_args_is_help=True
 )
 app.add_typer(store_app, name="store")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"agemem {version('agemem')}")
+        except PackageNotFoundError:  # a source tree that was never installed
+            from agemem import __version__
+
+            typer.echo(f"agemem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """agemem: LLM agents that manage their own long- and short-term memory."""
+
+
 register_serve(app)  # serve, mcp, keys
 
 
@@ -165,7 +192,8 @@ def chat(
     store: Annotated[
         Path | None,
         typer.Option(
-            help="Memory store file, kept between sessions [default: ~/.agemem/memory.db]"
+            help="Memory store file, kept between sessions [default: ~/.agemem/memory.db, "
+            "or $AGEMEM_STORE; the library's default too]"
         ),
     ] = None,
     user: Annotated[str | None, typer.Option(help="Whose memories (default: login name).")] = (
@@ -198,21 +226,25 @@ def chat(
 ) -> None:
     """Chat with the agent; it stores, updates and retrieves memories as it answers."""
     from agemem.chat import open_chat
+    from agemem.memory.storefile import check_store_file, default_store_path
     from agemem.policy.models import ModelNotAvailable
 
+    store = store or default_store_path()
+    with _store_errors(store):
+        check_store_file(store, must_exist=False)  # before a model is loaded
     try:
-        store = store or Path.home() / ".agemem" / "memory.db"
-        open_chat(
-            store=store,
-            user=user,
-            model=model,
-            base_url=base_url,
-            api_key=api_key,
-            scripted=scripted,
-            max_turns=max_turns,
-            temperature=temperature,
-            layout=layout,
-        )
+        with _store_errors(store, os_errors=False):  # a server's OSError is not the store's
+            open_chat(
+                store=store,
+                user=user,
+                model=model,
+                base_url=base_url,
+                api_key=api_key,
+                scripted=scripted,
+                max_turns=max_turns,
+                temperature=temperature,
+                layout=layout,
+            )
     except (ValueError, ModelNotAvailable) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -396,26 +428,97 @@ def _config_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _open_store(path: Path, *, must_exist: bool = True):
-    from agemem.memory.sqlite import SQLiteStore
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _store_errors(path: Path, *, os_errors: bool = True) -> Iterator[None]:
+    """The one error path for a store file that cannot be used: one line on stderr naming the
+    file and the fix, exit status 1, no traceback (`check_store_file` catches most cases before
+    anything is loaded; this catches what only shows once the store is read or written)."""
+    import sqlite3
+
     from agemem.memory.store import StoreError
 
-    if must_exist and not path.is_file():
-        typer.echo(f"error: no store at {path}; pass the path of an existing .db file", err=True)
-        raise typer.Exit(1)
     try:
-        return SQLiteStore(path)
-    except (StoreError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        yield
+    except StoreError as err:  # its message names the file (or the id) and the fix
+        _fail(str(err))
+    except sqlite3.DatabaseError as err:
+        _fail(
+            f"{path} is a damaged SQLite file ({err}); restore it from a backup or an "
+            "`agemem store export`, or pass another store"
+        )
+    except OSError as err:
+        if not os_errors:
+            raise
+        where = err.filename or path
+        _fail(f"cannot use {where} ({err.strerror or err}); check the path and its permissions")
+
+
+@contextmanager
+def _open_store(
+    path: Path, *, must_exist: bool = True, integrity: Literal["quick", "full"] = "quick"
+) -> Iterator[Any]:
+    """The `SQLiteStore` at `path`, checked first (see `check_store_file`); errors while it is
+    open go through `_store_errors`."""
+    from agemem.memory.sqlite import SQLiteStore
+    from agemem.memory.storefile import check_store_file
+
+    with _store_errors(path):
+        check_store_file(path, must_exist=must_exist, integrity=integrity)
+        with SQLiteStore(path) as store:
+            yield store
+
+
+StorePath = Annotated[
+    Path | None,
+    typer.Option("--store", help="Store file [default: ~/.agemem/memory.db, or $AGEMEM_STORE]"),
+]
+ScopeUser = Annotated[str | None, typer.Option("--user", help="The user's memories.")]
+ScopeAgent = Annotated[str | None, typer.Option("--agent", help="The agent's memories.")]
+ScopeRun = Annotated[str | None, typer.Option("--run", help="The run's (session's) memories.")]
+ScopeAll = Annotated[
+    bool, typer.Option("--all", help="Act on every scope (no --user/--agent/--run).")
+]
+
+
+@contextmanager
+def _memory(store: Path | None, *, must_exist: bool) -> Iterator[Any]:
+    """The `Memory` library over the store file (the default one when `store` is None)."""
+    from agemem.api import Memory
+    from agemem.memory.storefile import check_store_file, default_store_path
+
+    path = store or default_store_path()
+    with _store_errors(path):
+        check_store_file(path, must_exist=must_exist)
+        memory = Memory(path)
+        try:
+            yield memory
+        finally:
+            memory.close()
+
+
+def _scope(command: str, user: str | None, agent: str | None, run: str | None, every: bool):
+    """Keyword arguments of a scoped `Memory` call: the library's scope rule, as flags."""
+    if every and (user or agent or run):
+        _fail(f"store {command}: pass --user/--agent/--run or --all, not both")
+    if not (every or user or agent or run):
+        _fail(
+            f"store {command} needs a scope: pass --user, --agent or --run, or --all to act on "
+            "every scope"
+        )
+    return {"user_id": user, "agent_id": agent, "run_id": run, "unscoped": every}
 
 
 @store_app.command("stats")
 def store_stats(path: Path) -> None:
-    """Entries per user, the embedder, and the file size."""
+    """Entries per user, the embedder, and the file size (after SQLite's integrity check)."""
     from collections import Counter
 
-    with _open_store(path) as store:
+    with _open_store(path, integrity="full") as store:
         users = Counter(item.scope.user_id for item in store.get_all())
         typer.echo(
             f"{path}: {store.count()} entries, embedder {store.embedder.name}, "
@@ -428,35 +531,132 @@ def store_stats(path: Path) -> None:
 @store_app.command("export")
 def store_export(
     path: Path,
-    out: Annotated[Path, typer.Option(help="JSONL file to write.")],
+    out: Annotated[Path, typer.Option(help="JSONL file to write; - for standard output.")],
     user: Annotated[str | None, typer.Option(help="Only this user's entries.")] = None,
 ) -> None:
-    """Write entries (with embeddings and scopes) as JSON Lines."""
+    """Write entries (with embeddings and scopes) as JSON Lines; a file is replaced whole."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
     from agemem.memory.store import Scope
 
-    with _open_store(path) as store:
-        n = store.export_jsonl(out, scope=Scope(user_id=user))
-    typer.echo(f"exported {n} entries to {out}")
+    to_stdout = str(out) == "-"
+    if not to_stdout:
+        if out.is_dir():
+            _fail(f"--out {out} is a directory; pass a file path, e.g. {out / 'memories.jsonl'}")
+        if not out.parent.is_dir():
+            _fail(f"cannot write {out}: folder {out.parent} does not exist; create it first")
+    folder = None if to_stdout else out.parent
+    with (
+        _open_store(path, integrity="full") as store,
+        tempfile.TemporaryDirectory(dir=folder, prefix=".agemem-export-") as tmp,
+    ):
+        written = Path(tmp) / "export.jsonl"
+        n = store.export_jsonl(written, scope=Scope(user_id=user))
+        if to_stdout:
+            with written.open(encoding="utf-8") as f:
+                shutil.copyfileobj(f, sys.stdout)
+        else:
+            with _store_errors(out):
+                os.replace(written, out)
+    typer.echo(f"exported {n} entries to {'standard output' if to_stdout else out}", err=to_stdout)
 
 
 @store_app.command("import")
 def store_import(path: Path, source: Path) -> None:
     """Add the entries of a JSONL export to a store (created if missing); all or nothing."""
-    from agemem.memory.store import StoreError
-
     if not source.is_file():
-        typer.echo(
-            f"error: no file at {source}; pass a JSONL file written by `agemem store export`",
-            err=True,
-        )
-        raise typer.Exit(1)
+        what = "a directory" if source.is_dir() else "no file"
+        _fail(f"{source} is {what}; pass a JSONL file written by `agemem store export`")
     with _open_store(path, must_exist=False) as store:
         try:
             n = store.import_jsonl(source)
-        except (StoreError, ValueError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
+        except UnicodeDecodeError as err:
+            _fail(
+                f"{source} is not a JSONL export (not UTF-8 text: byte {err.start}); pass a "
+                "file written by `agemem store export`"
+            )
+        except ValueError as err:
+            _fail(str(err) if str(source) in str(err) else f"{source}: {err}")
     typer.echo(f"imported {n} entries into {path}")
+
+
+@store_app.command("search")
+def store_search(
+    query: str,
+    store: StorePath = None,
+    user: ScopeUser = None,
+    agent: ScopeAgent = None,
+    run: ScopeRun = None,
+    every: ScopeAll = False,
+    limit: Annotated[int, typer.Option(min=1, help="How many entries.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The entries of a scope that best match QUERY (hybrid BM25 + vector search)."""
+    scope = _scope("search", user, agent, run, every)
+    with _memory(store, must_exist=True) as memory:
+        hits = memory.search(query, limit=limit, **scope)["results"]
+    for hit in hits:
+        if as_json:
+            typer.echo(json.dumps(hit, ensure_ascii=False))
+        else:
+            owner = ", ".join(
+                f"{k} {hit[k]}" for k in ("user_id", "agent_id", "run_id") if k in hit
+            )
+            typer.echo(f"{hit['id']}  {hit.get('score', 0):.2f}  {hit['memory']}  ({owner})")
+    if not hits and not as_json:
+        typer.echo("no entries match", err=True)
+
+
+@store_app.command("add")
+def store_add(
+    content: str,
+    store: StorePath = None,
+    user: ScopeUser = None,
+    agent: ScopeAgent = None,
+    run: ScopeRun = None,
+    every: ScopeAll = False,
+    metadata: Annotated[
+        str | None, typer.Option(help='A JSON object, e.g. \'{"source": "cli"}\'.')
+    ] = None,
+) -> None:
+    """Store CONTENT verbatim in a scope (--all: in no scope); prints the entry's id."""
+    scope = _scope("add", user, agent, run, every)
+    meta = None
+    if metadata is not None:
+        try:
+            meta = json.loads(metadata)
+        except ValueError as err:
+            _fail(f'--metadata is not JSON ({err}); pass an object like \'{{"source": "cli"}}\'')
+        if not isinstance(meta, dict):
+            _fail('--metadata must be a JSON object, e.g. \'{"source": "cli"}\'')
+    with _memory(store, must_exist=False) as memory:
+        try:
+            [result] = memory.add(content, metadata=meta, infer=False, **scope)["results"]
+        except ValueError as err:
+            _fail(str(err))
+    if result["event"] == "ADD":
+        typer.echo(f"added {result['id']}")
+    else:
+        typer.echo(f"{result['event'].lower()}: {result['id']} already holds this text")
+
+
+@store_app.command("delete")
+def store_delete(
+    memory_id: str,
+    store: StorePath = None,
+    user: ScopeUser = None,
+    agent: ScopeAgent = None,
+    run: ScopeRun = None,
+    every: ScopeAll = False,
+) -> None:
+    """Delete the entry MEMORY_ID, if it is in the scope; its history stays."""
+    scope = _scope("delete", user, agent, run, every)
+    with _memory(store, must_exist=True) as memory:
+        deleted = memory.delete(memory_id, **scope)
+    typer.echo(f"deleted {deleted['id']}: {deleted['memory']}")
 
 
 if __name__ == "__main__":

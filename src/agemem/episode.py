@@ -308,17 +308,30 @@ def save_episodes(episodes: Iterable[Episode], path: str | Path, *, append: bool
 def load_episodes(path: str | Path) -> list[Episode]:
     """Read a JSONL episode file; blank lines are skipped."""
     path = Path(path)
+    if path.is_dir():
+        raise EpisodeFileError(f"{path} is a directory; pass an episode .jsonl file inside it")
     if not path.is_file():
         raise EpisodeFileError(f"{path}: no such file; write one with save_episodes()")
     episodes = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise EpisodeFileError(
+                    f"{path}:{number}: not UTF-8 text (byte {err.start}); pass an episode "
+                    "file written by agemem (episodes.jsonl)"
+                ) from None
             if not line.strip():
                 continue
             try:
                 episodes.append(Episode.from_line(line))
             except ValueError as err:
                 raise EpisodeFileError(f"{path}:{number}: {err}") from None
+            except (RecursionError, TypeError, KeyError, AttributeError, IndexError) as err:
+                raise EpisodeFileError(
+                    f"{path}:{number}: not an agemem episode ({type(err).__name__})"
+                ) from None
     return episodes
 
 

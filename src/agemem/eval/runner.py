@@ -216,7 +216,15 @@ def _prepare(out: Path, settings: EvalSettings) -> Path:
         ) from None
     run_file, identity = out / RUN, settings.identity()
     if run_file.is_file():
-        recorded = json.loads(run_file.read_text(encoding="utf-8"))
+        try:
+            recorded = json.loads(run_file.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            recorded = err
+        if not isinstance(recorded, dict):
+            raise EvalError(
+                f"{run_file} is not a run file (a JSON object written by agemem eval); delete "
+                "it to start this run over, or pass another --out"
+            )
         changed = [k for k in identity if recorded.get(k) != identity[k]]
         if changed:
             k = changed[0]
