@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 def free_port() -> int:
@@ -39,6 +40,32 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
+def http_process(
+    args: list[str], url: str, *, name: str, timeout: float, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen, IO[bytes]]]:
+    """Start `args`, wait until `URL/health` answers 200, yield the process and its log (stdout
+    and stderr, one file), then stop it: SIGTERM, SIGKILL after 30 s."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while not _healthy(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"{name} did not start:\n{tail}")
+                time.sleep(0.2)
+            yield proc, log
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
 def llama_server(
     model: Path,
     *,
@@ -52,24 +79,8 @@ def llama_server(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, __file__, *map(str, (model, port, n_ctx, n_parallel, threads))]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + timeout
-            while not _healthy(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    tail = log.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"llama.cpp server on port {port} did not start:\n{tail}")
-                time.sleep(0.2)
-            yield f"{url}/v1"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with http_process(args, url, name=f"llama.cpp server on port {port}", timeout=timeout):
+        yield f"{url}/v1"
 
 
 def _serve(model: str, port: int, n_ctx: int, n_parallel: int, threads: int) -> None:

@@ -7,14 +7,14 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
-from servers import free_port
+from mcp import Client
+from servers import free_port, http_process
 
 AGEMEM = str(Path(sys.executable).with_name("agemem"))
 # one thread per server process: the tests share the machine with other work
@@ -56,35 +56,33 @@ class Server:
 
 @contextlib.contextmanager
 def agemem_server(store: Path, *extra: str, timeout: float = 180) -> Iterator[Server]:
-    """`agemem serve --store STORE --port P EXTRA...`, up once `/health` answers."""
+    """`agemem serve --store STORE --port P EXTRA...`, up once `/health` answers. A server
+    fault (500) is logged with its traceback: the test fails on any."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [AGEMEM, "serve", "--store", str(store), "--port", str(port), "--log-level", "warning"]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [*args, *extra], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=ENV
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    if httpx2.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"agemem serve did not start:\n{log.read().decode()}")
-                time.sleep(0.2)
-            yield Server(url, store, proc)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            # a server fault (500) is logged with its traceback; the tests fail on any
-            log.seek(0)
-            text = log.read().decode(errors="replace")
-            assert "Traceback" not in text, text
+    with http_process([*args, *extra], url, name="agemem serve", timeout=timeout, env=ENV) as (
+        proc,
+        log,
+    ):
+        yield Server(url, store, proc)
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    assert "Traceback" not in text, text
+
+
+MCP_TOOLS = {
+    "add_memory",
+    "search_memories",
+    "list_memories",
+    "update_memory",
+    "delete_memory",
+    "memory_history",
+}
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> tuple[bool, Any]:
+    """(is_error, the structured result, or the error's text) of one MCP tool call."""
+    result = await client.call_tool(tool, arguments)
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    return bool(result.is_error), text if result.is_error else result.structured_content

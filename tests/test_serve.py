@@ -13,20 +13,12 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from serving import Server, agemem, agemem_server, create_key
+from serving import MCP_TOOLS, Server, agemem, agemem_server, call, create_key
 
 from agemem.serve import MAX_BODY_BYTES, MAX_LIMIT
 
 pytestmark = pytest.mark.slow
 SECRET = "Alice's locker code is 7421."  # what no other tenant or user may ever see
-MCP_TOOLS = {
-    "add_memory",
-    "search_memories",
-    "list_memories",
-    "update_memory",
-    "delete_memory",
-    "memory_history",
-}
 
 
 @pytest.fixture(scope="module")
@@ -107,53 +99,45 @@ def test_cross_tenant_and_cross_user_probes_are_refused(served):
         _add(acme, "Alice prefers window seats.", user_id="alice", agent_id="travel")
     before = _snapshot(server, keys["acme"], user_id="alice")
     memory_id = secret["id"]
-    alice = {"user_id": "alice"}
-    refused, leaks = [], []
+    answers: list[tuple[str, int, int, str]] = []  # probe, expected, got, body
+    everyone = {"OR": [{"user_id": {"ne": "nobody"}}, {"user_id": "alice"}]}
 
-    def probe(name: str, response: httpx2.Response, expected: int) -> None:
-        if response.status_code != expected:
-            refused.append(f"{name}: {response.status_code} {response.text}")
-        if "7421" in response.text or "window seats" in response.text:
-            leaks.append(f"{name}: {response.text}")
-
-    with server.client(keys["globex"]) as globex:
-        for scope in ({}, alice):
-            probe("read", globex.get(f"/memories/{memory_id}", params=scope), 404)
-            probe("history", globex.get(f"/memories/{memory_id}/history", params=scope), 404)
-            probe(
-                "update",
-                globex.put(f"/memories/{memory_id}", params=scope, json={"text": "pwned"}),
-                404,
+    def probe(client: httpx2.Client, who: str, scope: dict[str, str]) -> None:
+        by_id = f"/memories/{memory_id}"
+        query = {"query": "locker code", **scope}
+        every_user = {**query, "filters": everyone}
+        probes = [
+            ("read", 404, client.get(by_id, params=scope)),
+            ("history", 404, client.get(f"{by_id}/history", params=scope)),
+            ("update", 404, client.put(by_id, params=scope, json={"text": "pwned"})),
+            ("delete", 404, client.delete(by_id, params=scope)),
+        ]
+        if scope:
+            probes += [
+                ("search", 200, client.post("/search", json=query)),
+                ("search, every user", 200, client.post("/search", json=every_user)),
+                ("list", 200, client.get("/memories", params=scope)),
+            ]
+        for name, expected, response in probes:
+            answers.append(
+                (f"{who} {scope}: {name}", expected, response.status_code, response.text)
             )
-            probe("delete", globex.delete(f"/memories/{memory_id}", params=scope), 404)
-        probe("search", globex.post("/search", json={"query": "locker code", **alice}), 200)
-        everyone = {"OR": [{"user_id": {"ne": "nobody"}}, {"user_id": "alice"}]}
-        probe(
-            "search, a filter that matches every user",
-            globex.post("/search", json={"query": "code", "user_id": "x", "filters": everyone}),
-            200,
-        )
-        probe("list", globex.get("/memories", params=alice), 200)
-        probe("delete the scope", globex.delete("/memories", params=alice), 200)
-        probe("reset", globex.post("/reset"), 200)
-        for response in (
-            globex.post("/search", json={"query": "locker code", **alice}),
-            globex.get("/memories", params=alice),
+            if expected == 200:
+                assert response.json() == {"results": []}
+
+    with server.client(keys["globex"]) as globex:  # another tenant, by id, scope and filter
+        probe(globex, "globex", {})
+        probe(globex, "globex", {"user_id": "alice"})
+        for name, response in (
+            ("delete alice's scope", globex.delete("/memories", params={"user_id": "alice"})),
+            ("reset", globex.post("/reset")),
         ):
-            assert response.json() == {"results": []}
+            answers.append((f"globex: {name}", 200, response.status_code, response.text))
     with server.client(keys["acme"]) as acme:  # another user of the same tenant
-        bob = {"user_id": "bob"}
-        probe("other user: read", acme.get(f"/memories/{memory_id}", params=bob), 404)
-        probe("other user: history", acme.get(f"/memories/{memory_id}/history", params=bob), 404)
-        probe(
-            "other user: update",
-            acme.put(f"/memories/{memory_id}", params=bob, json={"text": "pwned"}),
-            404,
-        )
-        probe("other user: delete", acme.delete(f"/memories/{memory_id}", params=bob), 404)
-        probe("other user: search", acme.post("/search", json={"query": "locker", **bob}), 200)
-        probe("other user: list", acme.get("/memories", params=bob), 200)
-    assert refused == [] and leaks == []
+        probe(acme, "acme", {"user_id": "bob"})
+    wrong = [a for a in answers if a[1] != a[2]]
+    leaks = [a for a in answers if "7421" in a[3] or "window seats" in a[3]]
+    assert len(answers) == 20 and wrong == [] and leaks == []
     assert _snapshot(server, keys["acme"], user_id="alice") == before  # nothing changed
 
 
@@ -285,12 +269,6 @@ def _mcp(server: Server, key: str | None):
     return http, Client(streamable_http_client(f"{server.url}/mcp", http_client=http))
 
 
-async def _call(client: Client, tool: str, **arguments: Any) -> tuple[bool, Any]:
-    result = await client.call_tool(tool, arguments)
-    text = " ".join(getattr(c, "text", "") for c in result.content)
-    return bool(result.is_error), result.structured_content if not result.is_error else text
-
-
 def test_mcp_over_streamable_http_with_the_sdk_client(served):
     server, keys = served
     ids: list[str] = []
@@ -299,28 +277,28 @@ def test_mcp_over_streamable_http_with_the_sdk_client(served):
         http, mcp = _mcp(server, keys["acme"])
         async with http, mcp as client:
             assert {t.name for t in (await client.list_tools()).tools} == MCP_TOOLS
-            error, added = await _call(
+            error, added = await call(
                 client, "add_memory", text="Frank's dog is called Rex.", user_id="frank"
             )
             assert not error and added["results"][0]["event"] == "ADD"
             ids.append(memory_id := added["results"][0]["id"])
-            error, found = await _call(client, "search_memories", query="dog name", user_id="frank")
+            error, found = await call(client, "search_memories", query="dog name", user_id="frank")
             assert [r["id"] for r in found["results"]] == [memory_id]
-            error, _ = await _call(client, "update_memory", memory_id=memory_id, text="Rex is 3.")
+            error, _ = await call(client, "update_memory", memory_id=memory_id, text="Rex is 3.")
             assert not error
-            error, events = await _call(client, "memory_history", memory_id=memory_id)
+            error, events = await call(client, "memory_history", memory_id=memory_id)
             assert [e["event"] for e in events["results"]] == ["ADD", "UPDATE"]
-            error, listed = await _call(client, "list_memories", user_id="frank")
+            error, listed = await call(client, "list_memories", user_id="frank")
             assert [r["memory"] for r in listed["results"]] == ["Rex is 3."]
-            error, message = await _call(client, "search_memories", query="dog")
+            error, message = await call(client, "search_memories", query="dog")
             assert error and "needs a scope" in message
-            error, message = await _call(
+            error, message = await call(
                 client, "search_memories", query="dog", user_id="frank", limit=MAX_LIMIT + 1
             )
             assert error and "limit" in message
-            error, _ = await _call(client, "delete_memory", memory_id=memory_id)
+            error, _ = await call(client, "delete_memory", memory_id=memory_id)
             assert not error
-            error, message = await _call(client, "delete_memory", memory_id=memory_id)
+            error, message = await call(client, "delete_memory", memory_id=memory_id)
             assert error and message.endswith(f"no memory with id {memory_id!r}")
 
     anyio.run(session)
@@ -350,7 +328,7 @@ def test_mcp_cross_tenant_and_key_probes_are_refused(served):
                 ("search_memories", {"query": "locker code", "user_id": "alice"}),
                 ("list_memories", {"user_id": "alice"}),
             ):
-                answers.append((tool, *await _call(client, tool, **arguments)))
+                answers.append((tool, *await call(client, tool, **arguments)))
 
     anyio.run(probes)
     leaks = [a for a in answers if "7421" in json.dumps(a[2])]

@@ -12,18 +12,10 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
-from serving import AGEMEM, ENV, agemem, create_key
+from serving import AGEMEM, ENV, MCP_TOOLS, agemem, call, create_key
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
-TOOLS = {
-    "add_memory",
-    "search_memories",
-    "list_memories",
-    "update_memory",
-    "delete_memory",
-    "memory_history",
-}
 
 
 def readme_mcp_config() -> dict[str, Any]:
@@ -37,12 +29,6 @@ def _stdio(args: list[str], **env: str) -> Client:
     return Client(StdioServerParameters(command=AGEMEM, args=args, env={**ENV, **env}))
 
 
-async def _call(client: Client, tool: str, **arguments: Any) -> tuple[bool, Any]:
-    result = await client.call_tool(tool, arguments)
-    text = " ".join(getattr(c, "text", "") for c in result.content)
-    return bool(result.is_error), text if result.is_error else result.structured_content
-
-
 def test_readme_mcp_config_runs_over_stdio(tmp_path):
     entry = readme_mcp_config()
     assert entry["command"] == "agemem"  # the console script; here, this environment's
@@ -51,10 +37,10 @@ def test_readme_mcp_config_runs_over_stdio(tmp_path):
 
     async def session() -> dict[str, Any]:
         async with _stdio(args) as client:
-            assert {t.name for t in (await client.list_tools()).tools} == TOOLS
-            error, added = await _call(client, "add_memory", text="My sister is called Ines.")
+            assert {t.name for t in (await client.list_tools()).tools} == MCP_TOOLS
+            error, added = await call(client, "add_memory", text="My sister is called Ines.")
             assert not error, added
-            error, found = await _call(client, "search_memories", query="sister's name")
+            error, found = await call(client, "search_memories", query="sister's name")
             assert not error, found
             return found
 
@@ -71,7 +57,7 @@ def test_stdio_reaches_only_the_keys_tenant(tmp_path):
 
     async def write() -> str:
         async with _stdio(base, AGEMEM_API_KEY=acme) as client:
-            error, added = await _call(client, "add_memory", text="Vault code 9911.", user_id="al")
+            error, added = await call(client, "add_memory", text="Vault code 9911.", user_id="al")
             assert not error, added
             return added["results"][0]["id"]
 
@@ -87,9 +73,9 @@ def test_stdio_reaches_only_the_keys_tenant(tmp_path):
                 ("delete_memory", {"memory_id": memory_id}),
                 ("memory_history", {"memory_id": memory_id}),
             ):
-                answers.append((tool, *await _call(client, tool, **arguments)))
+                answers.append((tool, *await call(client, tool, **arguments)))
             agemem("keys", "revoke", globex.split("_")[1], "--store", str(store))
-            answers.append(("after revoke", *await _call(client, "list_memories", user_id="al")))
+            answers.append(("after revoke", *await call(client, "list_memories", user_id="al")))
 
     anyio.run(probe)
     assert answers[0][1:] == (False, {"results": []})
