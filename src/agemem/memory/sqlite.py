@@ -31,67 +31,55 @@ everything.
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agemem.memory.embed import (
-    SHIPPED_EMBEDDERS,
-    Embedder,
-    EmbedderUnavailable,
-    library_embedder,
+from agemem.memory.backend import (
+    ANY_SCOPE,
+    DEFAULT_DEDUPE,
+    DEFAULT_DEDUPE_THRESHOLD,
+    SEARCH_MODES,
+    ImportFileError,
+    SQLStoreBase,
+    chunks,
+    meta_rows_to_write,
+    metadata_json,
+    query_words,
+    recorded_embedder,
 )
-from agemem.memory.filters import CASEFOLD_SQL, casefold, compile_filters
-from agemem.memory.search import SearchConfig, resolve_search_config, rrf_fuse
+from agemem.memory.embed import Embedder, library_embedder
+from agemem.memory.filters import CASEFOLD_SQL, casefold, scope_where
+from agemem.memory.search import SearchConfig, rrf_fuse
 from agemem.memory.store import (
-    DEDUPE_MODES,
-    DEFAULT_MEMORY_TYPE,
-    AddResult,
     DedupeMode,
-    EmbedderMismatch,
     HistoryEvent,
     MemoryItem,
     MemoryNotFound,
-    MemoryStore,
     NewMemory,
     Scope,
     SearchMode,
-    StoreError,
     new_memory_id,
-    normalize_content,
-    utc_now,
 )
 from agemem.memory.vector_index import VectorIndex, VectorIndexConfig
 
-SCHEMA_VERSION = 1
-# Cosine at or above which modes "near" and "reject" take a new entry for a restatement of an
-# existing one in its scope. Measured with all-MiniLM-L6-v2: rewordings of one fact score
-# 0.96-0.99 ("Alice lives in Paris" / "Alice resides in Paris" 0.968, "... Paris." 0.990), related
-# but different facts lower ("... in Lyon" 0.806, "Bob likes sushi" / "Bob dislikes sushi" 0.922).
-# Facts differing only in a small token pass too ("Tuesday" / "Wednesday" 0.973, flight "AF1234" /
-# "AF1235"), which is why the default mode, "exact", stores near-duplicates, and why "near" turns
-# one into an UPDATE that history records, and "reject" reports what it matched.
-DEFAULT_DEDUPE_THRESHOLD = 0.95
-DEFAULT_DEDUPE: DedupeMode = "exact"
 # Long enough to wait out another process's bulk insert of tens of thousands of rows; a writer
 # stuck for longer than this is a bug worth surfacing as `sqlite3.OperationalError`.
 DEFAULT_BUSY_TIMEOUT_S = 30.0
-EMBED_BATCH = 256  # texts per embedder call in add_many / import: bounds peak memory
-MAX_FTS_TERMS = 32  # BM25 over more OR-ed terms costs time and adds nothing for short memories
-_SQL_CHUNK = 900  # keys per `IN (...)` list, under SQLite's historic 999-variable limit
-SEARCH_MODES = ("hybrid", "dense", "bm25")
-ANY_SCOPE = Scope()  # the default scope: matches every entry
-_SCOPE_COLUMNS = ("user_id", "agent_id", "session_id")
+__all__ = [
+    "ANY_SCOPE",
+    "DEFAULT_DEDUPE_THRESHOLD",
+    "SEARCH_MODES",
+    "ImportFileError",
+    "SQLiteStore",
+    "fts_terms",
+]
 _INSERT = (
     "INSERT INTO memories (id, content, metadata, memory_type, user_id, agent_id, session_id, "
     "created_at, updated_at, embedding) VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -174,16 +162,6 @@ END;
 """
 
 
-class ImportFileError(StoreError, ValueError):
-    """A line of a JSONL import is invalid; nothing was imported."""
-
-    def __init__(self, path: str | Path, line: int, problem: str) -> None:
-        super().__init__(
-            f"{path}, line {line}: {problem}. Nothing was imported; fix the line and import again."
-        )
-        self.line = line
-
-
 # ---- query building -----------------------------------------------------------------------------
 
 
@@ -194,71 +172,17 @@ def fts_terms(text: str) -> list[str]:
     >>> fts_terms('(alice AND "bob") OR *')
     ['"alice"', '"and"', '"bob"', '"or"']
     """
-    words = dict.fromkeys(w.lower() for w in re.findall(r"\w+", text))
-    return [f'"{w}"' for w in words][:MAX_FTS_TERMS]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return [f'"{w}"' for w in query_words(text)]
 
 
 def _where(
     scope: Scope, filters: dict[str, Any] | None = None, *, exact_scope: bool = False
 ) -> tuple[str, list[Any]]:
-    """WHERE clause + parameters for a scope (None matches anything unless `exact_scope`)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column in _SCOPE_COLUMNS:
-        value = getattr(scope, column)
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-        elif exact_scope:
-            clauses.append(f"{column} IS NULL")
-    if filters is not None:
-        sql, extra = compile_filters(filters)
-        clauses.append(sql)
-        params.extend(extra)
-    return " AND ".join(clauses) or "1", params
-
-
-def _chunks(values: Sequence[Any], size: int = _SQL_CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
+    return scope_where(scope, filters, exact_scope=exact_scope)
 
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
-
-
-# ---- validation ---------------------------------------------------------------------------------
-
-
-def _check_content(content: Any) -> str:
-    if not isinstance(content, str) or not content.strip():
-        raise ValueError(f"memory content must be a non-empty string, got {content!r}")
-    return content
-
-
-def _metadata_json(metadata: Any) -> str:
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
-        raise ValueError(f"metadata must be a dict with string keys, got {metadata!r}")
-    try:
-        return json.dumps(metadata, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata must be JSON-serialisable (no NaN/inf): {exc}") from None
-
-
-def _check_threshold(value: Any) -> float:
-    if not _is_number(value) or not -1.0 <= value <= 1.0:
-        raise ValueError(f"dedupe_threshold is a cosine in [-1, 1], got {value!r}")
-    return float(value)
-
-
-def _check_dedupe(value: Any) -> DedupeMode:
-    if not isinstance(value, str) or value not in DEDUPE_MODES:
-        raise ValueError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def _exact_phrase(text: str) -> str:
@@ -267,57 +191,10 @@ def _exact_phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def _check_entry(item: NewMemory) -> None:
-    _check_content(item.content)
-    _metadata_json(item.metadata)
-    if not isinstance(item.memory_type, str) or not item.memory_type:
-        raise ValueError(f"memory_type must be a non-empty string, got {item.memory_type!r}")
-    for column in _SCOPE_COLUMNS:
-        value = getattr(item.scope, column)
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"scope {column} must be a string or None, got {value!r}")
-
-
-class _ImportRecord(BaseModel):
-    """One JSONL line, as `export_jsonl` writes it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str | None = Field(default=None, pattern=r"^mem_[0-9a-f]{1,32}$")
-    content: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    memory_type: str = Field(default=DEFAULT_MEMORY_TYPE, min_length=1)
-    user_id: str | None = None
-    agent_id: str | None = None
-    session_id: str | None = None
-    created_at: str | None = None
-    updated_at: str | None = None
-    embedding: list[float] | None = None
-    embedder: str | None = None
-
-    @field_validator("content")
-    @classmethod
-    def _non_empty(cls, value: str) -> str:
-        return _check_content(value)
-
-    @field_validator("created_at", "updated_at")
-    @classmethod
-    def _iso_time(cls, value: str | None) -> str | None:
-        if value is not None:
-            datetime.fromisoformat(value)  # ValueError names the bad value
-        return value
-
-
-def _pydantic_problem(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]
-
-
 # ---- the store ----------------------------------------------------------------------------------
 
 
-class SQLiteStore(MemoryStore):
+class SQLiteStore(SQLStoreBase):
     """Long-term memory in one SQLite file: hybrid search, duplicate checks, history.
 
     `path` may be ":memory:" for a private throwaway store (no WAL, one process).
@@ -344,11 +221,8 @@ class SQLiteStore(MemoryStore):
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         ids: Callable[[], str] = new_memory_id,
     ) -> None:
-        self.dedupe = _check_dedupe(dedupe)
-        self.dedupe_threshold = _check_threshold(dedupe_threshold)
+        self._configure(search, dedupe, dedupe_threshold, ids)
         self.path = str(path)
-        self.search_config = resolve_search_config(search)
-        self._new_id = ids
         self._lock = threading.RLock()
         self._rowid_of: dict[str, int] = {}
         self._generation: int | None = None  # None: the index must be loaded in full
@@ -376,15 +250,7 @@ class SQLiteStore(MemoryStore):
             ).fetchone()
         except sqlite3.Error:
             return None  # a new file (no meta table yet), or not a store: `_setup` tells which
-        if row is None or row[0] not in SHIPPED_EMBEDDERS:
-            return None
-        try:
-            return SHIPPED_EMBEDDERS[row[0]]()
-        except EmbedderUnavailable as err:
-            raise EmbedderUnavailable(
-                f"{self.path} was written by embedder {row[0]!r}, the only one that can read it; "
-                f"{err}"
-            ) from None
+        return recorded_embedder(self.path, None if row is None else row[0])
 
     # ---- connection and schema ---------------------------------------------------------------
 
@@ -404,30 +270,8 @@ class SQLiteStore(MemoryStore):
 
     def _check_meta(self) -> None:
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-        name, dim = self.embedder.name, int(self.embedder.dim)
-        if not meta:
-            rows = [
-                ("schema_version", str(SCHEMA_VERSION)),
-                ("embedder_name", name),
-                ("embedder_dim", str(dim)),
-                ("generation", "0"),
-            ]
-            self._conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
-            return
-        if int(meta["schema_version"]) > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} uses store schema {meta['schema_version']}, newer than this "
-                f"agemem's {SCHEMA_VERSION}; upgrade agemem to open it"
-            )
-        if (meta["embedder_name"], int(meta["embedder_dim"])) != (name, dim):
-            raise EmbedderMismatch(
-                f"{self.path} was built with embedder {meta['embedder_name']!r} "
-                f"(dim {meta['embedder_dim']}), but was opened with {name!r} (dim {dim}); "
-                f"vectors of different embedders cannot be compared. Open it with "
-                f"{meta['embedder_name']!r}, or move the entries: export_jsonl() with the old "
-                f"embedder, then import_jsonl() into a new file opened with {name!r} "
-                "(entries are re-embedded)."
-            )
+        rows = meta_rows_to_write(self.path, meta, self.embedder)
+        self._conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
@@ -529,7 +373,7 @@ class SQLiteStore(MemoryStore):
 
     def _apply(self, memory_ids: list[str]) -> None:
         found: dict[str, tuple[int, bytes]] = {}
-        for chunk in _chunks(memory_ids):
+        for chunk in chunks(memory_ids):
             sql = f"SELECT rowid, id, embedding FROM memories WHERE id IN ({_marks(len(chunk))})"
             for rowid, memory_id, blob in self._conn.execute(sql, chunk):
                 found[memory_id] = (rowid, blob)
@@ -562,47 +406,6 @@ class SQLiteStore(MemoryStore):
             self._index.prepare()
         self._save_graph()
 
-    # ---- embeddings --------------------------------------------------------------------------
-
-    def _unit(self, vector: Any, what: str) -> np.ndarray:
-        """A given embedding as a unit float32 vector (so dot products are cosines)."""
-        vec = np.asarray(vector, dtype=np.float32)
-        dim = self.embedder.dim
-        if vec.shape != (dim,):
-            raise ValueError(
-                f"{what} has shape {vec.shape}; embedder {self.embedder.name!r} makes ({dim},)"
-            )
-        norm = float(np.linalg.norm(vec))
-        if not math.isfinite(norm) or norm == 0.0:
-            raise ValueError(f"{what} must be finite and non-zero")
-        return vec / norm
-
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        parts = [self.embedder.embed(list(chunk)) for chunk in _chunks(texts, EMBED_BATCH)]
-        out = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
-        if out.shape != (len(texts), self.embedder.dim):
-            raise StoreError(
-                f"embedder {self.embedder.name!r} returned shape {out.shape} for {len(texts)} "
-                f"texts; expected ({len(texts)}, {self.embedder.dim})"
-            )
-        return out.astype(np.float32, copy=False)
-
-    def _embeddings_for(self, items: Sequence[NewMemory]) -> np.ndarray:
-        """Given embeddings validated, missing ones computed in batches."""
-        out = np.zeros((len(items), self.embedder.dim), dtype=np.float32)
-        missing = [i for i, it in enumerate(items) if it.embedding is None]
-        for i, it in enumerate(items):
-            if it.embedding is not None:
-                out[i] = self._unit(it.embedding, f"embedding of item {i}")
-        if missing:
-            out[missing] = self._embed([items[i].content for i in missing])
-        return out
-
-    def _query_vector(self, query: str, embedding: np.ndarray | None) -> np.ndarray:
-        if embedding is not None:
-            return self._unit(embedding, "query_embedding")
-        return self._embed([query])[0]
-
     # ---- rows --------------------------------------------------------------------------------
 
     def _item(self, row: Sequence[Any], score: float | None = None) -> MemoryItem:
@@ -632,130 +435,49 @@ class SQLiteStore(MemoryStore):
     def _items(self, ranked: Sequence[tuple[int, float]]) -> list[MemoryItem]:
         """Rows for `(rowid, score)` pairs, in the given order."""
         rows: dict[int, Sequence[Any]] = {}
-        for chunk in _chunks([int(rowid) for rowid, _ in ranked]):
+        for chunk in chunks([int(rowid) for rowid, _ in ranked]):
             sql = f"SELECT {_COLUMNS} FROM memories WHERE rowid IN ({_marks(len(chunk))})"
             rows.update((row[0], row) for row in self._conn.execute(sql, chunk))
         return [self._item(rows[int(r)], float(s)) for r, s in ranked if int(r) in rows]
 
-    def _fresh_ids(self, n: int, reserved: Collection[str] = ()) -> list[str]:
-        """`n` new ids, unique in the file and not `reserved`: 8 hex digits collide after
-        ~10^5 entries."""
-        ids: dict[str, None] = {}
-        while len(ids) < n:
-            batch = [
-                i
-                for i in dict.fromkeys(self._new_id() for _ in range(n - len(ids)))
-                if i not in ids and i not in reserved
-            ]
-            taken: set[str] = set()
-            for chunk in _chunks(batch):
-                sql = f"SELECT id FROM memories WHERE id IN ({_marks(len(chunk))})"
-                taken.update(r[0] for r in self._conn.execute(sql, chunk))
-            ids.update((i, None) for i in batch if i not in taken)
-        return list(ids)
+    def _taken_ids(self, ids: Sequence[str]) -> set[str]:
+        taken: set[str] = set()
+        for chunk in chunks(ids):
+            sql = f"SELECT id FROM memories WHERE id IN ({_marks(len(chunk))})"
+            taken.update(r[0] for r in self._conn.execute(sql, chunk))
+        return taken
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def add(
-        self,
-        content: str,
-        *,
-        metadata: dict[str, Any] | None = None,
-        memory_type: str = DEFAULT_MEMORY_TYPE,
-        scope: Scope = ANY_SCOPE,
-        embedding: np.ndarray | None = None,
-        dedupe: DedupeMode | bool | None = None,
-        dedupe_threshold: float | None = None,
-    ) -> AddResult:
-        item = NewMemory(content, metadata or {}, memory_type, scope, embedding)
-        return self.add_many([item], dedupe=dedupe, dedupe_threshold=dedupe_threshold)[0]
+    def _before_checked_adds(self) -> None:
+        self._sync()  # near-duplicates are found through the index
 
-    def add_many(
-        self,
-        items: Sequence[NewMemory],
-        *,
-        dedupe: DedupeMode | bool | None = None,
-        dedupe_threshold: float | None = None,
-    ) -> list[AddResult]:
-        """Store `items` in one transaction, each checked against the file and the earlier items
-        of the batch as `dedupe` says (None or True: the store's mode; False: "off")."""
-        mode = self._dedupe_mode(dedupe)
-        threshold = self.dedupe_threshold
-        if dedupe_threshold is not None:
-            threshold = _check_threshold(dedupe_threshold)
-        for item in items:
-            _check_entry(item)
-        vectors = self._embeddings_for(items)
-        with self._transaction(write=True) as conn:
-            if mode in ("near", "reject"):  # near-duplicates are found through the index
-                self._sync()
-            ids = iter(self._fresh_ids(len(items)))
-            if mode == "off":
-                results = [
-                    AddResult(self._new_item(next(ids), item, vec))
-                    for item, vec in zip(items, vectors, strict=True)
-                ]
-                conn.executemany(_INSERT, [self._row(r.item) for r in results])
-            else:
-                batch: list[tuple[MemoryItem, np.ndarray]] = []  # this batch's writes, as now
-                results = [
-                    self._add_checked(item, vec, ids, mode, threshold, batch)
-                    for item, vec in zip(items, vectors, strict=True)
-                ]
+    def _after_write(self) -> None:
         self._save_graph()
-        return results
 
-    def _dedupe_mode(self, dedupe: DedupeMode | bool | None) -> DedupeMode:
-        if dedupe is None or dedupe is True:
-            return self.dedupe
-        if dedupe is False:
-            return "off"
-        return _check_dedupe(dedupe)
+    def _after_import(self) -> None:
+        self._bump_generation()
 
-    @staticmethod
-    def _new_item(memory_id: str, item: NewMemory, vec: np.ndarray) -> MemoryItem:
-        now = utc_now()
-        return MemoryItem(
-            memory_id, item.content, dict(item.metadata), item.memory_type, item.scope, now, now,
-            vec,
-        )  # fmt: skip
+    def _insert(self, items: Sequence[MemoryItem]) -> None:
+        self._conn.executemany(_INSERT, [self._row(it) for it in items])
 
-    def _add_checked(
-        self,
-        item: NewMemory,
-        vec: np.ndarray,
-        ids: Iterator[str],
-        mode: DedupeMode,
-        threshold: float,
-        batch: list[tuple[MemoryItem, np.ndarray]],
-    ) -> AddResult:
-        """One add of a checked batch, written at once so that the next item's checks see it."""
-        if mode in ("exact", "near"):
-            same = self._exact_duplicate(item)
-            if same is not None:
-                assert same.embedding is not None
-                return AddResult(same, "NONE", same, float(same.embedding @ vec), "exact")
-        if mode in ("near", "reject"):
-            match = self._duplicate(vec, item.scope, batch, threshold)
-            if match is not None:
-                found, similarity = match
-                if mode == "reject":
-                    return AddResult(found, "NONE", found, similarity, "near")
-                updated = self._replace_near(found, item, vec)
-                batch[:] = [(it, v) for it, v in batch if it.id != found.id]
-                batch.append((updated, vec))
-                return AddResult(updated, "UPDATE", found, similarity, "near")
-        new = self._new_item(next(ids), item, vec)
-        self._conn.execute(_INSERT, self._row(new))
-        batch.append((new, vec))
-        return AddResult(new)
+    def _write_content(self, item: MemoryItem) -> None:
+        assert item.embedding is not None
+        self._conn.execute(
+            "UPDATE memories SET content = ?, metadata = ?, updated_at = ?, embedding = ? "
+            "WHERE id = ?",
+            (
+                item.content,
+                metadata_json(item.metadata),
+                item.updated_at,
+                item.embedding.astype("<f4").tobytes(),
+                item.id,
+            ),
+        )
 
-    def _exact_duplicate(self, item: NewMemory) -> MemoryItem | None:
-        """An entry of exactly this scope with the same normalised text, type and metadata.
-        Candidates come from the FTS index (they contain the text as a phrase); a text without
-        a letter or digit has no FTS tokens, so its scope is scanned instead."""
-        key = normalize_content(item.content)
-        metadata = json.loads(_metadata_json(item.metadata))
+    def _exact_candidates(self, item: NewMemory, key: str) -> Iterable[MemoryItem]:
+        """Candidates come from the FTS index (they contain the text as a phrase); a text
+        without a letter or digit has no FTS tokens, so its scope is scanned instead."""
         where, params = _where(item.scope, exact_scope=True)
         sql = f"SELECT {_COLUMNS} FROM memories WHERE {where} AND memory_type = ?"
         params.append(item.memory_type)
@@ -765,110 +487,23 @@ class SQLiteStore(MemoryStore):
         else:
             sql += " AND length(content) >= ?"
             params.append(len(key))
-        for row in self._conn.execute(sql, params):
-            if normalize_content(row[2]) == key and json.loads(row[3]) == metadata:
-                return self._item(row)
-        return None
-
-    def _replace_near(self, old: MemoryItem, item: NewMemory, vec: np.ndarray) -> MemoryItem:
-        """Mode "near": the new text replaces the matched entry's (history records the UPDATE
-        with both texts); the new metadata is merged over the old; type and scope stay."""
-        new = replace(
-            old,
-            content=item.content,
-            metadata={**old.metadata, **item.metadata},
-            updated_at=utc_now(),
-            embedding=vec,
-            score=None,
-        )
-        self._conn.execute(
-            "UPDATE memories SET content = ?, metadata = ?, updated_at = ?, embedding = ? "
-            "WHERE id = ?",
-            (
-                new.content,
-                _metadata_json(new.metadata),
-                new.updated_at,
-                vec.astype("<f4").tobytes(),
-                new.id,
-            ),
-        )
-        return new
+        return [self._item(row) for row in self._conn.execute(sql, params)]
 
     def _row(self, item: MemoryItem) -> tuple[Any, ...]:
         assert item.embedding is not None
         return (
-            item.id, item.content, _metadata_json(item.metadata), item.memory_type,
+            item.id, item.content, metadata_json(item.metadata), item.memory_type,
             item.scope.user_id, item.scope.agent_id, item.scope.session_id,
             item.created_at, item.updated_at, item.embedding.astype("<f4").tobytes(),
         )  # fmt: skip
 
-    def _duplicate(
-        self,
-        vec: np.ndarray,
-        scope: Scope,
-        pending: list[tuple[MemoryItem, np.ndarray]],
-        threshold: float,
-    ) -> tuple[MemoryItem, float] | None:
-        """The most similar entry with exactly this scope (stored, or earlier in the batch: a
-        linear scan, so bulk loads of distinct entries should pass dedupe="off"), if its cosine
-        reaches `threshold`. Call with the index synced."""
+    def _nearest(self, vec: np.ndarray, scope: Scope) -> tuple[MemoryItem, float] | None:
+        """Through this process's index (synced by `_before_checked_adds`)."""
         where, params = _where(scope, exact_scope=True)
         keys, scores = self._dense(vec, 1, where, params)
-        candidates: list[tuple[float, MemoryItem | int]] = [
-            (float(s), int(k)) for k, s in zip(keys, scores, strict=True)
-        ]
-        candidates += [(float(v @ vec), item) for item, v in pending if item.scope == scope]
-        if not candidates:
+        if not len(keys):
             return None
-        sim, found = max(candidates, key=lambda c: c[0])
-        if sim < threshold:
-            return None
-        if isinstance(found, int):
-            found = replace(self._items([(found, sim)])[0], score=None)
-        return found, sim
-
-    def update(
-        self,
-        memory_id: str,
-        content: str | None = None,
-        *,
-        metadata: dict[str, Any] | None = None,
-        scope: Scope | None = None,
-    ) -> MemoryItem:
-        """Replace content and/or metadata (metadata is replaced, not merged); the embedding is
-        recomputed only when the content changes. A no-op update writes nothing. An entry
-        outside `scope` (None: any) is not found."""
-        if content is not None:
-            _check_content(content)
-        if metadata is not None:
-            _metadata_json(metadata)
-        before = self.get(memory_id, scope=scope)  # embed outside the write lock
-        vec = None if content in (None, before.content) else self._embed([content])[0]
-        with self._transaction(write=True) as conn:
-            old = self._get(memory_id, scope)
-            new = replace(
-                old,
-                content=old.content if content is None else content,
-                metadata=old.metadata if metadata is None else dict(metadata),
-            )
-            if (new.content, new.metadata) == (old.content, old.metadata):
-                return old
-            if new.content != old.content:  # vec is None if another process changed it since
-                new.embedding = vec if vec is not None else self._embed([new.content])[0]
-            new.updated_at = utc_now()
-            assert new.embedding is not None
-            conn.execute(
-                "UPDATE memories SET content = ?, metadata = ?, updated_at = ?, embedding = ? "
-                "WHERE id = ?",
-                (
-                    new.content,
-                    _metadata_json(new.metadata),
-                    new.updated_at,
-                    new.embedding.astype("<f4").tobytes(),
-                    memory_id,
-                ),
-            )
-        return new
+        return self._items([(int(keys[0]), float(scores[0]))])[0], float(scores[0])
 
     def delete(self, memory_id: str, *, scope: Scope | None = None) -> MemoryItem:
         with self._transaction(write=True) as conn:
@@ -892,10 +527,6 @@ class SQLiteStore(MemoryStore):
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def get(self, memory_id: str, *, scope: Scope | None = None) -> MemoryItem:
-        with self._lock:
-            return self._get(memory_id, scope)
-
     def get_all(
         self,
         *,
@@ -904,8 +535,7 @@ class SQLiteStore(MemoryStore):
         limit: int | None = None,
     ) -> list[MemoryItem]:
         """Entries in insertion order."""
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        self._check_limit(limit)
         where, params = _where(scope, filters)
         sql = f"SELECT {_COLUMNS} FROM memories WHERE {where} ORDER BY rowid LIMIT ?"
         with self._lock:
@@ -960,12 +590,7 @@ class SQLiteStore(MemoryStore):
     ) -> list[MemoryItem]:
         """Best `top_k` entries, best first. `score`: cosine for "dense", BM25 relevance
         (FTS5's bm25() negated, higher is better) for "bm25", fused RRF score for "hybrid"."""
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"unknown search mode {mode!r}; choose one of {SEARCH_MODES}")
-        if not isinstance(query, str):
-            raise ValueError(f"query must be a string, got {query!r}")
+        self._check_search(query, top_k, mode)
         where, params = _where(scope, filters)
         vec = None if mode == "bm25" else self._query_vector(query, query_embedding)
         with self._transaction(write=False):
@@ -1007,7 +632,7 @@ class SQLiteStore(MemoryStore):
     def _admits(self, keys: np.ndarray, where: str, params: list[Any]) -> np.ndarray:
         """Mask of the rowids that pass `where`."""
         admitted: set[int] = set()
-        for chunk in _chunks(keys.tolist()):
+        for chunk in chunks(keys.tolist()):
             sql = f"SELECT rowid FROM memories WHERE rowid IN ({_marks(len(chunk))}) AND {where}"
             admitted.update(r[0] for r in self._conn.execute(sql, [*chunk, *params]))
         return np.fromiter((k in admitted for k in keys.tolist()), dtype=bool, count=len(keys))
@@ -1044,97 +669,12 @@ class SQLiteStore(MemoryStore):
         )
         return fused[:k]
 
-    # ---- export / import ---------------------------------------------------------------------
+    # ---- export ------------------------------------------------------------------------------
 
-    def export_jsonl(self, path: str | Path, *, scope: Scope = ANY_SCOPE) -> int:
-        """One JSON object per line, embeddings and embedder name included; returns the count."""
+    def _export_items(self, scope: Scope) -> Iterable[MemoryItem]:
         where, params = _where(scope)
-        count = 0
-        with (
-            self._transaction(write=False) as conn,
-            Path(path).open("w", encoding="utf-8") as out,
-        ):
-            for row in conn.execute(
-                f"SELECT {_COLUMNS} FROM memories WHERE {where} ORDER BY rowid", params
-            ):
-                record = self._item(row).to_dict(with_embedding=True)
-                record["embedder"] = self.embedder.name
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        return count
-
-    def import_jsonl(self, path: str | Path) -> int:
-        """Load an export, all or nothing. Ids are kept (an id already in the store is an error);
-        stored embeddings are reused when they come from this store's embedder, else re-embedded."""
-        records = self._read_import(path)
-        items = [self._imported_item(line, rec, path) for line, rec in records]
-        missing = [i for i, (_, rec) in enumerate(records) if not self._reusable(rec)]
-        for i, vec in zip(missing, self._embed([items[i].content for i in missing]), strict=True):
-            items[i].embedding = vec
-        with self._transaction(write=True) as conn:
-            self._check_new_ids(path, records)
-            given = {it.id for it in items if it.id}
-            fresh = iter(self._fresh_ids(len(items) - len(given), reserved=given))
-            for item in items:
-                item.id = item.id or next(fresh)
-            conn.executemany(_INSERT, [self._row(it) for it in items])
-            self._bump_generation()
-        return len(items)
-
-    def _read_import(self, path: str | Path) -> list[tuple[int, _ImportRecord]]:
-        records: list[tuple[int, _ImportRecord]] = []
-        first_line: dict[str, int] = {}
-        with Path(path).open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = _ImportRecord.model_validate_json(line)
-                except ValidationError as exc:
-                    raise ImportFileError(path, number, _pydantic_problem(exc)) from None
-                if record.id is not None:
-                    if record.id in first_line:
-                        raise ImportFileError(
-                            path, number, f"id {record.id} already appears on line "
-                            f"{first_line[record.id]}",
-                        )  # fmt: skip
-                    first_line[record.id] = number
-                records.append((number, record))
-        return records
-
-    def _reusable(self, record: _ImportRecord) -> bool:
-        return record.embedding is not None and record.embedder == self.embedder.name
-
-    def _imported_item(self, line: int, record: _ImportRecord, path: str | Path) -> MemoryItem:
-        now = utc_now()
-        try:
-            _metadata_json(record.metadata)
-            vec = self._unit(record.embedding, "embedding") if self._reusable(record) else None
-        except ValueError as exc:
-            raise ImportFileError(path, line, str(exc)) from None
-        return MemoryItem(
-            id=record.id or "",
-            content=record.content,
-            metadata=record.metadata,
-            memory_type=record.memory_type,
-            scope=Scope(record.user_id, record.agent_id, record.session_id),
-            created_at=record.created_at or now,
-            updated_at=record.updated_at or record.created_at or now,
-            embedding=vec,
-        )
-
-    def _check_new_ids(self, path: str | Path, records: list[tuple[int, _ImportRecord]]) -> None:
-        line_of = {rec.id: line for line, rec in records if rec.id is not None}
-        taken: list[str] = []
-        for chunk in _chunks(list(line_of)):
-            sql = f"SELECT id FROM memories WHERE id IN ({_marks(len(chunk))})"
-            taken += [row[0] for row in self._conn.execute(sql, chunk)]
-        if taken:
-            first = min(taken, key=line_of.__getitem__)
-            raise ImportFileError(
-                path, line_of[first], f"id {first} already exists in {self.path}; "
-                "delete it there first or import into a fresh store",
-            )  # fmt: skip
+        sql = f"SELECT {_COLUMNS} FROM memories WHERE {where} ORDER BY rowid"
+        return (self._item(row) for row in self._conn.execute(sql, params))
 
 
 def _split_sql(script: str) -> list[str]:
