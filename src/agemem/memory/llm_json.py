@@ -1,5 +1,5 @@
-"""Lenient reading of the JSON objects the LLM-pipeline baselines (mem0-style, a-mem-style) ask
-their model for.
+"""Lenient reading of the JSON objects agemem asks a model for: `Memory.add(infer=True)`'s fact
+extraction and decisions, and the LLM-pipeline baselines (mem0-style, a-mem-style).
 
 Small models wrap JSON in prose, drop closing brackets, leave trailing commas or quote with single
 quotes. `read_object` repairs what `json_repair` can repair unambiguously and otherwise raises
@@ -35,7 +35,7 @@ def read_object(text: str, keys: Sequence[str] = ()) -> dict[str, Any]:
     >>> read_object('{"name": "ADD"}', keys=["facts"])
     Traceback (most recent call last):
     ...
-    agemem.eval.methods.llm_json.JsonReadError: expected a JSON object with "facts", got ...
+    agemem.memory.llm_json.JsonReadError: expected a JSON object with "facts", got ...
     """
     body = strip_think(text)
     if not body:

@@ -42,14 +42,7 @@ from typing import Any
 import numpy as np
 
 from agemem.episode import CallAction, Observation
-from agemem.eval.methods.base import RunContext, chat
-from agemem.eval.methods.llm_json import (
-    JsonReadError,
-    index_field,
-    read_object,
-    string_list,
-    text_field,
-)
+from agemem.eval.methods.base import RunContext
 from agemem.eval.methods.lockstep import Job, Reply
 from agemem.eval.methods.pipeline import (
     EVIDENCE_KEY,
@@ -63,8 +56,15 @@ from agemem.eval.methods.pipeline import (
     check_positive,
     fit_prompt,
     message_stream,
-    numbered,
     parsed,
+)
+from agemem.memory.facts import chat, numbered
+from agemem.memory.llm_json import (
+    JsonReadError,
+    index_field,
+    read_object,
+    string_list,
+    text_field,
 )
 from agemem.memory.store import MemoryItem, MemoryStore, Scope
 from agemem.policy.base import Message

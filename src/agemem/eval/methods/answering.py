@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from agemem.eval.methods.base import chat
+from agemem.memory.facts import chat
 from agemem.policy.base import Message
 from agemem.summarize import strip_think
 

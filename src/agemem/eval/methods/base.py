@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 from agemem.env.config import EnvConfig
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder
-from agemem.policy.base import Message, Policy
+from agemem.policy.base import Policy
 from agemem.tasks import Task
 from agemem.tokens import TokenCounter
 
@@ -53,8 +53,3 @@ class EvalMethod(Protocol):
     def run(self, tasks: Sequence[Task], ctx: RunContext) -> list[Episode]:
         """One episode per task, in task order."""
         ...
-
-
-def chat(instruction: str, content: str) -> list[Message]:
-    """A two-message chat: the method's instruction as system message, then the content."""
-    return [{"role": "system", "content": instruction}, {"role": "user", "content": content}]

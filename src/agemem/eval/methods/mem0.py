@@ -39,19 +39,11 @@ from __future__ import annotations
 
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from agemem.episode import CallAction, Observation
-from agemem.eval.methods.base import RunContext, chat
-from agemem.eval.methods.llm_json import (
-    JsonReadError,
-    index_field,
-    read_object,
-    string_list,
-    text_field,
-)
+from agemem.eval.methods.base import RunContext
 from agemem.eval.methods.lockstep import Job, Reply
 from agemem.eval.methods.pipeline import (
     EVIDENCE_KEY,
@@ -66,34 +58,22 @@ from agemem.eval.methods.pipeline import (
     evidence_of,
     fit_prompt,
     message_stream,
-    numbered,
     parsed,
 )
+from agemem.memory.facts import EXTRACT_INSTRUCTION as EXTRACT_INSTRUCTION  # tests read it
+from agemem.memory.facts import (
+    OPERATIONS,
+    Decision,
+    decision_messages,
+    extraction_messages,
+    read_decision,
+    read_facts,
+)
+from agemem.memory.llm_json import JsonReadError
 from agemem.memory.store import MemoryItem, MemoryNotFound, MemoryStore, Scope
 from agemem.policy.base import Message
 from agemem.summarize import LLMSummarizer, strip_think
 from agemem.tasks.base import Task
-
-OPERATIONS = ("ADD", "UPDATE", "DELETE", "NOOP")
-
-EXTRACT_INSTRUCTION = (
-    "Extract the facts worth remembering from the new message: personal details, preferences, "
-    "plans, events, names, places, dates and numbers. Use the summary and the recent messages "
-    "only to understand the new message. Write each fact as one short sentence that stands on "
-    'its own. Reply with JSON only: {"facts": ["...", "..."]}, or {"facts": []} when the new '
-    "message holds no such fact."
-)
-
-DECIDE_INSTRUCTION = (
-    "You keep a memory store up to date. Compare the new fact with the stored memories and call "
-    "exactly one operation:\n"
-    'ADD: the fact is new. Arguments: {"text": "<the fact>"}.\n'
-    "UPDATE: the fact changes or adds to a stored memory. Arguments: "
-    '{"id": "<its id>", "text": "<the memory rewritten with the fact>"}.\n'
-    'DELETE: the fact contradicts a stored memory. Arguments: {"id": "<its id>"}.\n'
-    "NOOP: the stored memories already hold the fact. Arguments: {}.\n"
-    'Reply with JSON only, e.g. {"name": "ADD", "arguments": {"text": "..."}}.'
-)
 
 
 class Mem0StyleMethod(PipelineMethod):
@@ -174,19 +154,13 @@ class _Run:
         window = list(self.window)
 
         def build(k: int) -> list[Message]:
-            recent = "\n".join(f"- {text}" for text in window[len(window) - k :]) or "(none)"
-            return chat(
-                EXTRACT_INSTRUCTION,
-                f"Summary: {self.summary or '(none yet)'}\n\nRecent messages:\n{recent}\n\n"
-                f"New message: {incoming.text}",
-            )
+            return extraction_messages(incoming.text, window[len(window) - k :], self.summary)
 
         prompt = self._fit(build, len(window))
         (reply,) = yield [prompt.messages]
         turn, problem, facts = self.log.next_turn, None, []
         try:
-            listed = string_list(read_object(reply.turn.text, ["facts"]), "facts")
-            facts = list(dict.fromkeys(listed))
+            facts = read_facts(reply.turn.text)
         except JsonReadError as err:
             problem = f"{err}; no facts extracted from this message"
             self.log.call(turn, incoming.stage, "mem0/extract", "parse")
@@ -214,8 +188,7 @@ class _Run:
     @staticmethod
     def _decide_prompt(fact: str, similar: list[MemoryItem]) -> Build:
         def build(k: int) -> list[Message]:
-            stored = numbered([m.content for m in similar[:k]]) or "none"
-            return chat(DECIDE_INSTRUCTION, f"Stored memories:\n{stored}\n\nNew fact: {fact}")
+            return decision_messages(fact, [m.content for m in similar[:k]])
 
         return build
 
@@ -229,18 +202,15 @@ class _Run:
     ) -> None:
         turn, stage = self.log.next_turn, incoming.stage
         try:
-            obj = read_object(reply.turn.text)
+            decision = read_decision(reply.turn.text)
         except JsonReadError as err:
             self.log.call(turn, stage, "mem0/decide", "parse")
             problem = f"{err}; the store is left unchanged"
             self.log.step(stage, prompt, reply, parsed("json", problem=problem))
             return
-        name = (text_field(obj, "name", "operation", "event") or "").upper()
-        name = "NOOP" if name == "NONE" else name  # Mem0's implementation calls it NONE
-        arguments = obj.get("arguments")
-        arguments = arguments if isinstance(arguments, dict) else obj
+        name, arguments = decision.name, decision.arguments
         if name in OPERATIONS:
-            content = self._apply(name, arguments, fact, shown, incoming, turn)
+            content = self._apply(decision, fact, shown, incoming, turn)
         else:
             self.log.call(turn, stage, "mem0/decide", "unknown_tool")
             content = f"unknown operation {name or '(none)'!r}; expected one of {OPERATIONS}"
@@ -251,16 +221,16 @@ class _Run:
 
     def _apply(
         self,
-        name: str,
-        arguments: dict[str, Any],
+        decision: Decision,
         fact: str,
         shown: list[MemoryItem],
         incoming: Incoming,
         turn: int,
     ) -> str:
         """Run one decided operation; returns what happened, for the step's observation."""
+        name = decision.name
         stage, log, call = incoming.stage, self.log, f"mem0/{name}"
-        text = text_field(arguments, "text", "content", "memory") or fact
+        text = decision.text(fact)
         evidence = [incoming.source_id] if incoming.source_id else []
         if name == "NOOP":
             log.call(turn, stage, call)
@@ -271,7 +241,7 @@ class _Run:
             log.call(turn, stage, call)
             log.added(turn, stage, item)
             return f"Added {item.id}: {text}"
-        index = index_field(arguments.get("id", arguments.get("memory_id")), len(shown))
+        index = decision.index(len(shown))
         if index is None:
             log.call(turn, stage, call, "arguments")
             return f"{name} needs the id of a shown memory, 0 to {len(shown) - 1}; nothing changed"

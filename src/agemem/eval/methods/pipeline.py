@@ -183,12 +183,6 @@ def fit_prompt(build: Build, n: int, counter: TokenCounter, t_max: int) -> Promp
         k -= 1
 
 
-def numbered(texts: Sequence[str]) -> str:
-    """Items as `[0] text` lines: small indices instead of store ids, which small models copy
-    reliably (Mem0's implementation maps its UUIDs to integers for the same reason)."""
-    return "\n".join(f"[{i}] {text}" for i, text in enumerate(texts))
-
-
 def answer_prompt(
     question: str, memories: Sequence[str], counter: TokenCounter, t_max: int
 ) -> Prompt:
