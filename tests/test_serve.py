@@ -236,6 +236,8 @@ def test_bad_input_is_answered_4xx_and_changes_nothing(served):
         ("unknown filter operator", "POST", "/search", search(filters={"k": {"regex": "."}}), 422),
         ("filter list too long", "POST", "/search", search(filters={"k": {"in": [0] * 5000}}), 422),
         ("unknown mode", "POST", "/search", search(mode="magic"), 422),
+        ("threshold over 1", "POST", "/search", search(threshold=2), 422),
+        ("threshold a string", "POST", "/search", search(threshold="high"), 422),
         ("search without scope", "POST", "/search", {"json": {"query": "x"}}, 400),
         ("list without scope", "GET", "/memories", {}, 400),
         ("delete without scope", "DELETE", "/memories", {}, 400),

@@ -88,6 +88,9 @@ class SearchRequest(ScopeFields):
         None, description="Mem0's filter grammar over metadata and the scope columns."
     )
     limit: int = Field(5, ge=1, le=MAX_LIMIT)
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Keep only results at least this similar (cosine)."
+    )
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
 
 
@@ -197,6 +200,13 @@ def client_errors() -> Iterator[None]:
         raise _HTTPError(422, str(exc)) from None
 
 
+def named(scope: dict[str, str]) -> dict[str, str]:
+    """A scope a call must name (Mem0's server: 400 without one)."""
+    if not scope:
+        raise _HTTPError(400, "at least one of user_id, agent_id, run_id is required")
+    return scope
+
+
 class _HTTPError(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -280,23 +290,19 @@ def add_memory(body: MemoryCreate, memory: Tenant) -> dict[str, Any]:
             "infer=true (LLM fact extraction) is not offered: agemem stores each user and "
             "assistant message as said; send infer=false or leave it out",
         )
-    if not body.scope():
-        raise _HTTPError(400, "at least one of user_id, agent_id, run_id is required")
     messages = body.messages
     if not isinstance(messages, str):
         messages = [m.model_dump() for m in messages]
     with client_errors():
-        return memory.add(messages, metadata=body.metadata, **body.scope())
+        return memory.add(messages, metadata=body.metadata, **named(body.scope()))
 
 
 @router.get("/memories", summary="List a scope's memories, oldest first")
 def get_all(
     memory: Tenant, scope: QueryScope, limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100
 ) -> dict[str, Any]:
-    if not scope:
-        raise _HTTPError(400, "at least one of user_id, agent_id, run_id is required")
     with client_errors():
-        return memory.get_all(limit=limit, **scope)
+        return memory.get_all(limit=limit, **named(scope))
 
 
 @router.get("/memories/{memory_id}", summary="Get a memory")
@@ -331,19 +337,20 @@ def delete_memory(memory_id: PathId, memory: Tenant, scope: QueryScope) -> dict[
 
 @router.delete("/memories", summary="Delete every memory of a scope")
 def delete_all(memory: Tenant, scope: QueryScope) -> dict[str, Any]:
-    if not scope:
-        raise _HTTPError(400, "at least one of user_id, agent_id, run_id is required")
-    deleted = ops.delete_scope(memory, scope)
-    return {"message": "All relevant memories deleted", "deleted": deleted}
+    with client_errors():
+        return memory.delete_all(**named(scope))
 
 
 @router.post("/search", summary="Search a scope's memories")
 def search(body: SearchRequest, memory: Tenant) -> dict[str, Any]:
-    if not body.scope():
-        raise _HTTPError(400, "at least one of user_id, agent_id, run_id is required")
     with client_errors():
         return memory.search(
-            body.query, filters=body.filters, limit=body.limit, mode=body.mode, **body.scope()
+            body.query,
+            filters=body.filters,
+            limit=body.limit,
+            threshold=body.threshold,
+            mode=body.mode,
+            **named(body.scope()),
         )
 
 

@@ -62,12 +62,18 @@ def build_mcp(
         run_id: ScopeId = None,
         filters: dict[str, Any] | None = None,
         limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 5,
+        threshold: Annotated[float | None, Field(ge=0, le=1)] = None,
     ) -> dict[str, Any]:
         """The memories most relevant to a query, best first (hybrid BM25 + vector search).
-        `filters` uses Mem0's grammar over metadata keys (eq, ne, in, gt, contains, AND/OR)."""
+        `filters` uses Mem0's grammar over metadata keys (eq, ne, in, gt, contains, AND/OR);
+        `threshold` keeps only results at least that similar (cosine, 0-1)."""
         with answers():
             return memory_for(ctx).search(
-                query, filters=filters, limit=limit, **scope(user_id, agent_id, run_id)
+                query,
+                filters=filters,
+                limit=limit,
+                threshold=threshold,
+                **scope(user_id, agent_id, run_id),
             )
 
     @server.tool()

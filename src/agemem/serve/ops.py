@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from agemem.api import Memory
-from agemem.memory.store import MemoryNotFound, Scope
+from agemem.memory.store import MemoryNotFound
 
 
 class NotFound(LookupError):
@@ -50,11 +50,3 @@ def get(memory: Memory, memory_id: str, scope: dict[str, str]) -> dict[str, Any]
     if record is None:
         raise NotFound(memory_id)
     return record
-
-
-def delete_scope(memory: Memory, scope: dict[str, str]) -> int:
-    """Delete every entry in a named scope (never the whole tenant: that is `reset`)."""
-    if not scope:
-        raise ValueError("name a scope to delete: user_id, agent_id and/or run_id")
-    session = scope.get("run_id")
-    return memory.store.reset(scope=Scope(scope.get("user_id"), scope.get("agent_id"), session))
