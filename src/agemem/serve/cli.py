@@ -25,13 +25,13 @@ StoreOption = Annotated[
     str,
     typer.Option(
         help="The server's store directory: keys.db and one tenants/<tenant>.db per tenant "
-        "[default: ~/.agemem/server]",
+        "(default: ~/.agemem/server)",
         show_default=False,
     ),
 ]
 KeysOption = Annotated[
     Path | None,
-    typer.Option("--keys", help="Key store file [default: keys.db in --store]", show_default=False),
+    typer.Option("--keys", help="Key store file (default: keys.db in --store)", show_default=False),
 ]
 
 
@@ -145,7 +145,7 @@ def mcp(
     keys: KeysOption = None,
     tenant: Annotated[
         str | None,
-        typer.Option(help=f"Tenant whose memories the tools reach [default: {DEFAULT_TENANT}]"),
+        typer.Option(help=f"Tenant whose memories the tools reach (default: {DEFAULT_TENANT})"),
     ] = None,
     key: Annotated[
         str | None,
