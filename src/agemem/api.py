@@ -49,7 +49,7 @@ from agemem.memory.store import (
     Scope,
     SearchMode,
 )
-from agemem.memory.storefile import default_store_path
+from agemem.memory.storefile import default_store_location, open_store
 from agemem.policy.base import Message, ToolSpec
 from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState, agemem_system_prompt
 from agemem.tools.messages import UnreadableMessage, read_message, replies, unreadable_result
@@ -438,8 +438,8 @@ class Memory:
         if dedupe_threshold is not None:
             options["dedupe_threshold"] = dedupe_threshold
         # None: ~/.agemem/memory.db (or $AGEMEM_STORE), the store `agemem chat` uses too
-        path = default_store_path() if path is None else path
-        self.store = SQLiteStore(path, embedder, **options)
+        path = default_store_location() if path is None else path
+        self.store = open_store(path, embedder, **options)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, embedder: Embedder | None = None) -> Memory:

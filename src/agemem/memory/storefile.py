@@ -16,12 +16,16 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agemem.memory.store import StoreError
 
+if TYPE_CHECKING:
+    from agemem.memory.embed import Embedder
+
 DEFAULT_STORE = "~/.agemem/memory.db"
 STORE_ENV = "AGEMEM_STORE"
+STORE_URL_ENV = "AGEMEM_STORE_URL"  # a postgresql:// URL: the default store is that database
 SQLITE_HEADER = b"SQLite format 3\x00"
 _STORE_TABLES = {"meta", "memories", "history"}
 _META_KEYS = {"schema_version", "embedder_name", "embedder_dim"}
@@ -37,6 +41,44 @@ def default_store_path() -> Path:
     path = Path(os.environ.get(STORE_ENV) or DEFAULT_STORE).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def is_store_url(location: object) -> bool:
+    """Whether `location` names a database server (`postgresql://...`) rather than a file."""
+    return isinstance(location, str) and "://" in location
+
+
+def default_store_location() -> str | Path:
+    """``$AGEMEM_STORE_URL`` when set, else `default_store_path()`."""
+    return os.environ.get(STORE_URL_ENV) or default_store_path()
+
+
+def open_store(location: str | Path, embedder: Embedder | None = None, **options: Any) -> Any:
+    """The store at `location`: a ``postgresql://`` URL (`PostgresStore`, the `postgres`
+    extra) or a file path (`SQLiteStore`, ":memory:" included). `options` are the stores'
+    own (`search`, `dedupe`, `dedupe_threshold`, `ids`). The one place a store is opened from
+    a path or a URL.
+
+    >>> open_store("mysql://db/x")
+    Traceback (most recent call last):
+    ...
+    agemem.memory.storefile.StoreFileError: mysql://db/x: unknown store URL; give a \
+postgresql://USER@HOST/DB URL or a .db file path
+    """
+    if is_store_url(location):
+        from agemem.memory.postgres import is_postgres_url
+
+        if not is_postgres_url(location):
+            raise StoreFileError(
+                f"{location}: unknown store URL; give a postgresql://USER@HOST/DB URL or a .db "
+                "file path"
+            )
+        from agemem.memory.postgres import PostgresStore
+
+        return PostgresStore(str(location), embedder, **options)
+    from agemem.memory.sqlite import SQLiteStore
+
+    return SQLiteStore(location, embedder, **options)
 
 
 def _damaged(path: Path, problem: str) -> StoreFileError:
