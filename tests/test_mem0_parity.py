@@ -31,10 +31,12 @@ def test_user_id_is_the_second_positional_argument(memory):
     assert _texts(memory.search("locker code", "bob")) == ["Bob's locker code is 9981."]
 
 
-def test_infer_false_stores_verbatim_and_infer_true_is_refused_before_any_write(memory):
+def test_infer_false_stores_verbatim_and_infer_true_without_a_model_is_refused_before_any_write(
+    memory,
+):
     added = memory.add("noted", user_id="alice", infer=False)["results"]
     assert [(r["event"], r["memory"]) for r in added] == [("ADD", "noted")]
-    with pytest.raises(NotImplementedError, match="infer=False"):
+    with pytest.raises(ValueError, match="needs a model to extract facts: Memory\\(llm="):
         memory.add("I moved to Porto.", user_id="alice", infer=True)
     with pytest.raises(ValueError, match="infer must be True or False"):
         memory.add("I moved to Porto.", user_id="alice", infer="yes")
@@ -230,7 +232,8 @@ def test_from_config_maps_mem0_sections(tmp_path, embedder):
 @pytest.mark.parametrize(
     ("config", "error"),
     [
-        ({"llm": {"provider": "openai"}}, "'llm' serves fact extraction"),
+        ({"llm": {"provider": "openai"}}, "llm provider 'openai' needs config.model"),
+        ({"llm": {"provider": "ollama", "config": {}}}, "llm provider 'ollama' is not available"),
         ({"history_db_path": "h.db"}, "history is kept in the store file"),
         ({"vector_store": {"provider": "qdrant", "config": {}}}, "provider 'qdrant' is not"),
         ({"vector_store": {"provider": "sqlite", "config": {"host": "x"}}}, "\\['host'\\]"),

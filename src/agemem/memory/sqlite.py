@@ -19,7 +19,8 @@ Layout of the file:
 Concurrency: WAL journal, `busy_timeout`, every write in `BEGIN IMMEDIATE` (so writers queue
 instead of failing half-way), every search in one read transaction (one consistent snapshot).
 Duplicate checks run inside the write transaction, so two processes cannot both insert the same
-fact.
+fact. `transaction()` makes several writes one transaction (the calls inside it nest as
+savepoints): all of them commit, or none.
 
 Deduplication (`DedupeMode`, per store and per call): "exact" (the default) keeps one entry per
 normalised text in a scope and stores every other add; "near" also turns a near-duplicate into an
@@ -224,6 +225,7 @@ class SQLiteStore(SQLStoreBase):
         self._configure(search, dedupe, dedupe_threshold, ids)
         self.path = str(path)
         self._lock = threading.RLock()
+        self._depth = 0  # open transactions of the thread holding the lock (nested: savepoints)
         self._rowid_of: dict[str, int] = {}
         self._generation: int | None = None  # None: the index must be loaded in full
         self._last_history = 0
@@ -275,16 +277,48 @@ class SQLiteStore(SQLStoreBase):
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
-        """One transaction; writers take the lock up front (BEGIN IMMEDIATE) and queue on it."""
+        """One transaction; writers take the lock up front (BEGIN IMMEDIATE) and queue on it.
+        Inside `transaction()` it is a savepoint of that transaction."""
         with self._lock:
+            if self._depth:
+                yield from self._savepoint()
+                return
+            index_state = (self._generation, self._last_history)
             self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            self._depth = 1
             try:
                 yield self._conn
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                if (self._generation, self._last_history) != index_state:
+                    self._generation = None  # the index saw rolled-back writes: reload it
                 raise
+            finally:
+                self._depth = 0
             self._conn.execute("COMMIT")
+
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        name = f"nested_{self._depth}"
+        self._conn.execute(f"SAVEPOINT {name}")
+        self._depth += 1
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute(f"ROLLBACK TO {name}")
+            self._conn.execute(f"RELEASE {name}")
+            raise
+        finally:
+            self._depth -= 1
+        self._conn.execute(f"RELEASE {name}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several writes (`add_many`, `update`, `delete`, ...) as one transaction: they commit
+        together when the block ends, or none of them does when it raises. Other writers, of
+        this process or another, wait until then."""
+        with self._transaction(write=True):
+            yield
 
     def close(self) -> None:
         with self._lock:

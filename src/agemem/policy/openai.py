@@ -88,16 +88,36 @@ class OpenAIPolicy:
             "extra_body": extra_body,
         }
 
-    def act(self, contexts: list[list[Message]], tools: list[ToolSpec] | None = None) -> list[Turn]:
+    def act(
+        self,
+        contexts: list[list[Message]],
+        tools: list[ToolSpec] | None = None,
+        *,
+        response_formats: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[Turn]:
+        """One turn per context. `response_formats`: one OpenAI `response_format` per context
+        (e.g. `{"type": "json_schema", ...}`, which constrains the output on servers that
+        support it), or None."""
         if not contexts:
             return []
+        formats = list(response_formats) if response_formats is not None else [None] * len(contexts)
+        if len(formats) != len(contexts):
+            raise ValueError(f"{len(formats)} response formats for {len(contexts)} contexts")
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(contexts))) as pool:
-            return list(pool.map(lambda messages: self._complete(messages, tools), contexts))
+            return list(pool.map(lambda c, f: self._complete(c, tools, f), contexts, formats))
 
-    def _complete(self, messages: list[Message], tools: list[ToolSpec] | None) -> Turn:
+    def _complete(
+        self,
+        messages: list[Message],
+        tools: list[ToolSpec] | None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Turn:
         try:
             response = self.client.chat.completions.create(
-                messages=messages, tools=tools or omit, **self._request
+                messages=messages,
+                tools=tools or omit,
+                response_format=response_format or omit,
+                **self._request,
             )
         except APITimeoutError as err:
             raise ServerError(
