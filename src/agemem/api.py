@@ -38,6 +38,7 @@ import numpy as np
 from agemem.context import Context
 from agemem.memory.embed import Embedder
 from agemem.memory.filters import WILDCARD
+from agemem.memory.infer import HOW_TO_CONFIGURE, Outcome, infer_add, resolve_llm
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import (
     DEFAULT_MEMORY_TYPE,
@@ -70,6 +71,10 @@ _ADD_DESCRIPTIONS: dict[str, str] = {
     "near": "Store a new entry in long-term memory. A near-duplicate of an entry updates it.",
     "off": "Store a new entry in long-term memory.",
 }
+
+
+class LLMRequired(ValueError):
+    """`Memory.add(infer=True)` with no model configured; the message says how to give one."""
 
 
 class ScopeRequired(ValueError):
@@ -249,6 +254,29 @@ def _added(result: AddResult) -> dict[str, Any]:
         record["similarity"] = result.similarity
     if result.event == "UPDATE" and result.duplicate_of is not None:
         record["previous_memory"] = result.duplicate_of.content
+    return record
+
+
+def _transcript(texts: list[tuple[str, dict[str, Any]]]) -> str:
+    """A conversation as one text for the fact extraction: `role: text` lines."""
+    return "\n".join(f"{extra.get('role', 'user')}: {text}" for text, extra in texts)
+
+
+def _inferred(outcome: Outcome) -> dict[str, Any]:
+    """One decision of `add(infer=True)` as Mem0 shapes it: the entry under `memory` and the
+    `event`; an UPDATE's old text under `previous_memory`; a NONE on no shown memory has
+    `id` None and the fact under `memory`."""
+    if outcome.added is not None:
+        record = _added(outcome.added)
+    elif outcome.item is not None:
+        record = _record(outcome.item)
+    else:
+        record = {"id": None, "memory": outcome.fact}
+    record["event"] = outcome.event
+    if outcome.previous is not None:
+        record["previous_memory"] = outcome.previous
+    if outcome.reason is not None:
+        record["reason"] = outcome.reason
     return record
 
 
@@ -433,10 +461,12 @@ class Memory:
         search: str = "balanced",
         dedupe: DedupeMode = "exact",
         dedupe_threshold: float | None = None,
+        llm: Any = None,
     ) -> None:
         options: dict[str, Any] = {"search": search, "dedupe": dedupe}
         if dedupe_threshold is not None:
             options["dedupe_threshold"] = dedupe_threshold
+        self.llm = resolve_llm(llm)  # checked before the store opens; a model loads at first use
         # None: ~/.agemem/memory.db (or $AGEMEM_STORE), the store `agemem chat` uses too
         path = default_store_location() if path is None else path
         self.store = open_store(path, embedder, **options)
@@ -447,7 +477,11 @@ class Memory:
         `dedupe_threshold`) and the Mem0 sections that map onto them: `vector_store`
         (provider "sqlite", `config.path`), `embedder` (provider "huggingface" with a local
         sentence-transformers `model`, or "openai" with `model`, `api_key`, `openai_base_url`,
-        `embedding_dims`) and `version` (accepted; results are always `{"results": [...]}`).
+        `embedding_dims`), `llm` (the model of `add(infer=True)`: provider "openai" with `model`,
+        `openai_base_url` or `base_url`, `api_key`, `temperature`, `max_tokens`, `json_schema`,
+        `timeout`; or "agemem", the embedded model, with `model`, a preset such as
+        "smollm2-135m", `backend` and `max_tokens`) and `version` (accepted; results are always
+        `{"results": [...]}`).
         Anything else is refused with the keys that are understood. `embedder`, an `Embedder`
         object, takes the place of the `embedder` section.
 
@@ -480,30 +514,95 @@ class Memory:
         dedupe: DedupeMode | None = None,
         dedupe_threshold: float | None = None,
         infer: bool = False,
+        llm: Any = None,
     ) -> dict[str, Any]:
-        """Store a text, a message dict, or each user/assistant message of a conversation, as
-        it is said (`infer=False`; fact extraction, `infer=True`, is not available yet).
+        """Store a text, a message dict, or each user/assistant message of a conversation: as
+        it is said (`infer=False`, the default), or as the facts a model extracts from it
+        (`infer=True`).
 
         A message's content may be a string or a list of parts (its text parts are joined with
         newlines); system and tool messages, and assistant messages without text (tool calls
         only), are not stored. Each result has an `event`: "ADD", "NONE" (an exact duplicate,
         or with `dedupe="reject"` a near-duplicate: nothing written, the record is the entry
         matched) or "UPDATE" (`dedupe="near"`: the entry matched now holds the new text).
-        `dedupe` and `dedupe_threshold` override this `Memory`'s settings for this call."""
-        if infer is True:
-            raise NotImplementedError(
-                "Memory.add(infer=True) (fact extraction) is not available yet; pass "
-                "infer=False to store the messages as they are"
-            )
-        if infer is not False:
+        `dedupe` and `dedupe_threshold` override this `Memory`'s settings for this call.
+
+        `infer=True` (Mem0's flow, `agemem.memory.infer`): the model (`llm=` here, else this
+        `Memory`'s) lists the facts in the messages and decides for each, against the similar
+        memories of the scope, to ADD it, UPDATE a memory (`previous_memory`: its old text),
+        DELETE one, or do nothing ("NONE"); all decisions are applied in one transaction. The
+        result also holds `facts`; when an output of the model cannot be used, nothing is
+        stored and `error` says why.
+
+        >>> import tempfile, os
+        >>> from agemem.memory.infer import ScriptedFactModel  # a model's outputs, replayed
+        >>> model = ScriptedFactModel(['{"facts": ["Maya lives in Lisbon"]}',
+        ...                            '{"name": "ADD", "arguments": {}}'])
+        >>> memory = Memory(os.path.join(tempfile.mkdtemp(), "m.db"), llm=model)
+        >>> added = memory.add([{"role": "user", "content": "I'm Maya, I live in Lisbon."}],
+        ...                    user_id="maya", infer=True)
+        >>> [(r["event"], r["memory"]) for r in added["results"]], added["facts"]
+        ([('ADD', 'Maya lives in Lisbon')], ['Maya lives in Lisbon'])
+        >>> memory.close()
+        """
+        if infer is not True and infer is not False:
             raise ValueError(f"Memory.add: infer must be True or False, got {infer!r}")
+        if llm is not None and not infer:
+            raise ValueError("Memory.add: llm= serves infer=True; pass infer=True or drop llm")
         scope = _scope("add", user_id, agent_id, session_id, run_id, unscoped) or Scope()
+        texts = self._texts(messages)
+        if infer:
+            return self._infer(texts, scope, llm, metadata, memory_type, dedupe, dedupe_threshold)
         entries = [
             NewMemory(text, {**(metadata or {}), **extra}, memory_type, scope)
-            for text, extra in self._texts(messages)
+            for text, extra in texts
         ]
         results = self.store.add_many(entries, dedupe=dedupe, dedupe_threshold=dedupe_threshold)
         return {"results": [_added(r) for r in results]}
+
+    def _infer(
+        self,
+        texts: list[tuple[str, dict[str, Any]]],
+        scope: Scope,
+        llm: Any,
+        metadata: dict[str, Any] | None,
+        memory_type: str,
+        dedupe: DedupeMode | None,
+        dedupe_threshold: float | None,
+    ) -> dict[str, Any]:
+        """`add(infer=True)`: one model call extracts the facts of the conversation, one batch
+        decides them (`agemem.memory.infer.infer_add`)."""
+        own = resolve_llm(llm, "Memory.add") if llm is not None else None
+        model = own if own is not None else self.llm
+        if model is None:
+            raise LLMRequired(
+                f"Memory.add(infer=True) needs a model to extract facts: {HOW_TO_CONFIGURE}, or "
+                "llm= on this call; or pass infer=False to store the messages as they are"
+            )
+        if not texts:
+            return {"results": [], "facts": []}
+        conversation = texts[0][0] if len(texts) == 1 else _transcript(texts)
+        try:
+            done = infer_add(
+                self.store,
+                model,
+                conversation,
+                scope,
+                metadata=metadata,
+                memory_type=memory_type,
+                dedupe=dedupe,
+                dedupe_threshold=dedupe_threshold,
+            )
+        finally:
+            if own is not None:
+                own.close()
+        result: dict[str, Any] = {
+            "results": [_inferred(outcome) for outcome in done.outcomes],
+            "facts": done.facts,
+        }
+        if done.error is not None:
+            result["error"] = done.error
+        return result
 
     @staticmethod
     def _texts(messages: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -729,6 +828,8 @@ class Memory:
         return MemoryTools(state, toolset, unscoped=scope is None)
 
     def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
         self.store.close()
 
     def __enter__(self) -> Memory:
@@ -741,7 +842,7 @@ class Memory:
 # ---- from_config --------------------------------------------------------------------------------
 
 _OWN_KEYS = ("path", "search", "dedupe", "dedupe_threshold")
-_MEM0_KEYS = ("vector_store", "embedder", "version")
+_MEM0_KEYS = ("vector_store", "embedder", "llm", "version")
 _STORE_PROVIDERS = ("sqlite", "agemem")
 
 
@@ -798,9 +899,7 @@ def _config_options(config: Any) -> dict[str, Any]:
     unknown = sorted(set(config) - set(_OWN_KEYS) - set(_MEM0_KEYS))
     if unknown:
         hint = ""
-        if "llm" in unknown:
-            hint = " ('llm' serves fact extraction, infer=True, which is not available yet)"
-        elif "history_db_path" in unknown:
+        if "history_db_path" in unknown:
             hint = " (history is kept in the store file itself)"
         raise ValueError(
             f"Memory.from_config: keys {unknown} are not understood{hint}; use "
@@ -825,6 +924,8 @@ def _config_options(config: Any) -> dict[str, Any]:
             options["path"] = path
     if "embedder" in config:
         options["embedder"] = _embedder_from(config)
+    if "llm" in config:
+        options["llm"] = config["llm"]  # checked by Memory(llm=...)
     return options
 
 
