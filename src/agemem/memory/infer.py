@@ -49,8 +49,15 @@ from agemem.memory.facts import (
     read_facts,
 )
 from agemem.memory.llm_json import JsonReadError
-from agemem.memory.sqlite import SQLiteStore
-from agemem.memory.store import AddResult, DedupeMode, MemoryItem, MemoryNotFound, NewMemory, Scope
+from agemem.memory.store import (
+    AddResult,
+    DedupeMode,
+    MemoryItem,
+    MemoryNotFound,
+    MemoryStore,
+    NewMemory,
+    Scope,
+)
 from agemem.policy.base import Message, Policy
 
 log = logging.getLogger(__name__)
@@ -307,7 +314,8 @@ def resolve_llm(llm: Any, where: str = "Memory") -> FactModel | None:
         if not isinstance(options.get("model"), str) or not options["model"]:
             raise LLMConfigError(f"{where}: llm provider 'openai' needs config.model")
         base_url = options.get("openai_base_url", options.get("base_url"))
-        settings = {k: options[k] for k in ("temperature", "max_tokens", "json_schema", "timeout")}
+        names = ("temperature", "max_tokens", "json_schema", "timeout")
+        settings = {k: options[k] for k in names if k in options}
         return OpenAIFactModel(options["model"], base_url, options.get("api_key"), **settings)
     return EmbeddedFactModel(
         options.get("model", EMBEDDED_DEFAULT),
@@ -353,7 +361,7 @@ class _Plan:
 
 
 def infer_add(
-    store: SQLiteStore,
+    store: MemoryStore,
     model: FactModel,
     conversation: str,
     scope: Scope,
@@ -407,7 +415,7 @@ def infer_add(
         plans.append(_Plan(fact, decision.name, decision.text(fact), memories, index))
     new = NewMemory("", dict(metadata or {}), memory_type, scope)
     try:
-        with store.transaction():
+        with store.transaction():  # type: ignore[attr-defined]  # the SQL stores' (SQLite, Postgres)
             outcomes = _apply(store, plans, new, dedupe, dedupe_threshold)
     except MemoryNotFound as err:
         return _refused(facts, f"memory {err.memory_id} was changed by another writer meanwhile")
@@ -420,7 +428,7 @@ def _refused(facts: list[str] | None, problem: str, output: str | None = None) -
 
 
 def _similar(
-    store: SQLiteStore, fact: str, vec: np.ndarray, scope: Scope, k: int
+    store: MemoryStore, fact: str, vec: np.ndarray, scope: Scope, k: int
 ) -> list[MemoryItem]:
     if not store.count(scope=scope):
         return []
@@ -432,7 +440,7 @@ def _similar(
 
 
 def _apply(
-    store: SQLiteStore,
+    store: MemoryStore,
     plans: list[_Plan],
     new: NewMemory,
     dedupe: DedupeMode | None,
