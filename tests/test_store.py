@@ -1,4 +1,6 @@
-"""SQLiteStore on a real file with the real embedder (all-MiniLM-L6-v2), in one process.
+"""The store conformance suite: every test that takes `store_at` runs on SQLite (a real file)
+and on Postgres + pgvector (a real server, see conftest.py), with the real embedder
+(all-MiniLM-L6-v2), in one process.
 
 Multi-process behaviour is in test_store_processes.py, the index internals in
 test_vector_index.py.
@@ -15,6 +17,7 @@ import pytest
 from agemem.memory.search import SearchConfig, resolve_search_config, rrf_fuse
 from agemem.memory.sqlite import ImportFileError, SQLiteStore, fts_terms
 from agemem.memory.store import EmbedderMismatch, MemoryNotFound, NewMemory, Scope
+from agemem.memory.storefile import open_store
 
 FACTS = [
     "Alice lives in Paris and works as a nurse at the city hospital.",
@@ -42,8 +45,8 @@ class CountingEmbedder:
 
 
 @pytest.fixture
-def store(tmp_path, embedder):
-    with SQLiteStore(tmp_path / "mem.db", embedder) as s:
+def store(tmp_path, embedder, store_at):
+    with open_store(store_at(tmp_path, "mem.db"), embedder) as s:
         yield s
 
 
@@ -66,9 +69,9 @@ def filled(store, fact_vectors):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, embedder, fact_vectors):
+def corpus(tmp_path_factory, embedder, fact_vectors, store_at):
     """A read-only store of FACTS shared by the search tests."""
-    with SQLiteStore(tmp_path_factory.mktemp("corpus") / "mem.db", embedder) as s:
+    with open_store(store_at(tmp_path_factory.mktemp("corpus"), "mem.db"), embedder) as s:
         yield _add_facts(s, fact_vectors)
 
 
@@ -132,7 +135,7 @@ def test_scope_fields_combine(store):
 
 
 @pytest.fixture(scope="module")
-def tagged(tmp_path_factory, embedder):
+def tagged(tmp_path_factory, embedder, store_at):
     """A read-only store of entries with metadata, shared by the filter tests."""
     rows = [
         ("Trip to Rome in May", {"kind": "travel", "year": 2023, "prio": 2.5, "done": True}),
@@ -140,7 +143,7 @@ def tagged(tmp_path_factory, embedder):
         ("Buy a birthday gift", {"kind": "todo", "year": 2024, "day": "2024-03-01"}),
         ("Call the plumber", {"kind": "todo", "year": "2024", "day": "2024-05-20", "note": None}),
     ]
-    with SQLiteStore(tmp_path_factory.mktemp("tagged") / "mem.db", embedder) as store:
+    with open_store(store_at(tmp_path_factory.mktemp("tagged"), "mem.db"), embedder) as store:
         store.add_many([NewMemory(c, metadata=m) for c, m in rows])
         yield store
 
@@ -263,11 +266,11 @@ def test_near_duplicates_are_kept_by_default(store, embedder, old, new):
     assert sorted(m.content for m in store.get_all(scope=U1)) == sorted([old, new])
 
 
-def test_eighty_distinct_facts_from_two_writers_keep_eighty_rows(tmp_path, embedder):
+def test_eighty_distinct_facts_from_two_writers_keep_eighty_rows(tmp_path, embedder, store_at):
     facts = {w: [f"fact {w} number {i}" for i in range(40)] for w in "AB"}
     with (
-        SQLiteStore(tmp_path / "m.db", embedder) as a,
-        SQLiteStore(tmp_path / "m.db", embedder) as b,
+        open_store(store_at(tmp_path, "m.db"), embedder) as a,
+        open_store(store_at(tmp_path, "m.db"), embedder) as b,
     ):
         for fa, fb in zip(facts["A"], facts["B"], strict=True):
             assert a.add(fa).added and b.add(fb).added
@@ -298,20 +301,22 @@ def test_near_mode_turns_a_near_duplicate_into_an_update_history_records(store):
     assert store.add("Carol plays the violin.", scope=U1, dedupe="near").added  # unrelated
 
 
-def test_near_mode_threshold_per_call_and_per_store(tmp_path, embedder):
-    with SQLiteStore(tmp_path / "near.db", embedder, dedupe="near") as near:
+def test_near_mode_threshold_per_call_and_per_store(tmp_path, embedder, store_at):
+    with open_store(store_at(tmp_path, "near.db"), embedder, dedupe="near") as near:
         assert near.add("Alice lives in Paris.").added
         assert near.add("Alice resides in Paris", dedupe_threshold=0.99).added  # 0.95 < 0.99
         assert near.add("Alice resides in Paris.", dedupe_threshold=0.9).event == "UPDATE"
         assert near.add("Bob lives in Rome.", dedupe="exact").added
-    with SQLiteStore(tmp_path / "strict.db", embedder, dedupe="near", dedupe_threshold=0.999) as s:
+    with open_store(
+        store_at(tmp_path, "strict.db"), embedder, dedupe="near", dedupe_threshold=0.999
+    ) as s:
         s.add("Alice lives in Paris.")
         assert s.add("Alice resides in Paris").added
     with pytest.raises(ValueError, match="cosine"):
-        SQLiteStore(tmp_path / "bad.db", embedder, dedupe_threshold=1.5)
+        open_store(store_at(tmp_path, "bad.db"), embedder, dedupe_threshold=1.5)
     with pytest.raises(ValueError, match="exact, near, reject, off"):
-        SQLiteStore(tmp_path / "bad.db", embedder, dedupe="fuzzy")
-    with SQLiteStore(tmp_path / "ok.db", embedder) as store:
+        open_store(store_at(tmp_path, "bad.db"), embedder, dedupe="fuzzy")
+    with open_store(store_at(tmp_path, "ok.db"), embedder) as store:
         with pytest.raises(ValueError, match="exact, near, reject, off"):
             store.add("x", dedupe="similar")
         with pytest.raises(ValueError, match="cosine"):
@@ -319,9 +324,9 @@ def test_near_mode_threshold_per_call_and_per_store(tmp_path, embedder):
         assert store.count() == 0
 
 
-def test_reject_mode_reports_the_near_duplicate_and_writes_nothing(tmp_path, embedder):
+def test_reject_mode_reports_the_near_duplicate_and_writes_nothing(tmp_path, embedder, store_at):
     """The AgeMem env's mode: the agent is told what matched and decides."""
-    with SQLiteStore(tmp_path / "m.db", embedder, dedupe="reject") as store:
+    with open_store(store_at(tmp_path, "m.db"), embedder, dedupe="reject") as store:
         first = store.add("Alice lives in Paris.", scope=U1)
         again = store.add("Alice resides in Paris", scope=U1)
         assert first.added and (again.event, again.match, again.added) == ("NONE", "near", False)
@@ -334,9 +339,9 @@ def test_reject_mode_reports_the_near_duplicate_and_writes_nothing(tmp_path, emb
         assert store.count() == 4
 
 
-def test_add_many_checks_each_item_against_the_earlier_ones(tmp_path, embedder):
+def test_add_many_checks_each_item_against_the_earlier_ones(tmp_path, embedder, store_at):
     counting = CountingEmbedder(embedder)
-    with SQLiteStore(tmp_path / "m.db", counting) as store:
+    with open_store(store_at(tmp_path, "m.db"), counting) as store:
         given = embedder.embed(["Precomputed vector entry"])[0]
         batch = [
             NewMemory("The cat sleeps on the sofa."),
@@ -434,9 +439,9 @@ def test_history_records_add_update_delete(store):
         store.get(item.id)
 
 
-def test_update_reembeds_only_when_content_changes(tmp_path, embedder):
+def test_update_reembeds_only_when_content_changes(tmp_path, embedder, store_at):
     counting = CountingEmbedder(embedder)
-    with SQLiteStore(tmp_path / "m.db", counting) as store:
+    with open_store(store_at(tmp_path, "m.db"), counting) as store:
         item = store.add("Alice lives in Paris.").item
         counting.texts = 0
         meta_only = store.update(item.id, metadata={"k": 1})
@@ -501,7 +506,7 @@ def test_fts_query_keeps_words_and_drops_syntax(corpus):
 def test_bm25_leaves_out_words_most_entries_contain(corpus, embedder):
     """'the' is in 5 of the 8 facts: above max_term_matches=3 it no longer drags them in."""
     assert len(corpus.search("the violin", mode="bm25", top_k=8)) == 5
-    with SQLiteStore(corpus.path, embedder, search=SearchConfig(max_term_matches=3)) as pruned:
+    with open_store(corpus.path, embedder, search=SearchConfig(max_term_matches=3)) as pruned:
         assert [h.content for h in pruned.search("the violin", mode="bm25", top_k=8)] == [FACTS[3]]
         assert len(pruned.search("the", mode="bm25", top_k=8)) == 5  # all common: all kept
 
@@ -509,7 +514,7 @@ def test_bm25_leaves_out_words_most_entries_contain(corpus, embedder):
 def test_search_presets_and_fusion(corpus, embedder):
     assert resolve_search_config("keyword").bm25_weight == 2.0
     with pytest.raises(ValueError, match="unknown search preset 'nope'.*balanced"):
-        SQLiteStore(corpus.path, embedder, search="nope")
+        open_store(corpus.path, embedder, search="nope")
     with pytest.raises(ValueError, match="pool"):
         SearchConfig(pool=0)
     fused = rrf_fuse([[1, 2, 3], [3, 4]], weights=[1.0, 1.0], rrf_k=60)
@@ -524,12 +529,12 @@ def test_bm25_stems_words(corpus):
 # ---- export / import ---------------------------------------------------------------------------
 
 
-def test_export_import_round_trip_keeps_everything(filled, tmp_path, embedder):
+def test_export_import_round_trip_keeps_everything(filled, tmp_path, embedder, store_at):
     filled.add("Tagged entry", metadata={"tags": ["a", "b"], "n": 3}, memory_type="episodic")
     path = tmp_path / "export.jsonl"
     assert filled.export_jsonl(path) == len(FACTS) + 1
     counting = CountingEmbedder(embedder)
-    with SQLiteStore(tmp_path / "copy.db", counting) as copy:
+    with open_store(store_at(tmp_path, "copy.db"), counting) as copy:
         assert copy.import_jsonl(path) == len(FACTS) + 1
         assert counting.texts == 0  # same embedder: stored vectors reused
         original, restored = filled.get_all(), copy.get_all()
@@ -540,12 +545,14 @@ def test_export_import_round_trip_keeps_everything(filled, tmp_path, embedder):
         assert [e.event for e in copy.history(original[0].id)] == ["ADD"]
 
 
-def test_export_of_a_scope_and_import_with_another_embedder_reembeds(filled, tmp_path, embedder):
+def test_export_of_a_scope_and_import_with_another_embedder_reembeds(
+    filled, tmp_path, embedder, store_at
+):
     filled.add("Only for u2", scope=U2)
     path = tmp_path / "u2.jsonl"
     assert filled.export_jsonl(path, scope=U2) == 1
     other = CountingEmbedder(embedder, name="minilm-renamed")
-    with SQLiteStore(tmp_path / "other.db", other) as copy:
+    with open_store(store_at(tmp_path, "other.db"), other) as copy:
         assert copy.import_jsonl(path) == 1 and other.texts == 1
 
 
@@ -600,17 +607,18 @@ def test_import_refuses_ids_already_in_the_store(filled, tmp_path):
 # ---- the file ----------------------------------------------------------------------------------
 
 
-def test_reopening_with_another_embedder_is_refused(tmp_path, embedder):
-    path = tmp_path / "m.db"
-    SQLiteStore(path, embedder).close()
+def test_reopening_with_another_embedder_is_refused(tmp_path, embedder, store_at):
+    path = store_at(tmp_path, "m.db")
+    open_store(path, embedder).close()
     with pytest.raises(EmbedderMismatch) as err:
-        SQLiteStore(path, CountingEmbedder(embedder, name="other-model"))
+        open_store(path, CountingEmbedder(embedder, name="other-model"))
     message = str(err.value)
     assert "'all-MiniLM-L6-v2'" in message and "'other-model'" in message
     assert "export_jsonl" in message and "import_jsonl" in message
 
 
-def test_file_layout_wal_and_tables(filled, tmp_path):
+def test_file_layout_wal_and_tables(tmp_path, embedder, fact_vectors):
+    _add_facts(SQLiteStore(tmp_path / "mem.db", embedder), fact_vectors).close()
     conn = sqlite3.connect(tmp_path / "mem.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     meta = dict(conn.execute("SELECT key, value FROM meta"))
@@ -626,11 +634,11 @@ def test_file_layout_wal_and_tables(filled, tmp_path):
     conn.close()
 
 
-def test_two_handles_on_one_file_see_each_others_writes(tmp_path, embedder):
+def test_two_handles_on_one_file_see_each_others_writes(tmp_path, embedder, store_at):
     """Each handle has its own in-memory index, caught up from the history change feed."""
     with (
-        SQLiteStore(tmp_path / "m.db", embedder) as a,
-        SQLiteStore(tmp_path / "m.db", embedder) as b,
+        open_store(store_at(tmp_path, "m.db"), embedder) as a,
+        open_store(store_at(tmp_path, "m.db"), embedder) as b,
     ):
         kept = a.add("The boat is moored in harbour seven.").item
         gone = a.add("The spare key is under the flowerpot.").item
