@@ -223,11 +223,16 @@ class EmbeddedFactModel:
         self.running = "transformers"
         return PolicyFactModel(hf)
 
+    def load(self) -> None:
+        """Load the model (and start its server) now rather than at the first call."""
+        if self._inner is None:
+            self._inner = self._load()
+
     def complete(
         self, prompts: Sequence[list[Message]], name: str, schemas: Sequence[dict[str, Any]]
     ) -> list[str]:
-        if self._inner is None:
-            self._inner = self._load()
+        self.load()
+        assert self._inner is not None
         return self._inner.complete(prompts, name, schemas)
 
     def close(self) -> None:
