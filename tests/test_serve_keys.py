@@ -64,11 +64,35 @@ def test_tenant_stores_are_one_file_each(tmp_path):
     tenants = SQLiteTenants(tmp_path / "server")
     assert tenants.path("acme") == tmp_path / "server" / "tenants" / "acme.db"
     assert tenants.default_keys_path() == tmp_path / "server" / "keys.db"
-    with pytest.raises(ValueError, match="not supported yet"):
-        open_tenants("postgresql://localhost/agemem")
+    with pytest.raises(ValueError, match="not supported; give a directory"):
+        open_tenants("mysql://localhost/agemem")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         open_tenants(tmp_path / "file")
+
+
+def test_postgres_tenants_are_one_schema_each(postgres_url, embedder, monkeypatch):
+    """Two tenants with the same user id on one database: neither sees the other's entries."""
+    import agemem.serve.tenants as tenants_module
+
+    real = tenants_module.Memory
+
+    def memory(url):
+        return real(url, embedder=embedder)
+
+    monkeypatch.setattr(tenants_module, "Memory", memory)
+    tenants = open_tenants(postgres_url)
+    assert tenants.schema("acme") == "tenant_acme"
+    long = tenants.schema("a" * 63)
+    assert len(long) == 63 and long != tenants.schema("a" * 62 + "b")
+    try:
+        a, b = tenants.open("acme"), tenants.open("globex")
+        added = a.add("Acme's vault code is 1234.", user_id="u1")["results"][0]
+        assert b.search("vault code", user_id="u1")["results"] == []
+        assert b.get(added["id"], user_id="u1") is None
+        assert a.search("vault code", user_id="u1")["results"][0]["id"] == added["id"]
+    finally:
+        tenants.close()
 
 
 @pytest.mark.slow

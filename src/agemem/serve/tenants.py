@@ -11,6 +11,7 @@ starting with a letter or digit; got 'Acme'
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -90,14 +91,59 @@ class SQLiteTenants(TenantStores):
             self._memories.clear()
 
 
+class PostgresTenants(TenantStores):
+    """One Postgres schema per tenant in the database of `url`: tenant NAME's store is schema
+    `tenant_NAME` (a name too long for Postgres's 63-byte identifiers is cut and suffixed with
+    16 hex digits of its SHA-256), so no query of one tenant's store can name another's tables:
+    each store's connection resolves every table in its own schema (see
+    `agemem.memory.postgres`). The key store stays a local SQLite file, `DEFAULT_STORE/keys.db`,
+    unless `--keys` says otherwise."""
+
+    def __init__(self, url: str) -> None:
+        from agemem.memory.postgres import split_url
+
+        self.url = url
+        split_url(url)  # a bad schema parameter is refused here
+        self._memories: dict[str, Memory] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def schema(tenant: str) -> str:
+        name = f"tenant_{check_tenant(tenant)}"
+        if len(name) <= 63:
+            return name
+        return f"{name[:46]}_{hashlib.sha256(tenant.encode()).hexdigest()[:16]}"
+
+    def open(self, tenant: str) -> Memory:
+        from agemem.memory.postgres import with_schema
+
+        url = with_schema(self.url, self.schema(tenant))
+        with self._lock:
+            memory = self._memories.get(tenant)
+            if memory is None:
+                memory = self._memories[tenant] = Memory(url)
+            return memory
+
+    def default_keys_path(self) -> Path:
+        return DEFAULT_STORE / KEYS_FILE
+
+    def close(self) -> None:
+        with self._lock:
+            for memory in self._memories.values():
+                memory.close()
+            self._memories.clear()
+
+
 def open_tenants(store: str | Path) -> TenantStores:
-    """The tenant stores at `store`: a directory (SQLite). A database URL names a backend that
-    this version does not have yet."""
+    """The tenant stores at `store`: a directory (SQLite, one file per tenant) or a
+    postgresql:// URL (one schema per tenant)."""
     text = str(store)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresTenants(text)
     if "://" in text:
         scheme = text.split("://", 1)[0]
         raise ValueError(
-            f"--store {scheme}://... is not supported yet; give a directory (SQLite, one file per "
-            "tenant)"
+            f"--store {scheme}://... is not supported; give a directory (SQLite, one file per "
+            "tenant) or a postgresql:// URL (one schema per tenant)"
         )
     return SQLiteTenants(text)
