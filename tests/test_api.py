@@ -1,4 +1,5 @@
-"""The `Memory` library API on a real SQLite file and the real embedder."""
+"""The `Memory` library API with the real embedder, on each store backend (`store_at`: a real
+SQLite file and a real Postgres + pgvector server)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState
 
 
 @pytest.fixture
-def memory(tmp_path, embedder):
-    with Memory(path=tmp_path / "memory.db", embedder=embedder) as m:
+def memory(tmp_path, embedder, store_at):
+    with Memory(path=store_at(tmp_path, "memory.db"), embedder=embedder) as m:
         yield m
 
 
@@ -253,8 +254,8 @@ def test_a_near_duplicate_distinct_fact_is_kept(memory, old, new):
     assert memory.search(new, user_id="alice", limit=1)["results"][0]["memory"] == new
 
 
-def test_near_dedupe_is_an_update_that_history_records(tmp_path, embedder):
-    with Memory(path=tmp_path / "m.db", embedder=embedder, dedupe="near") as memory:
+def test_near_dedupe_is_an_update_that_history_records(tmp_path, embedder, store_at):
+    with Memory(path=store_at(tmp_path, "m.db"), embedder=embedder, dedupe="near") as memory:
         first = memory.add(MONDAY, user_id="alice")["results"][0]
         (result,) = memory.add(TUESDAY, user_id="alice")["results"]
         assert (result["event"], result["match"]) == ("UPDATE", "near")
@@ -281,9 +282,9 @@ def test_reject_dedupe_reports_what_it_matched(memory):
     assert looser["results"][0]["event"] == "ADD"
 
 
-def test_add_memory_tool_follows_the_dedupe_mode(tmp_path, embedder):
+def test_add_memory_tool_follows_the_dedupe_mode(tmp_path, embedder, store_at):
     add = {"role": "assistant", "tool_calls": [_call("Add_memory", {"content": TUESDAY})]}
-    with Memory(path=tmp_path / "exact.db", embedder=embedder) as memory:
+    with Memory(path=store_at(tmp_path, "exact.db"), embedder=embedder) as memory:
         tools = memory.tools(user_id="alice")
         description = tools.toolset["Add_memory"].description
         assert "very same text" in description and "near" not in description.lower()
@@ -292,7 +293,7 @@ def test_add_memory_tool_follows_the_dedupe_mode(tmp_path, embedder):
         (again,) = tools.execute(add)
         assert "already holds this text" in again["content"]
         assert len(memory.get_all(user_id="alice")["results"]) == 2
-    with Memory(path=tmp_path / "near.db", embedder=embedder, dedupe="near") as memory:
+    with Memory(path=store_at(tmp_path, "near.db"), embedder=embedder, dedupe="near") as memory:
         tools = memory.tools(user_id="alice")
         assert "updates it" in tools.schemas[0]["function"]["description"]
         monday = memory.add(MONDAY, user_id="alice")["results"][0]["id"]
