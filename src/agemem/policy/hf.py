@@ -303,7 +303,7 @@ class HFPolicy:
                 for layer, (keys, values) in zip(kv.layers, kept, strict=True):
                     layer.update(keys[:, :, :n], values[:, :, :n])  # a copy: the kept KV stays
             ids = torch.tensor([prompt[n:]], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, past_key_values=kv, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, cache=kv, use_cache=True, logits_to_keep=1)
             logits.append(out.logits[:, -1].float())
             kvs.append(kv)
             self.stats.computed_tokens += len(prompt) - n
@@ -384,7 +384,7 @@ class HFPolicy:
             kept.kv.crop(common - len(kept.ids))
         if common < len(ids):
             rest = torch.tensor([ids[common:]], dtype=torch.long, device=self.device)
-            self.model(input_ids=rest, past_key_values=kept.kv, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=rest, cache=kept.kv, use_cache=True, logits_to_keep=1)
             self.stats.computed_tokens += len(ids) - common
         kept.ids = list(ids)
         self._prefix = kept
@@ -398,7 +398,7 @@ class HFPolicy:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
