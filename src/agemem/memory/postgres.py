@@ -40,7 +40,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import numpy as np
 
@@ -151,6 +151,13 @@ ALTER TEXT SEARCH CONFIGURATION agemem ALTER MAPPING FOR asciiword, asciihword,
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
+def _unsplit(parts: SplitResult) -> str:
+    """`urlunsplit` that keeps `//` with an empty host (`postgresql:///db?host=/socket`)."""
+    query = f"?{parts.query}" if parts.query else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
+
+
 def is_postgres_url(location: Any) -> bool:
     return isinstance(location, str) and location.startswith(URL_SCHEMES)
 
@@ -170,7 +177,7 @@ def split_url(url: str) -> tuple[str, str]:
             schema = value
         else:
             kept.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), check_schema(schema)
+    return _unsplit(parts._replace(query=urlencode(kept))), check_schema(schema)
 
 
 def with_schema(url: str, schema: str) -> str:
@@ -181,7 +188,7 @@ def with_schema(url: str, schema: str) -> str:
     """
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
-    return urlunsplit(parts._replace(query=urlencode([*query, ("schema", check_schema(schema))])))
+    return _unsplit(parts._replace(query=urlencode([*query, ("schema", check_schema(schema))])))
 
 
 def redacted(url: str) -> str:
@@ -194,7 +201,7 @@ def redacted(url: str) -> str:
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return _unsplit(parts._replace(netloc=netloc))
 
 
 def check_schema(name: str) -> str:
