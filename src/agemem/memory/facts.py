@@ -30,7 +30,7 @@ from agemem.memory.llm_json import index_field, read_object, string_list, text_f
 from agemem.policy.base import Message
 
 OPERATIONS = ("ADD", "UPDATE", "DELETE", "NOOP")
-FACT_MAX_CHARS = 500  # longest fact a constrained server may write
+FACT_MAX_CHARS = 300  # longest fact a constrained server may write (a memory: twice that)
 
 EXTRACT_INSTRUCTION = (
     "Extract the facts worth remembering from the new message: personal details, preferences, "
@@ -102,7 +102,8 @@ def decision_schema(shown: int) -> dict[str, Any]:
     """The JSON schema of a decision against `shown` memories: `id` is one of their numbers
     (without memories shown, UPDATE and DELETE are not offered)."""
     names = OPERATIONS if shown else ("ADD", "NOOP")
-    arguments: dict[str, Any] = {"text": {"type": "string", "minLength": 1}}
+    text = {"type": "string", "minLength": 1, "maxLength": 2 * FACT_MAX_CHARS}
+    arguments: dict[str, Any] = {"text": text}
     if shown:
         arguments["id"] = {"type": "string", "enum": [str(i) for i in range(shown)]}
     arguments_schema = {"type": "object", "properties": arguments, "additionalProperties": False}

@@ -66,6 +66,7 @@ MAX_FACTS = 10  # facts kept per add (the extraction schema's maxItems)
 SIMILAR_MEMORIES = 10  # memories shown per decision (Mem0's s)
 MAX_TOKENS = 512  # response tokens per model call
 EMBEDDED_DEFAULT = "smollm2-135m"
+EMBEDDED_MAX_TOKENS = 256  # a small model greedy-decoded can repeat itself to the limit
 EMBEDDED_SLOTS = 4  # llama.cpp: requests in parallel (the decisions of one add are a batch)
 EMBEDDED_CONTEXT = 4096  # llama.cpp: tokens per request, prompt and response
 SHOWN_OUTPUT = 200  # characters of an unusable output quoted in the result
@@ -183,7 +184,11 @@ class EmbeddedFactModel:
     BACKENDS = ("auto", "llama.cpp", "transformers")
 
     def __init__(
-        self, model: str = EMBEDDED_DEFAULT, *, backend: str = "auto", max_tokens: int = MAX_TOKENS
+        self,
+        model: str = EMBEDDED_DEFAULT,
+        *,
+        backend: str = "auto",
+        max_tokens: int = EMBEDDED_MAX_TOKENS,
     ) -> None:
         if backend not in self.BACKENDS:
             raise LLMConfigError(f"backend must be one of {self.BACKENDS}, got {backend!r}")
@@ -325,7 +330,7 @@ def resolve_llm(llm: Any, where: str = "Memory") -> FactModel | None:
     return EmbeddedFactModel(
         options.get("model", EMBEDDED_DEFAULT),
         backend=options.get("backend", "auto"),
-        max_tokens=options.get("max_tokens", MAX_TOKENS),
+        max_tokens=options.get("max_tokens", EMBEDDED_MAX_TOKENS),
     )
 
 
