@@ -80,8 +80,8 @@ def test_a_reference_store_without_sentence_transformers_says_what_to_install(tm
     done = _python(code)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last == (
-        f"agemem.memory.embed.EmbedderUnavailable: {path} was written by embedder "
+    assert last == (  # a StoreError: the CLI answers it in one line
+        f"agemem.memory.backend.StoreEmbedderUnavailable: {path} was written by embedder "
         f"{REFERENCE_EMBEDDER!r}, the only one that can read it; embedder {REFERENCE_EMBEDDER!r} "
         "runs on sentence-transformers (torch), which this install lacks: "
         "pip install 'agemem[eval]'"
@@ -105,3 +105,16 @@ def test_the_vector_graph_and_the_library_embedder_load_in_either_order():
         done = _python(code)
         assert done.returncode == 0, (code, done.returncode, done.stderr[-2000:])
         assert done.stdout.strip() in ("(1, 384)", "[7]")
+
+
+def test_the_cli_answers_a_reference_store_in_a_core_install_in_one_line(tmp_path, embedder):
+    path = tmp_path / "reference.db"
+    SQLiteStore(path, embedder).close()
+    code = BLOCK.format(mods=HEAVY) + (
+        "import sys\nfrom agemem.cli import app\n"
+        f"sys.argv = ['agemem', 'store', 'stats', {str(path)!r}]\napp()\n"
+    )
+    done = _python(code)
+    assert done.returncode == 1, done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "pip install 'agemem[eval]'" in lines[0]

@@ -160,6 +160,11 @@ def _pydantic_problem(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
+class StoreEmbedderUnavailable(StoreError, EmbedderUnavailable):
+    """A store records a shipped embedder whose packages this install lacks; the message names
+    the store and the extra to install (a `StoreError`, so the CLI answers it in one line)."""
+
+
 def recorded_embedder(where: str, name: str | None) -> Embedder | None:
     """The shipped embedder a store records (see `SHIPPED_EMBEDDERS`); None for a new store or
     one that names another embedder (the meta check then says so)."""
@@ -168,7 +173,7 @@ def recorded_embedder(where: str, name: str | None) -> Embedder | None:
     try:
         return SHIPPED_EMBEDDERS[name]()
     except EmbedderUnavailable as err:
-        raise EmbedderUnavailable(
+        raise StoreEmbedderUnavailable(
             f"{where} was written by embedder {name!r}, the only one that can read it; {err}"
         ) from None
 
