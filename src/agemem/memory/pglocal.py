@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,20 @@ class LocalPostgres:
                 "--encoding=UTF8", "--locale=C.UTF-8",
             )  # fmt: skip
         options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
-        self._run(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-o", options,
-            "-w", "-t", "60", "start",
-        )  # fmt: skip
-        return self
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._run(
+                    "pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"),
+                    "-o", options, "-w", "-t", "60", "start",
+                )  # fmt: skip
+                return self
+            except RuntimeError:
+                # after `kill`, the dead postmaster's backends hold its shared memory until
+                # they notice and exit (a second or two): retry until then
+                if not (self.data / "postmaster.pid").exists() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

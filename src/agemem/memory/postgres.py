@@ -29,6 +29,11 @@ two rankings are fused by the same weighted RRF (`agemem.memory.search`).
 Concurrency: one connection per store object (its threads take turns); every write holds a
 transaction-level advisory lock of the store's schema, so writers of one store queue as they do
 on SQLite's file and duplicate checks see every earlier write; reads see one snapshot.
+
+A lost connection (the server restarted, crashed, or dropped it) fails the call under way with
+`StoreUnavailable`; the next call connects again, and fails the same way, at once, while the
+server cannot be reached. A transaction cut off this way was not committed; one that returned
+was.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from agemem.memory.store import (
     Scope,
     SearchMode,
     StoreError,
+    StoreUnavailable,
     new_memory_id,
 )
 
@@ -265,16 +271,9 @@ class PostgresStore(SQLStoreBase):
         self.schema = check_schema(schema) if schema is not None else url_schema
         self.path = with_schema(url, self.schema)
         self._lock = threading.RLock()
-        psycopg = _psycopg()
-        try:
-            self._conn = psycopg.connect(
-                conninfo, autocommit=True, connect_timeout=max(1, int(connect_timeout_s))
-            )
-        except psycopg.OperationalError as err:
-            raise StoreError(
-                f"cannot connect to {redacted(conninfo)}: {str(err).strip()}; check the URL and "
-                "that the server is running"
-            ) from None
+        self._conninfo, self._connect_timeout = conninfo, max(1, int(connect_timeout_s))
+        self._conn = self._connect()
+        self._search_path: Any = None  # the SET search_path of `_setup`, rerun on reconnecting
         self._lock_key = f"agemem:{self.schema}"
         try:
             self._setup()
@@ -293,6 +292,28 @@ class PostgresStore(SQLStoreBase):
         return redacted(self.path)
 
     # ---- connection and schema ---------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        psycopg = _psycopg()
+        try:
+            return psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
+            )
+        except psycopg.OperationalError as err:
+            raise StoreUnavailable(
+                f"cannot connect to {redacted(self._conninfo)}: {str(err).strip()}; check the "
+                "URL and that the server is running"
+            ) from None
+
+    def _reconnect(self) -> None:
+        """A new connection in place of a broken one, with the store's search_path."""
+        conn = self._connect()
+        try:
+            conn.execute(self._search_path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._conn.execute(sql, params)
@@ -326,6 +347,7 @@ class PostgresStore(SQLStoreBase):
             self._execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             path = sql.SQL("SET search_path TO {}, {}").format(schema, sql.Identifier(found[0]))
         self._execute(path)
+        self._search_path = path
 
     def _recorded_embedder(self) -> Embedder | None:
         exists = self._execute(
@@ -353,17 +375,29 @@ class PostgresStore(SQLStoreBase):
     def _transaction(self, *, write: bool, key: str | None = None) -> Iterator[Any]:
         """One transaction (a savepoint inside `transaction()`); writers of one store hold its
         advisory lock, so they queue; a read sees one snapshot."""
+        from psycopg import OperationalError
+
         with self._lock:
+            if self._conn.broken and self._search_path is not None:
+                self._reconnect()  # the last call lost the connection: StoreUnavailable if down
             outer = self._conn.info.transaction_status == 0  # idle: not inside one
-            with self._conn.transaction():
-                if outer and not write:
-                    self._execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                if write:
-                    self._execute(
-                        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                        (key or self._lock_key,),
-                    )
-                yield self._conn
+            try:
+                with self._conn.transaction():
+                    if outer and not write:
+                        self._execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    if write:
+                        self._execute(
+                            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                            (key or self._lock_key,),
+                        )
+                    yield self._conn
+            except OperationalError as err:
+                if not self._conn.broken:
+                    raise
+                raise StoreUnavailable(
+                    f"{self.where}: lost the connection to the database server "
+                    f"({str(err).strip() or type(err).__name__}); the call was not completed"
+                ) from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

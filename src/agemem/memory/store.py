@@ -53,6 +53,11 @@ class EmbedderMismatch(StoreError):
     """The store file was built with another embedder (vectors would not be comparable)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's database server cannot be reached now (down, restarting, recovering); the
+    same call may succeed later (the server answers 503)."""
+
+
 def new_memory_id() -> str:
     """`mem_` + 8 hex digits, the id shape AgeMem's prompts show (e.g. `mem_a5b40d65`)."""
     return "mem_" + secrets.token_hex(4)

@@ -10,8 +10,9 @@ Paths (as Mem0's server has them): `POST /memories`, `GET /memories`, `GET/PUT/D
 Errors are JSON, `{"detail": "what is wrong"}`: 400 bad JSON or no scope named, 401 missing,
 unknown or revoked key, 404 unknown path or an id the tenant's store does not have (another
 tenant's ids included: the answer is the same), 405 wrong method, 413 body over the limit, 415
-a body that is not JSON, 422 wrong types, out-of-range values or an invalid filter. A 500 means
-a server fault, never a client mistake.
+a body that is not JSON, 422 wrong types, out-of-range values or an invalid filter. 503 (with
+`Retry-After`) while the store's database server cannot be reached; the next request reconnects.
+A 500 means a server fault, never a client mistake.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agemem.api import Memory, ScopeRequired
+from agemem.memory.store import StoreUnavailable
 from agemem.serve import DEFAULT_TENANT, MAX_BODY_BYTES, MAX_ID_CHARS, MAX_LIMIT, ops
 from agemem.serve.keys import KeyStore
 from agemem.serve.mcp_server import build_mcp
@@ -238,6 +240,15 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(ops.NotFound)
     async def not_found(_: Request, exc: ops.NotFound) -> JSONResponse:
         return _json(404, str(exc))
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return _json(
+            503,
+            "the store's database server is unavailable; retry shortly",
+            {"Retry-After": "1"},
+        )
 
     @app.exception_handler(Exception)
     async def server_fault(request: Request, exc: Exception) -> JSONResponse:
