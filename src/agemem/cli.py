@@ -82,6 +82,47 @@ def bench_store(
     _write_json(run_store_bench(sizes, n_queries=queries, seed=seed), json_path)
 
 
+@bench_app.command("serve")
+def bench_serve(
+    store: Annotated[
+        str, typer.Option(help="Backend: sqlite (a fresh directory) or postgres (LocalPostgres).")
+    ] = "sqlite",
+    requests: Annotated[int, typer.Option(help="Requests per concurrency level.")] = 1000,
+    levels: Annotated[str, typer.Option(help="Concurrent clients, comma-separated.")] = "1,8,32",
+    seed_entries: Annotated[int, typer.Option(help="Entries added before the runs.")] = 1000,
+    faults: Annotated[
+        bool, typer.Option("--faults", help="Also kill -9 the server (and Postgres) under load.")
+    ] = False,
+    fault_requests: Annotated[
+        int, typer.Option(help="Requests answered 2xx in each fault run.")
+    ] = 400,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """The HTTP server under load: mixed add/search/update (20/70/10, infer off) at each
+    concurrency level; latency percentiles, throughput, errors, machine load."""
+    from agemem.bench.serve import run_serve_bench
+
+    if store not in ("sqlite", "postgres"):
+        raise typer.BadParameter("--store is sqlite or postgres")
+    try:
+        counts = tuple(int(c) for c in levels.split(","))
+    except ValueError:
+        raise typer.BadParameter("--levels: comma-separated numbers, e.g. 1,8,32") from None
+    if requests < 1 or fault_requests < 3 or seed_entries < 0 or min(counts) < 1:
+        raise typer.BadParameter(
+            "--requests and --levels must be >= 1, --fault-requests >= 3, --seed-entries >= 0"
+        )
+    payload = run_serve_bench(
+        store,  # type: ignore[arg-type]
+        levels=counts,
+        requests=requests,
+        seed_entries=seed_entries,
+        faults=faults,
+        fault_requests=fault_requests,
+    )
+    _write_json(payload, json_path)
+
+
 @bench_app.command("locomo-retrieval")
 def bench_locomo_retrieval(
     data: Annotated[Path | None, typer.Option(help="Path to locomo10.json.")] = None,
