@@ -86,6 +86,19 @@ def test_cli_chat_reads_stdin_until_end_of_input(tmp_path):
     assert bad.exit_code == 1 and "unknown scripted agent" in bad.output
 
 
+def test_chat_reads_a_store_the_library_wrote(tmp_path):
+    """One store for `Memory` and `agemem chat`: chat opens it with the embedder it records."""
+    from agemem import Memory
+
+    store = tmp_path / "shared.db"
+    with Memory(store) as memory:
+        memory.add("Bea works in Oslo.", user_id="bea")
+    args = ["chat", "--store", str(store), "--user", "bea", "--scripted", "store-everything"]
+    result = CliRunner().invoke(app, args, input="/memories\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert "Bea works in Oslo." in result.output
+
+
 class Updater:
     """A real policy that stores a fact, then corrects it through the id it was shown."""
 

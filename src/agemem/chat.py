@@ -329,16 +329,16 @@ def open_chat(
     None: "episodes" for a shipped trained policy run locally, else "conversation"."""
     from agemem.env.driver import policy_token_counter
     from agemem.env.embed_cache import cached
-    from agemem.memory.embed import reference_embedder
     from agemem.memory.sqlite import SQLiteStore
 
     console = console or Console()
     policy = chat_policy(model, base_url, api_key, scripted, temperature)
     store.parent.mkdir(parents=True, exist_ok=True)
-    embedder = cached(reference_embedder())
     # "reject", as in the env the policy was trained in: a near-duplicate add is refused and the
-    # agent is told which entry it matched, to update it itself
-    with SQLiteStore(store, embedder, dedupe="reject") as memory:
+    # agent is told which entry it matched, to update it itself. The store opens with the
+    # embedder it records (a new one with the library's), so chat and `Memory` share one store.
+    with SQLiteStore(store, dedupe="reject") as memory:
+        embedder = cached(memory.embedder)
         session = ChatSession(
             policy,
             memory,
