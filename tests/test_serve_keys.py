@@ -126,3 +126,27 @@ def test_the_core_never_imports_the_server_packages():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_serve_never_prints_the_store_urls_password(tmp_path):
+    from servers import free_port, http_process
+    from serving import AGEMEM
+
+    url = "postgresql://agemem:s3cret-pw@127.0.0.1:9/memories"  # never connected to here
+    refused = agemem("serve", "--store", url, "--keys", str(tmp_path / "none.db"), check=False)
+    assert refused.returncode == 2 and "no key store" in refused.stderr
+    keys = KeyStore(tmp_path / "keys.db")
+    keys.create("acme")
+    keys.close()
+    port = free_port()
+    args = [AGEMEM, "serve", "--store", url, "--keys", str(tmp_path / "keys.db"),
+            "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    with http_process(args, f"http://127.0.0.1:{port}", name="serve", timeout=180, env=ENV) as (
+        _,
+        log,
+    ):
+        log.seek(0)
+        started = log.read().decode()
+    assert "store postgresql://agemem:***@127.0.0.1:9/memories" in started, started
+    assert "s3cret" not in started + refused.stderr

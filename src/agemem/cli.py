@@ -475,7 +475,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 @contextmanager
-def _store_errors(path: Path, *, os_errors: bool = True) -> Iterator[None]:
+def _store_errors(path: Path | str, *, os_errors: bool = True) -> Iterator[None]:
     """The one error path for a store file that cannot be used: one line on stderr naming the
     file and the fix, exit status 1, no traceback (`check_store_file` catches most cases before
     anything is loaded; this catches what only shows once the store is read or written)."""
@@ -499,24 +499,44 @@ def _store_errors(path: Path, *, os_errors: bool = True) -> Iterator[None]:
         _fail(f"cannot use {where} ({err.strerror or err}); check the path and its permissions")
 
 
+def _shown(location: str) -> str:
+    """A store location as messages show it: a URL without its password."""
+    from agemem.memory.postgres import redacted
+
+    return redacted(location)
+
+
+def _check_location(location: str, **checks: Any) -> None:
+    """`check_store_file` for a file; a postgresql:// URL is checked by opening it."""
+    from agemem.memory.storefile import check_store_file, is_store_url
+
+    if not is_store_url(location):
+        check_store_file(location, **checks)
+
+
 @contextmanager
 def _open_store(
-    path: Path, *, must_exist: bool = True, integrity: Literal["quick", "full"] = "quick"
+    location: str, *, must_exist: bool = True, integrity: Literal["quick", "full"] = "quick"
 ) -> Iterator[Any]:
-    """The `SQLiteStore` at `path`, checked first (see `check_store_file`); errors while it is
-    open go through `_store_errors`."""
-    from agemem.memory.sqlite import SQLiteStore
-    from agemem.memory.storefile import check_store_file
+    """The store at `location` (a file, checked first by `check_store_file`, or a
+    postgresql:// URL); errors while it is open go through `_store_errors`."""
+    from agemem.memory.storefile import open_store
 
-    with _store_errors(path):
-        check_store_file(path, must_exist=must_exist, integrity=integrity)
-        with SQLiteStore(path) as store:
+    with _store_errors(_shown(location)):
+        _check_location(location, must_exist=must_exist, integrity=integrity)
+        with open_store(location) as store:
             yield store
 
 
+StoreLocation = Annotated[
+    str, typer.Argument(help="Store file, or postgresql://USER@HOST/DB?schema=NAME", metavar="PATH")
+]
 StorePath = Annotated[
-    Path | None,
-    typer.Option("--store", help="Store file [default: ~/.agemem/memory.db, or $AGEMEM_STORE]"),
+    str | None,
+    typer.Option(
+        "--store",
+        help="Store file or postgresql:// URL [default: ~/.agemem/memory.db, or $AGEMEM_STORE]",
+    ),
 ]
 ScopeUser = Annotated[str | None, typer.Option("--user", help="The user's memories.")]
 ScopeAgent = Annotated[str | None, typer.Option("--agent", help="The agent's memories.")]
@@ -527,15 +547,15 @@ ScopeAll = Annotated[
 
 
 @contextmanager
-def _memory(store: Path | None, *, must_exist: bool) -> Iterator[Any]:
-    """The `Memory` library over the store file (the default one when `store` is None)."""
+def _memory(store: str | None, *, must_exist: bool) -> Iterator[Any]:
+    """The `Memory` library over the store (the default file when `store` is None)."""
     from agemem.api import Memory
-    from agemem.memory.storefile import check_store_file, default_store_path
+    from agemem.memory.storefile import default_store_path
 
-    path = store or default_store_path()
-    with _store_errors(path):
-        check_store_file(path, must_exist=must_exist)
-        memory = Memory(path)
+    location = store or str(default_store_path())
+    with _store_errors(_shown(location)):
+        _check_location(location, must_exist=must_exist)
+        memory = Memory(location)
         try:
             yield memory
         finally:
@@ -555,23 +575,23 @@ def _scope(command: str, user: str | None, agent: str | None, run: str | None, e
 
 
 @store_app.command("stats")
-def store_stats(path: Path) -> None:
+def store_stats(path: StoreLocation) -> None:
     """Entries per user, the embedder, and the file size (after SQLite's integrity check)."""
     from collections import Counter
 
+    from agemem.memory.storefile import is_store_url
+
     with _open_store(path, integrity="full") as store:
         users = Counter(item.scope.user_id for item in store.get_all())
-        typer.echo(
-            f"{path}: {store.count()} entries, embedder {store.embedder.name}, "
-            f"{path.stat().st_size / 1e6:.1f} MB"
-        )
+        size = "" if is_store_url(path) else f", {Path(path).stat().st_size / 1e6:.1f} MB"
+        typer.echo(f"{_shown(path)}: {store.count()} entries, embedder {store.embedder.name}{size}")
         for user, n in users.most_common():
             typer.echo(f"  user {user or '(none)'}: {n}")
 
 
 @store_app.command("export")
 def store_export(
-    path: Path,
+    path: StoreLocation,
     out: Annotated[Path, typer.Option(help="JSONL file to write; - for standard output.")],
     user: Annotated[str | None, typer.Option(help="Only this user's entries.")] = None,
 ) -> None:
@@ -606,7 +626,7 @@ def store_export(
 
 
 @store_app.command("import")
-def store_import(path: Path, source: Path) -> None:
+def store_import(path: StoreLocation, source: Path) -> None:
     """Add the entries of a JSONL export to a store (created if missing); all or nothing."""
     if not source.is_file():
         what = "a directory" if source.is_dir() else "no file"
@@ -621,7 +641,7 @@ def store_import(path: Path, source: Path) -> None:
             )
         except ValueError as err:
             _fail(str(err) if str(source) in str(err) else f"{source}: {err}")
-    typer.echo(f"imported {n} entries into {path}")
+    typer.echo(f"imported {n} entries into {_shown(path)}")
 
 
 @store_app.command("search")

@@ -46,6 +46,13 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _shown(store: str) -> str:
+    """The store as messages show it: a postgresql:// URL without its password."""
+    from agemem.memory.postgres import redacted
+
+    return redacted(store)
+
+
 def _default_store() -> str:
     from agemem.serve.tenants import DEFAULT_STORE
 
@@ -70,7 +77,8 @@ def _key_store(store: str | None, keys: Path | None, *, create: bool):  # -> Key
     except FileNotFoundError:
         _fail(
             f"no key store at {path}: create a key first (agemem keys create --tenant NAME"
-            f"{' --store ' + store if store else ''}), or run with --no-auth for local use"
+            f"{' --store ' + _shown(store) if store else ''}), or run with --no-auth for local "
+            "use"
         )
 
 
@@ -126,7 +134,7 @@ def serve(
                 "with --no-auth for local use"
             )
         auth = f"bearer keys from {key_store.path}"
-    root = getattr(tenants, "root", store)
+    root = getattr(tenants, "root", None) or _shown(store)
     print(
         f"agemem serve: http://{host}:{port} (REST docs /docs, MCP /mcp); store {root}; "
         f"auth {auth}",
