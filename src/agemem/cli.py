@@ -100,6 +100,9 @@ def bench_serve(
 ) -> None:
     """The HTTP server under load: mixed add/search/update (20/70/10, infer off) at each
     concurrency level; latency percentiles, throughput, errors, machine load."""
+    import shlex
+    import sys
+
     from agemem.bench.serve import run_serve_bench
 
     if store not in ("sqlite", "postgres"):
@@ -120,6 +123,7 @@ def bench_serve(
         faults=faults,
         fault_requests=fault_requests,
     )
+    payload["command"] = shlex.join(["agemem", *sys.argv[1:]])
     _write_json(payload, json_path)
 
 
