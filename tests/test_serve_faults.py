@@ -78,3 +78,31 @@ def test_bench_serve_command_writes_its_json(tmp_path):
     assert payload["machine"]["cpu_count"] >= 1 and "load_avg_1m" in payload["machine"]
     assert payload["store"]["all_acked_present"] and payload["store"]["integrity"] == "ok"
     assert "target" not in payload  # no 32-client level run
+
+
+def test_postgres_store_reconnects_after_its_server_restarts():
+    """Killed while the store is idle, then restarted: the next call reconnects and succeeds;
+    while it is down, a call fails at once with StoreUnavailable (the server's 503)."""
+    import tempfile
+
+    from agemem.memory.embed import library_embedder
+    from agemem.memory.pglocal import LocalPostgres
+    from agemem.memory.postgres import PostgresStore
+    from agemem.memory.store import NewMemory, Scope, StoreUnavailable
+
+    with LocalPostgres(tempfile.mkdtemp(prefix="agemem-pg-")) as postgres:
+        store = PostgresStore(postgres.url, library_embedder())
+        try:
+            store.add_many([NewMemory("Maya lives in Porto.", scope=Scope(user_id="maya"))])
+            postgres.kill()
+            postgres.start()
+            assert store.count() == 1  # no call failed: the dead connection is replaced
+            postgres.kill()
+            for _ in range(2):
+                with pytest.raises(StoreUnavailable):
+                    store.search("Where does Maya live?", scope=Scope(user_id="maya"))
+            postgres.start()
+            [hit] = store.search("Where does Maya live?", scope=Scope(user_id="maya"))
+            assert hit.content == "Maya lives in Porto."
+        finally:
+            store.close()

@@ -92,15 +92,27 @@ class LocalPostgres:
                     raise
                 time.sleep(0.5)
 
+    def _postmaster(self) -> int | None:
+        """The running postmaster's pid (None when there is none: stopped, or killed)."""
+        pid_file = self.data / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        pid = int(pid_file.read_text().split()[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
     def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
+        if self._postmaster() is not None:
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def kill(self) -> None:
         """SIGKILL the postmaster (as a crash would); `start` recovers from the WAL."""
-        pid_file = self.data / "postmaster.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text().split()[0]), 9)
+        pid = self._postmaster()
+        if pid is not None:
+            os.kill(pid, 9)
 
     def close(self) -> None:
         self.stop()

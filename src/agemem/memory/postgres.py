@@ -43,7 +43,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
@@ -382,7 +382,15 @@ class PostgresStore(SQLStoreBase):
                 self._reconnect()  # the last call lost the connection: StoreUnavailable if down
             outer = self._conn.info.transaction_status == 0  # idle: not inside one
             try:
-                with self._conn.transaction():
+                with ExitStack() as stack:
+                    try:
+                        stack.enter_context(self._conn.transaction())
+                    except OperationalError:
+                        if not (outer and self._conn.broken and self._search_path is not None):
+                            raise
+                        # lost while idle (the server restarted since): nothing was done yet
+                        self._reconnect()
+                        stack.enter_context(self._conn.transaction())
                     if outer and not write:
                         self._execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                     if write:
