@@ -32,8 +32,8 @@ on SQLite's file and duplicate checks see every earlier write; reads see one sna
 
 A lost connection (the server restarted, crashed, or dropped it) fails the call under way with
 `StoreUnavailable`; the next call connects again, and fails the same way, at once, while the
-server cannot be reached. A transaction cut off this way was not committed; one that returned
-was.
+server cannot be reached (a connection found dead before a call has sent anything is replaced
+without failing it). A transaction cut off this way was not committed; one that returned was.
 """
 
 from __future__ import annotations
