@@ -118,6 +118,14 @@ class ServerProcess:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server process has used (all its threads), from /proc; None elsewhere."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (AttributeError, OSError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def tracebacks(self) -> int:
         return self.log.read_text(errors="replace").count("Traceback") if self.log.exists() else 0
 
@@ -424,6 +432,7 @@ def run_level(
 ) -> dict[str, Any]:
     """One closed-loop run of `requests` requests at `concurrency`."""
     load_start = os.getloadavg()[0]
+    server_cpu, client_cpu = deploy.server.cpu_seconds(), time.process_time()
     began = time.monotonic()
     results = asyncio.run(
         _drive(
@@ -435,9 +444,15 @@ def run_level(
         )
     )
     summary = summarize(results, time.monotonic() - began)
+    server_end = deploy.server.cpu_seconds()
     return {
         "concurrency": concurrency,
         **summary,
+        # CPU seconds per request: the server's (all threads), and this process's (the clients)
+        "server_cpu_ms_per_request": None
+        if server_cpu is None or server_end is None
+        else (server_end - server_cpu) * 1e3 / len(results),
+        "client_cpu_ms_per_request": (time.process_time() - client_cpu) * 1e3 / len(results),
         "load_avg_1m_start": load_start,
         "load_avg_1m_end": os.getloadavg()[0],
     }
