@@ -153,11 +153,6 @@ def test_episodes_layout_runs_each_message_as_a_trained_policys_episode(tmp_path
         raise AssertionError("an unknown layout must be refused")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the shipped SFT-only policy stores no lone chat statement (it learned "
-    "storing on HotpotQA/LoCoMo episodes, where most stage-1 messages are not evidence)",
-)
 def test_the_shipped_policy_answers_a_new_session_from_memory(tmp_path, embedder):
     """The shipped trained SmolLM2 policy in a real chat: told a fact in one session, asked in
     a new session over the same store file, its answer comes from the memory it stored."""
