@@ -122,7 +122,8 @@ def serve(
         raise typer.BadParameter("--max-body-bytes must be >= 1")
     # Requests run in parallel threads, each embedding its own text: one onnxruntime thread per
     # call (its default, a thread per core in every call, makes concurrent calls fight over the
-    # cores: 5x fewer requests/s at 8 clients on 2 cores). $OMP_NUM_THREADS, when set, decides.
+    # cores: 1.7-3x fewer requests/s at 8 clients on 2 cores). $OMP_NUM_THREADS, when set,
+    # decides.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     tenants = _tenants(store or None)
     if no_auth:
