@@ -301,3 +301,18 @@ def test_add_memory_tool_follows_the_dedupe_mode(tmp_path, embedder, store_at):
         assert reply["content"].startswith(f"Updated {monday} instead of adding a near-duplicate")
         assert TUESDAY in reply["content"] and MONDAY in reply["content"]
         assert [r["memory"] for r in memory.get_all(user_id="alice")["results"]] == [TUESDAY]
+
+
+def test_a_file_that_is_not_a_store_is_one_clear_error(tmp_path, embedder):
+    """`Memory(path)` on a file that is not a store, or in a missing folder, raises the store
+    error that names the file and the fix (not a raw sqlite3 error), and writes nothing."""
+    from agemem.memory.storefile import StoreFileError
+
+    garbage = tmp_path / "random.bin"
+    garbage.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(StoreFileError, match="random.bin is not a memory store"):
+        Memory(garbage, embedder=embedder)
+    assert garbage.read_bytes() == bytes(range(256)) * 20
+    with pytest.raises(StoreFileError, match="does not exist; create it first"):
+        Memory(tmp_path / "missing" / "m.db", embedder=embedder)
+    assert not (tmp_path / "missing").exists()

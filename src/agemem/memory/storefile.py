@@ -78,6 +78,8 @@ postgresql://USER@HOST/DB URL or a .db file path
         return PostgresStore(str(location), embedder, **options)
     from agemem.memory.sqlite import SQLiteStore
 
+    if str(location) != ":memory:":  # the cheap checks: a directory, not SQLite, another schema
+        check_store_file(location, must_exist=False, integrity=None)
     return SQLiteStore(location, embedder, **options)
 
 
