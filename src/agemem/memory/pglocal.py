@@ -12,6 +12,7 @@ runs as the unprivileged `nobody` (Postgres refuses to run as root).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -98,21 +99,26 @@ class LocalPostgres:
         if not pid_file.exists():
             return None
         pid = int(pid_file.read_text().split()[0])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return pid if _alive(pid) else None
 
     def stop(self) -> None:
         if self._postmaster() is not None:
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def kill(self) -> None:
-        """SIGKILL the postmaster (as a crash would); `start` recovers from the WAL."""
+        """SIGKILL the postmaster and its backends (as a crash of the machine would) and wait
+        until they are gone, so no open connection answers afterwards; `start` recovers from
+        the WAL."""
         pid = self._postmaster()
-        if pid is not None:
-            os.kill(pid, 9)
+        if pid is None:
+            return
+        family = [pid, *_children(pid)]
+        for member in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, 9)
+        deadline = time.monotonic() + 10
+        while any(_alive(member) for member in family) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def close(self) -> None:
         self.stop()
@@ -123,3 +129,25 @@ class LocalPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True  # no /proc: trust the signal check
+    return state != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of `pid` (Postgres' backends of a postmaster), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
