@@ -316,3 +316,18 @@ def test_a_file_that_is_not_a_store_is_one_clear_error(tmp_path, embedder):
     with pytest.raises(StoreFileError, match="does not exist; create it first"):
         Memory(tmp_path / "missing" / "m.db", embedder=embedder)
     assert not (tmp_path / "missing").exists()
+
+
+def test_search_reuses_the_vector_of_a_repeated_query(memory):
+    """A repeated query's vector comes from the `Memory`'s cache: the same results, bit for bit,
+    as the first search, and as a `Memory` without the cached vector."""
+    memory.add("Maya lives in Lisbon.", user_id="alice")
+    memory.add("The printer on floor 2 is out of toner.", user_id="alice")
+    first = memory.search("Where does Maya live?", user_id="alice")
+    info = memory._query_vector.cache_info()
+    again = memory.search("Where does Maya live?", user_id="alice")
+    assert again == first
+    assert memory._query_vector.cache_info().hits == info.hits + 1
+    assert not memory._query_vector("Where does Maya live?").flags.writeable  # shared: read-only
+    fresh = memory.store.embedder.embed(["Where does Maya live?"])[0]
+    assert (memory._query_vector("Where does Maya live?") == fresh).all()

@@ -195,3 +195,88 @@ def test_openai_embedder_surfaces_server_errors():
         _embedder(ScriptedServer(status=503)).embed(["a"])
     with pytest.raises(ValueError, match="batch_size"):
         OpenAIEmbedder("m", api_key="test", batch_size=0)
+
+
+# ---- concurrent calls share onnxruntime runs (`Coalescer`) -------------------------------------
+
+
+def test_concurrent_library_embeds_share_runs_and_return_what_single_calls_return():
+    """Calls that arrive while a run is under way are run together, as one batch, and each
+    caller gets exactly (bit for bit) the rows a call of its own returns. The first run is held
+    until 15 callers wait, so the merging is certain, not timing luck."""
+    import threading
+
+    from agemem.memory.embed import Coalescer
+
+    onnx = library_embedder()
+    texts = [[t] for t in TEXTS] + [TEXTS[:3], [], TEXTS[5:9], ["Where does Maya live?"] * 2]
+    expected = [onnx.embed(t) for t in texts]  # each call alone
+    started, release = threading.Event(), threading.Event()
+
+    def held_embed(batch: list[str]) -> np.ndarray:  # the real embedder; the first run waits
+        started.set()
+        release.wait(30)
+        return onnx.embed(batch)
+
+    coalescer = Coalescer(held_embed, lanes=1)
+    got: dict[int, np.ndarray] = {}
+
+    def caller(i: int) -> None:
+        got[i] = coalescer(texts[i])
+
+    first = threading.Thread(target=caller, args=(0,))
+    first.start()
+    assert started.wait(30)
+    rest = [threading.Thread(target=caller, args=(i,)) for i in range(1, len(texts))]
+    for thread in rest:
+        thread.start()
+    while len(coalescer._waiting) < len(rest):  # every other caller queued behind the first run
+        threading.Event().wait(0.005)
+    release.set()
+    for thread in [first, *rest]:
+        thread.join(30)
+    assert coalescer.calls == len(texts) and coalescer.runs == 2  # the first, then all the rest
+    for i, rows in enumerate(expected):
+        assert got[i].shape == rows.shape and np.array_equal(got[i], rows), texts[i]
+
+
+def test_a_failing_call_fails_alone_when_calls_share_a_run():
+    """A run that raises is retried call by call: the bad call gets its own error, the others
+    their rows."""
+    import threading
+
+    from agemem.memory.embed import Coalescer
+
+    onnx = library_embedder()
+    started, release = threading.Event(), threading.Event()
+
+    def held_embed(batch: list) -> np.ndarray:
+        if not started.is_set():
+            started.set()
+            release.wait(30)
+        return onnx.embed(batch)
+
+    coalescer = Coalescer(held_embed, lanes=1)
+    got: dict[str, object] = {}
+
+    def caller(name: str, batch: list) -> None:
+        try:
+            got[name] = coalescer(batch)
+        except Exception as err:  # noqa: BLE001
+            got[name] = err
+
+    calls = {"first": ["noted"], "good": ["Maya lives in Lisbon."], "bad": [None]}
+    threads = {n: threading.Thread(target=caller, args=(n, b)) for n, b in calls.items()}
+    threads["first"].start()
+    assert started.wait(30)
+    threads["good"].start()
+    threads["bad"].start()
+    while len(coalescer._waiting) < 2:
+        threading.Event().wait(0.005)
+    release.set()
+    for thread in threads.values():
+        thread.join(30)
+    assert isinstance(got["bad"], Exception)
+    assert np.array_equal(got["good"], onnx.embed(["Maya lives in Lisbon."]))
+    assert np.array_equal(got["first"], onnx.embed(["noted"]))
+    assert coalescer.runs == 2 and coalescer._running == 0 and not coalescer._waiting

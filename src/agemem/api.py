@@ -64,6 +64,7 @@ TEXT_PARTS = ("text", "input_text", "output_text")  # content parts `add` stores
 # content parts that are tool plumbing, not conversation: `add` skips them like a null content
 PROTOCOL_PARTS = ("tool_use", "tool_result", "thinking", "redacted_thinking", "refusal")
 THRESHOLD_POOL = 4  # with `threshold`, search ranks this many times `limit` before cutting
+QUERY_CACHE_SIZE = 1024  # search queries whose vectors a `Memory` keeps (LRU)
 
 # Add_memory's description for each dedupe mode (what the model is told an add does)
 _ADD_DESCRIPTIONS: dict[str, str] = {
@@ -470,6 +471,14 @@ class Memory:
         # None: ~/.agemem/memory.db (or $AGEMEM_STORE), the store `agemem chat` uses too
         path = default_store_location() if path is None else path
         self.store = open_store(path, embedder, **options)
+        # The vectors of the last QUERY_CACHE_SIZE distinct search queries, by exact text: a
+        # text's vector never changes, so a repeated query skips the embedder (thread-safe).
+        self._query_vector = functools.lru_cache(maxsize=QUERY_CACHE_SIZE)(self._embed_query)
+
+    def _embed_query(self, query: str) -> np.ndarray:
+        vector = self.store.embedder.embed([query])[0].copy()  # not a view of a batch
+        vector.flags.writeable = False  # shared by every search of this text
+        return vector
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, embedder: Embedder | None = None) -> Memory:
@@ -670,7 +679,7 @@ class Memory:
         threshold = _check_threshold(threshold)
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"Memory.search: query must be a non-empty string, got {query!r}")
-        vector = self.store.embedder.embed([query])[0]
+        vector = self._query_vector(query)
         pool = limit if threshold is None else limit * THRESHOLD_POOL
         hits = self.store.search(
             query,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -132,8 +133,15 @@ class OnnxEmbedder:
         self._session = ort.InferenceSession(
             str(model), options, providers=["CPUExecutionProvider"]
         )
+        # Calls from concurrent threads (the server's requests) share onnxruntime runs: one run
+        # per core when each run has one thread, else one (see `Coalescer`).
+        cores = os.cpu_count() or 1
+        self._coalesce = Coalescer(self._embed, lanes=max(1, cores // (threads or cores)))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._coalesce(list(texts))
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -162,6 +170,93 @@ class OnnxEmbedder:
         weights = mask[:, :, None].astype(np.float32)
         pooled = (states * weights).sum(axis=1) / weights.sum(axis=1)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+class _Call:
+    __slots__ = ("texts", "done", "lead", "result", "error")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.done = threading.Event()
+        self.lead = False  # woken to run the waiting calls, not with a result
+        self.result: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+
+class Coalescer:
+    """Runs `embed(texts)` for concurrent callers together: a caller that finds all `lanes`
+    busy waits; when a run ends, the first waiting caller runs every call waiting by then as one
+    `embed` of all their texts, and each caller gets its own rows. No caller waits for a timer:
+    alone, a call runs at once, as before. Valid because a text's vector does not depend on the
+    batch it is in (tested); a run that raises is retried call by call, so one caller's error is
+    never another's.
+    """
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], *, lanes: int = 1) -> None:
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        self._embed, self.lanes = embed, lanes
+        self._lock = threading.Lock()
+        self._waiting: list[_Call] = []
+        self._running = 0
+        self.runs = 0  # embed runs made, and calls answered (runs < calls: calls shared runs)
+        self.calls = 0
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        call = _Call(texts)
+        with self._lock:
+            self.calls += 1
+            if self._running < self.lanes:
+                self._running += 1
+                call.lead = True
+            else:
+                self._waiting.append(call)
+        if not call.lead:
+            call.done.wait()
+        if call.lead:
+            self._run(call)
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    def _run(self, mine: _Call) -> None:
+        """Runs `mine` and every call waiting now, then hands this lane to the next waiting call
+        (or frees it)."""
+        with self._lock:
+            calls, self._waiting = [mine, *self._waiting], []
+            self.runs += 1
+        try:
+            try:
+                rows = self._embed([t for c in calls for t in c.texts])
+                start = 0
+                for c in calls:
+                    c.result, start = rows[start : start + len(c.texts)], start + len(c.texts)
+            except Exception as err:
+                if len(calls) == 1:
+                    mine.error = err
+                else:
+                    for c in calls:  # each call alone: its own result, or its own error
+                        try:
+                            c.result = self._embed(c.texts)
+                        except Exception as own:  # noqa: BLE001 - handed to its caller
+                            c.error = own
+        except BaseException as err:  # interrupted: no caller is left waiting
+            for c in calls:
+                if c.result is None and c.error is None:
+                    c.error = err
+            raise
+        finally:
+            for c in calls:
+                if c is not mine:
+                    c.done.set()
+            with self._lock:
+                if self._waiting:
+                    nxt = self._waiting.pop(0)
+                    nxt.lead = True
+                    nxt.done.set()
+                else:
+                    self._running -= 1
 
 
 @lru_cache(maxsize=1)

@@ -38,7 +38,6 @@ without failing it). A transaction cut off this way was not committed; one that 
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import unicodedata
@@ -81,7 +80,7 @@ DEFAULT_SCHEMA = "agemem"
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 _COLUMNS = (
     "rowid, id, content, metadata, memory_type, user_id, agent_id, session_id, "
-    "created_at, updated_at, embedding::text"
+    "created_at, updated_at, vector_send(embedding)"  # the float4s as stored, not as text
 )
 _INSERT = (
     "INSERT INTO memories (id, content, metadata, memory_type, user_id, agent_id, session_id, "
@@ -250,6 +249,17 @@ def _psycopg() -> Any:
     return psycopg
 
 
+def _pgvector() -> Any:
+    """pgvector's `Vector` (its Python package reads the binary form of the `vector` type)."""
+    try:
+        from pgvector import Vector
+    except ImportError:
+        raise StoreError(
+            "a postgresql:// store needs pgvector: pip install 'agemem[postgres]'"
+        ) from None
+    return Vector
+
+
 class PostgresStore(SQLStoreBase):
     """Long-term memory in one schema of a Postgres database with pgvector (see the module
     docstring). The options are `SQLiteStore`'s; `schema` overrides the URL's."""
@@ -272,6 +282,7 @@ class PostgresStore(SQLStoreBase):
         self.path = with_schema(url, self.schema)
         self._lock = threading.RLock()
         self._conninfo, self._connect_timeout = conninfo, max(1, int(connect_timeout_s))
+        self._vector = _pgvector()
         self._conn = self._connect()
         self._search_path: Any = None  # the SET search_path of `_setup`, rerun on reconnecting
         self._lock_key = f"agemem:{self.schema}"
@@ -430,7 +441,7 @@ class PostgresStore(SQLStoreBase):
             scope=Scope(user, agent, session),
             created_at=created,
             updated_at=updated,
-            embedding=np.asarray(json.loads(vec), dtype=np.float32),
+            embedding=self._vector.from_binary(vec).to_numpy().copy(),
             score=score,
         )
 
@@ -637,7 +648,8 @@ class PostgresStore(SQLStoreBase):
         `SearchConfig.max_term_matches` for the words left out)."""
         words = [fold_text(w) for w in query_words(query)]
         limit = self.search_config.max_term_matches
-        kept = [w for w in words if self._term_matches(w, limit + 1) <= limit] or words
+        counts = self._term_matches(words, limit + 1)
+        kept = [w for w, n in zip(words, counts, strict=True) if n <= limit] or words
         if not kept:
             return []
         tsquery = " || ".join(["plainto_tsquery('agemem', %s)"] * len(kept))
@@ -648,13 +660,19 @@ class PostgresStore(SQLStoreBase):
         rows = self._execute(sql, [*kept, *params, k]).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
 
-    def _term_matches(self, word: str, cap: int) -> int:
-        """How many entries contain `word`, counting no further than `cap`."""
-        sql = (
-            "SELECT count(*) FROM (SELECT 1 FROM memories "
-            "WHERE fts @@ plainto_tsquery('agemem', %s) LIMIT %s) AS t"
+    def _term_matches(self, words: Sequence[str], cap: int) -> list[int]:
+        """How many entries contain each of `words`, counting no further than `cap`: one query
+        (one round trip) for all of them."""
+        count = (
+            "(SELECT count(*) FROM (SELECT 1 FROM memories "
+            "WHERE fts @@ plainto_tsquery('agemem', %s) LIMIT %s) AS t)"
         )
-        return self._execute(sql, (word, cap)).fetchone()[0]
+        counts: list[int] = []
+        for start in range(0, len(words), 1000):  # well under Postgres's 65,535 parameters
+            chunk = words[start : start + 1000]
+            sql = "SELECT " + ", ".join([count] * len(chunk))
+            counts += self._execute(sql, [a for w in chunk for a in (w, cap)]).fetchone()
+        return counts
 
 
 def _where(
