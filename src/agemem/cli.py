@@ -200,8 +200,8 @@ def bench_grpo_step(
     overrides: Overrides = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
-    """One GRPO step (4 HotpotQA tasks x 4 rollouts) per trainer path, side by side; --set
-    overrides the grpo section (e.g. model.name=runs/smollm2-hotpotqa/sft/final)."""
+    """One GRPO step (4 HotpotQA tasks x 4 rollouts from the shipped SFT policy) per trainer
+    path, side by side; --set overrides the grpo section (e.g. model.name=runs/my-sft/final)."""
     from agemem.bench.grpo_step import run_grpo_step_bench
 
     try:

@@ -1,15 +1,20 @@
 """`agemem bench grpo-step`: one real GRPO step on AgeMem HotpotQA episodes, path by path.
 
-A step is what `agemem train` runs: `tasks_per_step` HotpotQA training tasks x `k` rollouts in
-the `compact` env (Filter and Summary offered in stages 2 and 3), AgeMem's composite reward,
-group advantages, and one update with the KL to the adapters-off reference. Each path is a set of
-trainer settings, run in its own process (so its peak memory is its own), one after the other in
-the same run, from the same model, tasks and seed:
+A step is what `agemem train --preset smollm2-hotpotqa` runs: 4 HotpotQA training tasks x 4
+rollouts in the `compact` env (Filter and Summary offered in stages 2 and 3), AgeMem's composite
+reward, group advantages, and one update with the KL to the adapters-off reference. The model is
+the shipped SFT policy (`smollm2-135m-agemem-sft`, what that preset's GRPO starts from, so the
+episodes are those training sees: tool calls that run, memories stored, answers given; a base
+model that writes no valid call makes episodes of a different length and content). Each path is
+a set of trainer settings, run in its own process (so its peak memory is its own), one after the
+other in the same run, from the same model, tasks and seed:
 
-- `old`: the trainer as it was: float32 everywhere, every row's prompt run whole, the sampler's
-  logprobs as the old ones;
-- `new`: bf16 autocast for the training forward passes, each micro-batch's shared prompt
-  prefix run once (policy and reference passes), old log-probs recomputed by the first pass.
+- `old`: the trainer as it was: rollouts by `HFPolicy` in lockstep, float32 everywhere, every
+  row's prompt run whole, the sampler's logprobs as the old ones;
+- `new`: rollouts by the llama.cpp server (the current weights handed over, the episodes
+  streamed to its slots), bf16 autocast for the training forward passes, each micro-batch's
+  shared prompt prefix run once (policy and reference passes), old log-probs recomputed by the
+  first pass.
 
 Reported per path: `step_s`, `rollout_s`, `logprob_s` (the reference passes; the old log-probs
 cost nothing on either path: the sampler's, or the first pass's own), `update_s` (the whole
@@ -31,9 +36,15 @@ from typing import Any
 
 PATHS: dict[str, list[str]] = {
     "old": ["run.precision=fp32", "run.share_prefix=false", "old_logprobs=sampler"],
-    "new": ["run.precision=bf16-autocast", "run.share_prefix=true", "old_logprobs=recompute"],
+    "new": [
+        "rollout=llama.cpp",
+        "run.precision=bf16-autocast",
+        "run.share_prefix=true",
+        "old_logprobs=recompute",
+    ],
 }
-STEP = [  # one step of 4 HotpotQA tasks x 4 rollouts, nothing else
+STEP = [  # one step of 4 HotpotQA tasks x 4 rollouts from the shipped SFT policy, nothing else
+    "model.name=smollm2-135m-agemem-sft",
     "tasks={source: hotpotqa, options: {}}",
     "env.preset=compact",
     "reward.preset=agemem",

@@ -111,6 +111,7 @@ class WeightSyncPolicy(ABC):
     `last_sync` says what the last sync did and cost."""
 
     tokenizer: PreTrainedTokenizerBase  # the trainer's: prompts are its chat template's ids
+    concurrency: int  # requests the server computes at once (what `run_episodes` streams)
     last_sync: SyncTimes = SyncTimes()
 
     @abstractmethod
@@ -201,7 +202,7 @@ class LlamaCppPolicy(WeightSyncPolicy):
         if not self.base_gguf.is_file():
             raise FileNotFoundError(f"base GGUF {self.base_gguf} does not exist")
         self.tokenizer = tokenizer
-        self.n_parallel = n_parallel
+        self.n_parallel = self.concurrency = n_parallel
         self.context = context
         self.threads = threads or os.cpu_count() or 1
         self.max_new_tokens = max_new_tokens

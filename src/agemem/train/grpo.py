@@ -281,9 +281,12 @@ def rollout(
     summarizer: Summarizer | None = None,
 ) -> list[Episode]:
     """`k` scored episodes per task, sampled from `model` (left in eval mode): by an `HFPolicy`
-    over it, or by `server` (built with these sampling settings), handed `model`'s weights and
-    reseeded first; at most `max_batch` episodes per `act` call. `judge` grades the answers for
-    the reward, `summarizer` serves Summary_context (None: the env's default)."""
+    over it, in lockstep with at most `max_batch` episodes per `act` call, or by `server` (built
+    with these sampling settings), handed `model`'s weights and reseeded first, the episodes
+    streamed to it (`run_episodes(in_flight=...)`: at most `max_batch` and the server's
+    concurrency at once). `judge` grades the answers for the reward, `summarizer` serves
+    Summary_context (None: the env's default)."""
+    in_flight = None
     if server is None:
         policy: HFPolicy | WeightSyncPolicy = HFPolicy(
             model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
@@ -292,6 +295,7 @@ def rollout(
         server.sync_weights(model)
         server.reseed(seed)
         policy = server
+        in_flight = min(server.concurrency, max_batch or server.concurrency)
     return run_episodes(
         policy,
         tasks,
@@ -302,7 +306,8 @@ def rollout(
         seed=seed,
         reward_fn=reward_fn(tasks, reward, judge=judge),
         summarizer=summarizer,
-        max_batch=max_batch,
+        max_batch=None if in_flight else max_batch,
+        in_flight=in_flight,
     )
 
 
