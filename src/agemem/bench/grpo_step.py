@@ -19,7 +19,9 @@ other in the same run, from the same model, tasks and seed:
 Reported per path: `step_s`, `rollout_s`, `logprob_s` (the reference passes; the old log-probs
 cost nothing on either path: the sampler's, or the first pass's own), `update_s` (the whole
 update, reference passes included), generated tokens per second in the rollout and trained per
-second in the update, `peak_rss_mb`, and the step's reward. The machine's load is recorded
+second in the update, `peak_rss_mb` (the trainer's peak plus that of its largest child
+process, the llama.cpp server on the new path: both are alive during a rollout, so the sum bounds
+the step's memory; each is reported too), and the step's reward. The machine's load is recorded
 before and after.
 """
 
@@ -69,6 +71,8 @@ def one_path(preset: str, path: str, overrides: list[str]) -> dict[str, Any]:
         settings = [*STEP, f"run.out_dir={out}", *PATHS[path], *overrides]
         config = load_config(preset, settings, kind="grpo")
         metrics = run_grpo(config).metrics
+    trainer_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    server_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # llama.cpp's
     return {
         "step_s": round(metrics["step_s"], 1),
         "rollout_s": round(metrics["rollout_s"], 1),
@@ -80,7 +84,9 @@ def one_path(preset: str, path: str, overrides: list[str]) -> dict[str, Any]:
         "forward_tokens": metrics["update/forward_tokens"],
         "turns": metrics["rollout/turns"],
         "reward_mean": round(metrics["rollout/reward_mean"], 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(trainer_mb + server_mb, 1),
+        "trainer_peak_rss_mb": round(trainer_mb, 1),
+        "server_peak_rss_mb": round(server_mb, 1),
         "settings": PATHS[path] + overrides,
     }
 
