@@ -1,5 +1,6 @@
 """`agemem bench grpo`: our update and TRL's GRPOTrainer train the same objective on the same
-append-only episodes (real tiny model, real env and oracle, real TRL); the bench reports both."""
+episodes, append-only ones and the AgeMem env's with Filter and Summary (real tiny model, real
+env and oracle, real TRL); the bench reports both sides for each case."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_one_update_moves_the_weights_as_trls_does(tmp_path) -> None:
-    model, tok, samples = bench_samples("tiny", n_tasks=1, k=2, seed=0)
+@pytest.mark.parametrize("episodes", ["append-only", "agemem"])
+def test_one_update_moves_the_weights_as_trls_does(tmp_path, episodes) -> None:
+    model, tok, samples = bench_samples("tiny", n_tasks=1, k=2, seed=0, episodes=episodes)
     # the two rollouts of the task may coincide, and group advantages sum to 0: give the first
     # episode's turns +1 and the second's -0.5 so the gradient cannot cancel
     half = len(samples) // 2
@@ -53,12 +55,19 @@ def test_one_update_moves_the_weights_as_trls_does(tmp_path) -> None:
     assert diff < 1e-5 * max(1.0, moved)
 
 
-def test_bench_reports_both_sides_on_the_same_tokens() -> None:
-    result = run_grpo_bench("tiny", n_tasks=1, k=2, micro_batch_size=8, repeats=1)
-    assert result["packed_rows"] < result["turns"]  # append-only turns share rows
-    assert result["ours_tokens_per_s"] > 0 and result["trl_tokens_per_s"] > 0
-    expected = result["trl_s"] / result["ours_s"]
-    assert result["ratio"] == pytest.approx(expected, rel=0.01)
+def test_bench_reports_both_sides_on_the_same_tokens_for_each_case() -> None:
+    payload = run_grpo_bench("tiny", n_tasks=1, k=2, micro_batch_size=8, repeats=1)
+    append_only, agemem = payload["cases"]["append-only"], payload["cases"]["agemem"]
+    assert append_only["packed_rows"] < append_only["turns"]  # append-only turns share rows
+    # Filter/Summary rewrite the context and stage 1 shows one message: fewer turns share a row
+    assert (
+        agemem["packed_rows"] / agemem["turns"] > append_only["packed_rows"] / append_only["turns"]
+    )
+    for result in (append_only, agemem):
+        assert result["ours_tokens_per_s"] > 0 and result["trl_tokens_per_s"] > 0
+        expected = result["trl_s"] / result["ours_s"]
+        assert result["ratio"] == pytest.approx(expected, rel=0.01)
+        assert len(result["load_before"]) == 3 and len(result["load_after"]) == 3
 
 
 def test_grpo_step_bench_refuses_an_unknown_path_in_one_line():

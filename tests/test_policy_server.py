@@ -83,9 +83,38 @@ def base():
 def policy(base):
     _, tokenizer = base
     with LlamaCppPolicy(
-        tokenizer, GGUF, n_parallel=4, context=1024, temperature=0, max_new_tokens=NEW_TOKENS
+        tokenizer,
+        GGUF,
+        n_parallel=4,
+        context=1024,
+        temperature=0,
+        max_new_tokens=NEW_TOKENS,
+        lora="runtime",
     ) as served:
         yield served
+
+
+def test_merged_lora_syncs_follow_the_trainer_model_and_leave_it_untouched(base):
+    """`lora="merged"` (the default): each sync writes the base with the adapter merged in, one
+    q8_0 GGUF; the served turns follow the LoRA model within the module's tolerance, and the
+    trainer's weights, adapters included, are exactly what they were."""
+    model, tokenizer = load_model("smollm2-135m")
+    peft = with_lora(model, seed=0)
+    before = {n: p.detach().clone() for n, p in peft.named_parameters()}
+    with LlamaCppPolicy(
+        tokenizer, GGUF, n_parallel=4, context=1024, temperature=0, max_new_tokens=NEW_TOKENS
+    ) as policy:
+        policy.sync_weights(peft)
+        assert policy.last_sync.kind == "merged"
+        print("merged", greedy_agreement(policy.act(CONTEXTS), peft, tokenizer))
+        perturb(peft, seed=5, std=0.05)
+        changed = {n: p.detach().clone() for n, p in peft.named_parameters()}
+        policy.sync_weights(peft)
+        assert policy.last_sync.kind == "merged"
+        print("merged2", greedy_agreement(policy.act(CONTEXTS), peft, tokenizer))
+    after = dict(peft.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in changed.items())
+    assert all(torch.equal(after[n], p) for n, p in before.items() if "lora_B" not in n)
 
 
 def test_greedy_turns_follow_the_trainer_model_after_a_lora_sync(policy):
@@ -158,6 +187,23 @@ def test_an_sft_merged_base_is_written_once_and_served_with_the_adapter(policy):
     policy.sync_weights(peft)
     assert policy.last_sync.kind == "lora"
     print("sft2", greedy_agreement(policy.act(CONTEXTS), peft, tokenizer))
+
+
+def test_a_released_server_frees_its_process_and_the_next_sync_restarts_it(base):
+    model, tokenizer = base
+    with LlamaCppPolicy(
+        tokenizer, GGUF, n_parallel=2, context=256, temperature=0, max_new_tokens=8
+    ) as policy:
+        policy.sync_weights(model)
+        first = policy.act(CONTEXTS[:1])[0].completion_ids
+        process = policy._server.process
+        policy.release()
+        assert process.poll() is not None  # the server process is gone, its memory freed
+        with pytest.raises(ServerError, match=r"released\): call sync_weights\(model\) first"):
+            policy.act(CONTEXTS[:1])
+        policy.sync_weights(model)  # the same weights: restarted all the same
+        assert policy.last_sync.kind == "base"
+        assert policy.act(CONTEXTS[:1])[0].completion_ids == first
 
 
 def test_bad_input_and_a_dead_server_fail_clearly(base):

@@ -173,21 +173,37 @@ def bench_grpo(
     repeats: Annotated[int, typer.Option(help="Updates timed on each side (median).")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
     seed: int = 0,
+    episodes: Annotated[
+        str, typer.Option(help="Comma-separated cases: append-only, agemem.")
+    ] = "append-only,agemem",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
-    """Training tokens/s of our GRPO update against TRL's GRPOTrainer, same episodes."""
+    """Training tokens/s of our GRPO update against TRL's GRPOTrainer, same episodes: the
+    append-only case and the AgeMem env with Filter and Summary."""
     import torch
 
-    from agemem.bench.grpo import run_grpo_bench
+    from agemem.bench.grpo import EPISODES, run_grpo_bench
 
     if min(tasks, k, micro_batch_size, repeats) < 1:
         raise typer.BadParameter("--tasks, --k, --micro-batch-size and --repeats must be >= 1")
+    cases = episodes.split(",")
+    if unknown := [c for c in cases if c not in EPISODES]:
+        raise typer.BadParameter(f"unknown case(s) {unknown}; choose from {', '.join(EPISODES)}")
     if threads:
         torch.set_num_threads(threads)
     payload = run_grpo_bench(
-        preset, n_tasks=tasks, k=k, micro_batch_size=micro_batch_size, repeats=repeats, seed=seed
+        preset,
+        n_tasks=tasks,
+        k=k,
+        micro_batch_size=micro_batch_size,
+        repeats=repeats,
+        seed=seed,
+        episodes=cases,
     )
-    typer.echo(json.dumps({k: v for k, v in payload.items() if not isinstance(v, dict)}))
+    for case, result in payload["cases"].items():
+        typer.echo(
+            json.dumps({"case": case, **{k: v for k, v in result.items() if k != "seconds"}})
+        )
     _write_json(payload, json_path)
 
 

@@ -9,15 +9,22 @@ hands to `_compute_loss`) and computes the reference log-probs with its own
 `_get_per_token_logps_and_entropies`; ours packs the turns of each append-only stretch into one
 row (`pack_turns`), so a shared prefix is computed once.
 
-Episodes: the synthetic oracle in an env that keeps every turn in the context (stage-1 history,
-its outputs and observations), with no Filter/Summary, so each stage's contexts only grow; the
-turns are tokenised as SFT does. Rewards are random per episode (the update's cost does not
+Episodes, the synthetic oracle's, one case each (`EPISODES`):
+- `append-only`: an env that keeps every turn in the context (stage-1 history, its outputs and
+  observations), with no Filter/Summary, so each stage's contexts only grow: the case packing
+  was made for;
+- `agemem`: the `synthetic` env the tiny model trains in (one stage-1 message per prompt, the
+  oracle's Filter_context and Summary_context calls in stage 2 rewriting the context), so few
+  turns extend the one before and most rows stand alone.
+The turns are tokenised as SFT does. Rewards are random per episode (the update's cost does not
 depend on them). Throughput is generated (trained) tokens per second, the same tokens on both
-sides; the sides alternate (ours, TRL, TRL, ours, ...) so load changes weigh on both alike.
+sides; the sides alternate (ours, TRL, TRL, ours, ...) so load changes weigh on both alike. The
+machine's load average is recorded before and after each case.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import tempfile
@@ -44,12 +51,18 @@ CLIP_LOW, CLIP_HIGH, BETA = 0.2, 0.28, 0.1
 TEMPERATURE = 1.0  # old, policy and reference log-probs are all taken at it, on both sides
 APPEND_ONLY = PRESETS["synthetic"].with_(keep_stage12_turns=True, stage1_window=None)
 NO_CONTEXT_TOOLS = OracleRates(stage2_filter=0.0, stage2_summary=0.0)
+EPISODES = {  # case -> (env, oracle behaviour)
+    "append-only": (APPEND_ONLY, NO_CONTEXT_TOOLS),
+    "agemem": (PRESETS["synthetic"], OracleRates()),
+}
 
 
 def bench_samples(
-    preset: str, n_tasks: int, k: int, seed: int
+    preset: str, n_tasks: int, k: int, seed: int, episodes: str = "append-only"
 ) -> tuple[Any, Any, list[TrainSample]]:
-    """(model, tokenizer, turns): `k` oracle episodes for each of `n_tasks` synthetic tasks."""
+    """(model, tokenizer, turns): `k` oracle episodes of the `episodes` case for each of
+    `n_tasks` synthetic tasks."""
+    env, rates = EPISODES[episodes]
     tasks = load_tasks("synthetic", split="train", limit=n_tasks)
     if preset == "tiny":
         corpus = [m.content for t in tasks for m in t.contextual] + [
@@ -58,21 +71,21 @@ def bench_samples(
         model, tokenizer = build_tiny(corpus, seed=seed)
     else:
         model, tokenizer = load_model(preset)
-    episodes = run_episodes(
-        Oracle(rates=NO_CONTEXT_TOOLS, seed=seed),
+    rolled = run_episodes(
+        Oracle(rates=rates, seed=seed),
         tasks,
-        APPEND_ONLY,
+        env,
         k=k,
         progress=False,
         token_counter=HFTokenCounter(tokenizer),
         seed=seed,
     )
     rng = random.Random(seed)
-    rewards = [rng.random() for _ in episodes]
-    advantages = group_advantages(rewards, [e.group_id for e in episodes]).tolist()
+    rewards = [rng.random() for _ in rolled]
+    advantages = group_advantages(rewards, [e.group_id for e in rolled]).tolist()
     policy = HFPolicy(model, tokenizer, temperature=TEMPERATURE)
     samples = []
-    for episode, advantage in zip(episodes, advantages, strict=True):
+    for episode, advantage in zip(rolled, advantages, strict=True):
         for turn in sft_samples([episode], policy):
             old = policy.logprobs_of(turn.prompt_ids, turn.completion_ids)
             samples.append(TrainSample(turn.prompt_ids, turn.completion_ids, old, advantage))
@@ -199,9 +212,37 @@ def run_grpo_bench(
     micro_batch_size: int = 16,
     repeats: int = 3,
     seed: int = 0,
+    episodes: Sequence[str] = tuple(EPISODES),
+) -> dict[str, Any]:
+    """Each case of `episodes` measured in turn: {"preset", "cases": {case: ...}, "machine"}."""
+    unknown = [e for e in episodes if e not in EPISODES]
+    if unknown or not episodes:
+        raise ValueError(f"unknown episodes case(s) {unknown}; choose from {', '.join(EPISODES)}")
+    cases = {
+        case: _one_case(preset, n_tasks, k, micro_batch_size, repeats, seed, case)
+        for case in episodes
+    }
+    import trl
+
+    return {
+        "preset": preset,
+        "cases": cases,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "trl": trl.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    }
+
+
+def _one_case(
+    preset: str, n_tasks: int, k: int, micro_batch_size: int, repeats: int, seed: int, case: str
 ) -> dict[str, Any]:
     """Median seconds per update on each side over `repeats` alternated updates, as tokens/s."""
-    model, tokenizer, samples = bench_samples(preset, n_tasks, k, seed)
+    load_before = os.getloadavg()
+    model, tokenizer, samples = bench_samples(preset, n_tasks, k, seed, case)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
@@ -223,10 +264,7 @@ def run_grpo_bench(
                 times[side].append(time.perf_counter() - start)
     tokens = sum(s.n_generated for s in samples)
     median = {side: sorted(t)[len(t) // 2] for side, t in times.items()}
-    import trl
-
     return {
-        "preset": preset,
         "turns": len(samples),
         "packed_rows": len(pack_turns(samples)),
         "generated_tokens": tokens,
@@ -239,10 +277,6 @@ def run_grpo_bench(
         "trl_tokens_per_s": round(tokens / median["trl"], 1),
         "ratio": round(median["trl"] / median["ours"], 3),
         "seconds": {side: [round(t, 3) for t in ts] for side, ts in times.items()},
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "trl": trl.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
     }

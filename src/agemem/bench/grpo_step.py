@@ -19,14 +19,15 @@ other in the same run, from the same model, tasks and seed:
 Reported per path: `step_s`, `rollout_s`, `logprob_s` (the reference passes; the old log-probs
 cost nothing on either path: the sampler's, or the first pass's own), `update_s` (the whole
 update, reference passes included), generated tokens per second in the rollout and trained per
-second in the update, `peak_rss_mb` (the trainer's peak plus that of its largest child
-process, the llama.cpp server on the new path: both are alive during a rollout, so the sum bounds
-the step's memory; each is reported too), and the step's reward. The machine's load is recorded
-before and after.
+second in the update, `peak_rss_mb` (the largest resident memory of the trainer and its child
+processes together, the llama.cpp server on the new path, sampled every 0.2 s; each process's own
+peak is reported too: `trainer_peak_rss_mb`, `server_peak_rss_mb`), and the step's reward. The
+machine's load is recorded before and after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +35,10 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Any
+
+import psutil
 
 PATHS: dict[str, list[str]] = {
     "old": ["run.precision=fp32", "run.share_prefix=false", "old_logprobs=sampler"],
@@ -67,7 +71,7 @@ def one_path(preset: str, path: str, overrides: list[str]) -> dict[str, Any]:
     from agemem.train.config import load_config
     from agemem.train.grpo import run_grpo
 
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, TreePeak() as tree:
         settings = [*STEP, f"run.out_dir={out}", *PATHS[path], *overrides]
         config = load_config(preset, settings, kind="grpo")
         metrics = run_grpo(config).metrics
@@ -84,11 +88,41 @@ def one_path(preset: str, path: str, overrides: list[str]) -> dict[str, Any]:
         "forward_tokens": metrics["update/forward_tokens"],
         "turns": metrics["rollout/turns"],
         "reward_mean": round(metrics["rollout/reward_mean"], 4),
-        "peak_rss_mb": round(trainer_mb + server_mb, 1),
+        "peak_rss_mb": round(tree.peak / 2**20, 1),
         "trainer_peak_rss_mb": round(trainer_mb, 1),
         "server_peak_rss_mb": round(server_mb, 1),
         "settings": PATHS[path] + overrides,
     }
+
+
+class TreePeak:
+    """The largest sum of resident memory of this process and its descendants, sampled every
+    `interval` seconds in a thread while the block runs (`peak`, bytes)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.peak = interval, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while True:
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                # a child may exit between the listing and the read
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+            self.peak = max(self.peak, total)
+            if self._done.wait(self.interval):
+                return
 
 
 def run_grpo_step_bench(

@@ -10,7 +10,8 @@ Written with the `gguf` package the way llama.cpp's `convert_lora_to_gguf.py` an
   rotary embedding wants the query and key rows interleaved per head (`_permute`, as
   `convert_hf_to_gguf.py` does), so their `lora_b`, whose rows are the output rows, is permuted.
   Measured: SmolLM2-135M rank 16 all-linear, 4.9M parameters, 20 MB, written in ~0.1 s.
-- `write_model`: every weight of a model (a PeftModel's base weights, adapters left out), its
+- `write_model`: every weight of a model (a PeftModel's base weights, adapters left out or
+  merged in: `merge_lora`), its
   metadata (hyper-parameters, tokenizer, chat template) copied from a template GGUF of the same
   architecture: the shipped SmolLM2 file. Types: "q8_0" (default: what runs fastest here, see
   `agemem.policy.server`), "f16" or "f32"; norms stay float32.
@@ -76,14 +77,21 @@ def write_lora(model: PeftModel, path: str | Path) -> Path:
 
 
 def write_model(
-    model: torch.nn.Module, path: str | Path, template: Template, weights: WeightType = "q8_0"
+    model: torch.nn.Module,
+    path: str | Path,
+    template: Template,
+    weights: WeightType = "q8_0",
+    *,
+    merge_lora: bool = False,
 ) -> Path:
-    """All of `model`'s weights (a PeftModel's base, without adapters) as a GGUF at `path`, with
-    the metadata of `template`, a GGUF of the same architecture and shape."""
+    """All of `model`'s weights as a GGUF at `path`, with the metadata of `template`, a GGUF of
+    the same architecture and shape. A PeftModel gives its base weights, adapters left out, or
+    with `merge_lora` each adapted weight plus its active adapters' deltas (peft's
+    `get_delta_weight`, computed apart: the model itself is not touched)."""
     qtype, file_type = _TYPES[weights]
     reader = read_gguf(template)
     expected = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
-    tensors = dict(_gguf_tensors(model))
+    tensors = dict(_gguf_tensors(model, merge_lora=merge_lora))
     missing = sorted(set(expected) - set(tensors))
     wrong = [n for n, t in tensors.items() if n in expected and t.shape != expected[n]]
     if missing or wrong:
@@ -129,9 +137,12 @@ def read_gguf(path: Template) -> gguf.GGUFReader:
     return path if isinstance(path, gguf.GGUFReader) else gguf.GGUFReader(str(path))
 
 
-def _gguf_tensors(model: torch.nn.Module) -> Iterator[tuple[str, np.ndarray]]:
+def _gguf_tensors(
+    model: torch.nn.Module, *, merge_lora: bool = False
+) -> Iterator[tuple[str, np.ndarray]]:
     """(GGUF name, float32 array in llama.cpp's layout) of every weight of the model or, for a
-    PeftModel, of its base model (the `base_layer` weights, adapters left out)."""
+    PeftModel, of its base model (the `base_layer` weights, adapters left out unless
+    `merge_lora` adds their deltas)."""
     base = _base(model)
     names = _names(base)
     tied = bool(getattr(base.config, "tie_word_embeddings", False))
@@ -142,8 +153,13 @@ def _gguf_tensors(model: torch.nn.Module) -> Iterator[tuple[str, np.ndarray]]:
         name = names.get_name(module)
         if name is None or not key.endswith(".weight"):
             raise ExportError(f"{key}: no llama.cpp tensor for it (Llama-architecture models only)")
-        data = _permuted(module, tensor.detach().float().cpu(), base.config)
-        yield f"{name}.weight", data.numpy()
+        weight = tensor.detach().float().cpu()
+        if merge_lora and ".base_layer" in key:
+            layer = base.get_submodule(module)
+            with torch.no_grad():
+                for adapter in layer.active_adapters:
+                    weight = weight + layer.get_delta_weight(adapter).float().cpu()
+        yield f"{name}.weight", _permuted(module, weight, base.config).numpy()
 
 
 def _base(model: torch.nn.Module) -> torch.nn.Module:

@@ -228,6 +228,8 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
         judge=run.judge,
         summarizer=run.summarizer,
     )
+    if run.server:
+        run.server.release()  # its memory back for the update; the next sync restarts it
     rollout_s = time.perf_counter() - start
 
     # 3. group advantages, broadcast to every turn
