@@ -30,8 +30,9 @@ files (`agemem.policy.gguf_export`) and restarts the server on them; a sync with
 does nothing. What is written depends on `lora`, for a model with LoRA adapters:
 - `lora="merged"` (default): the base with the adapters merged in, one whole GGUF (`weights`,
   q8_0 by default) each sync. llama.cpp then runs plain matmuls: measured on 8 HotpotQA episodes
-  of the SFT policy with a rank-16 adapter (8 slots, 2 idle cores), 115 s merged against 184 s
-  with the adapter applied at run time (1.6x), for a sync of ~5.5 s instead of ~0.7 s.
+  of the SFT policy with a rank-16 adapter (8 slots, 2 cores; `benchmarks/llama_lora_merged.py`),
+  61.3 and 50.7 generated tokens/s merged against 37.9 and 37.4 with the adapter applied at run
+  time (1.36-1.62x), for a sync of ~5 s instead of ~0.7 s.
 - `lora="runtime"`: the adapter alone each sync (float32, 20 MB at rank 16), beside a base
   written once per run: the shipped Q4_1 file itself when the trainer's base is exactly it
   (`matches_gguf`, checked once per run; the `smollm2-135m` GRPO preset), else a whole GGUF of
