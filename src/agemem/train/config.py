@@ -281,9 +281,10 @@ class GRPOConfig(_Config):
     inference server), and later `ppo_epochs` reuse them; "sampler" takes the logprobs the
     rollout recorded.
     `rollout`: what samples the rollouts. "hf" (default): `HFPolicy` over the trainer's own torch
-    model. "llama.cpp": a llama.cpp server (`agemem.policy.server.LlamaCppPolicy`) started once
-    per run and handed the current weights before each step's rollouts (a LoRA adapter, the base
-    written once when it is not the shipped SmolLM2 file): SmolLM2-architecture models only,
+    model. "llama.cpp": a llama.cpp server (`agemem.policy.server.LlamaCppPolicy`) handed the
+    current weights before each step's rollouts (the LoRA merged into one q8_0 GGUF) and stopped
+    after them, so the update has the memory to itself; the episodes are streamed to its slots
+    (`run_episodes(in_flight=...)`): SmolLM2-architecture models only,
     with `old_logprobs="recompute"` (the server records no logprobs). "vllm": a vLLM server per
     process (`rollout_server`), handed the LoRA adapter before each step through vLLM's runtime
     LoRA API (`agemem.policy.vllm.VLLMPolicy`), the same `WeightSyncPolicy` interface as
