@@ -197,11 +197,7 @@ def _step_all(
             turns = policy.act_on([envs[i].view for i in indices], tools_of[key])
         else:
             turns = policy.act([contexts[i] for i in indices], tools_of[key])
-        if len(turns) != len(indices):
-            raise EnvError(
-                f"{type(policy).__name__}.act returned {len(turns)} turns for {len(indices)} "
-                "contexts; a Policy must return one turn per context, in order"
-            )
+        _check_turns(policy, turns, len(indices))
         for i, turn in zip(indices, turns, strict=True):
             result = envs[i].step(turn)
             out[i] = None if result.done else result.context
@@ -231,11 +227,7 @@ def _stream(
                 for future in sorted(done, key=pending.__getitem__):
                     i = pending.pop(future)
                     turns = future.result()
-                    if len(turns) != 1:
-                        raise EnvError(
-                            f"{type(policy).__name__}.act returned {len(turns)} turns for 1 "
-                            "context; a Policy must return one turn per context, in order"
-                        )
+                    _check_turns(policy, turns, 1)
                     result = envs[i].step(turns[0])
                     if result.done:
                         del contexts[i]
@@ -249,6 +241,14 @@ def _stream(
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _check_turns(policy: Policy | Expert, turns: list[Turn], contexts: int) -> None:
+    if len(turns) != contexts:
+        raise EnvError(
+            f"{type(policy).__name__}.act returned {len(turns)} turns for {contexts} "
+            "contexts; a Policy must return one turn per context, in order"
+        )
 
 
 def _finished(

@@ -262,12 +262,10 @@ class LlamaCppPolicy(WeightSyncPolicy):
         start = time.perf_counter()
         written, lora = [], None
         if isinstance(model, PeftModel) and self.lora == "merged":
-            if self._template is None:
-                self._template = read_gguf(self.base_gguf)
             path = self._next_file("merged")
             self._base = (
                 version,
-                write_model(model, path, self._template, self.weights, merge_lora=True),
+                write_model(model, path, self._template_gguf(), self.weights, merge_lora=True),
             )
             written.append("merged")
         else:
@@ -357,11 +355,16 @@ class LlamaCppPolicy(WeightSyncPolicy):
     def _base_file(self, model: torch.nn.Module) -> Path:
         """The GGUF of the model's base weights: `base_gguf` when they are exactly its own, else
         one written from them."""
+        template = self._template_gguf()
+        if matches_gguf(model, template):
+            return self.base_gguf
+        return write_model(model, self._next_file("model"), template, self.weights)
+
+    def _template_gguf(self) -> gguf.GGUFReader:
+        """The base GGUF, opened once (reading SmolLM2's vocabulary costs seconds)."""
         if self._template is None:
             self._template = read_gguf(self.base_gguf)
-        if matches_gguf(model, self._template):
-            return self.base_gguf
-        return write_model(model, self._next_file("model"), self._template, self.weights)
+        return self._template
 
     def _next_file(self, stem: str) -> Path:
         """A new file name: the running server may still map the previous file."""

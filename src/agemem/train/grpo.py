@@ -308,7 +308,7 @@ def rollout(
         seed=seed,
         reward_fn=reward_fn(tasks, reward, judge=judge),
         summarizer=summarizer,
-        max_batch=None if in_flight else max_batch,
+        max_batch=max_batch,
         in_flight=in_flight,
     )
 
