@@ -33,6 +33,7 @@ cache at every token, a copy that grows with the batch.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -49,10 +50,18 @@ from transformers import (
     TopPLogitsWarper,
 )
 from transformers.cache_utils import DynamicLayer
+from transformers.models.llama import LlamaModel
 
 from agemem.policy.base import Message, ToolSpec, Turn
 from agemem.policy.models import PRESETS, load_model
 from agemem.tokens import common_prefix_length
+
+# The keyword a model's forward takes its KV cache by: `cache` since transformers renamed
+# `past_key_values` (5.11 or so; the old name is a deprecated alias there); verl 0.9's environment
+# pins transformers < 5.11, where only `past_key_values` exists.
+CACHE_KW = (
+    "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+)
 
 # The AgeMem protocol ends a step with a tool call or an answer; stopping there saves the tokens
 # a small model would otherwise ramble on with. The stop string is kept in the completion.
@@ -303,7 +312,7 @@ class HFPolicy:
                 for layer, (keys, values) in zip(kv.layers, kept, strict=True):
                     layer.update(keys[:, :, :n], values[:, :, :n])  # a copy: the kept KV stays
             ids = torch.tensor([prompt[n:]], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, cache=kv, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, **{CACHE_KW: kv}, use_cache=True, logits_to_keep=1)
             logits.append(out.logits[:, -1].float())
             kvs.append(kv)
             self.stats.computed_tokens += len(prompt) - n
@@ -384,7 +393,7 @@ class HFPolicy:
             kept.kv.crop(common - len(kept.ids))
         if common < len(ids):
             rest = torch.tensor([ids[common:]], dtype=torch.long, device=self.device)
-            self.model(input_ids=rest, cache=kept.kv, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=rest, **{CACHE_KW: kept.kv}, use_cache=True, logits_to_keep=1)
             self.stats.computed_tokens += len(ids) - common
         kept.ids = list(ids)
         self._prefix = kept
@@ -398,7 +407,7 @@ class HFPolicy:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            cache=cache,
+            **{CACHE_KW: cache},
             use_cache=True,
             logits_to_keep=1,
         )
