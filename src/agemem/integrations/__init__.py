@@ -1,0 +1,2 @@
+"""Adapters to other training frameworks, each an optional extra (`agemem.integrations.verl`:
+`pip install "agemem[verl]"`)."""
