@@ -58,7 +58,8 @@ def run_contract(tmp_path: Path, *args: str) -> dict:
 
 
 def test_agemem_agent_loop_rows_match_the_grpo_rollout(tmp_path):
-    summary = run_contract(tmp_path)  # SmolLM2-135M-agemem, a synthetic task, 2 seeded episodes
+    # SmolLM2-135M-agemem, a synthetic task, 2 seeded episodes (about 2.5 minutes on 2 cores)
+    summary = run_contract(tmp_path)
     assert summary["agent_loop"] == "AgeMemAgentLoop"
     assert len(summary["turns"]) == 2 and min(summary["turns"]) > 3
     assert all(stages == [1, 2, 3] for stages in summary["stages"])  # the three stages
@@ -66,3 +67,11 @@ def test_agemem_agent_loop_rows_match_the_grpo_rollout(tmp_path):
     assert len(set(summary["rewards"])) == 2
     assert len(summary["advantages_verl"]) == 2 and 0.0 not in summary["advantages_verl"]
     assert all(summary["self_check_catches"].values())  # the comparison can fail
+
+
+def test_atommem_agent_loop_rows_match_the_grpo_rollout(tmp_path):
+    summary = run_contract(tmp_path, "--agent", "atommem", "--env", "atommem")
+    assert summary["agent_loop"] == "AtomMemAgentLoop"
+    assert len(summary["turns"]) == 2 and min(summary["turns"]) >= 2
+    assert len(set(summary["rewards"])) == 2
+    assert all(summary["self_check_catches"].values())

@@ -18,7 +18,9 @@ the episode's, with its parts); the same rows as verl's V1 trainer stores them
 the prompt ids and sampling params that reached the server manager; and the GRPO advantages:
 verl's (`compute_advantage_for_multi_trajectories` over the rows as the trainer keys them,
 `{uid}_{session}_{index}`) against agemem's (`step_samples`). A self-check first shows that the
-comparison fails on rows with one token, one mask bit, one reward or one row changed.
+comparison fails on rows with one token, one mask bit, one reward or one row changed. The agent
+loop is the example config's (configs/verl/: composed by hydra, its agent-loop file loaded as
+verl's worker loads it), on this run's env and turn length.
 Exit status 0 when everything matches, 1 otherwise; the JSON says what was compared.
 """
 
@@ -38,6 +40,7 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import (
     AgentLoopOutput,
@@ -48,7 +51,9 @@ from verl.experimental.agent_loop.agent_loop import (
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import AdvantageEstimator
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.utils.import_utils import resolve_config_path
 from verl.workers.rollout.llm_server import LLMServerClient
 from verl.workers.rollout.replica import TokenOutput
 
@@ -62,6 +67,10 @@ from agemem.rewards import RewardConfig
 from agemem.tasks.synthetic import generate_tasks
 from agemem.train.batch import TrainSample, step_samples
 from agemem.train.grpo import rollout
+
+VERL_GRPO_EPS = 1e-6  # compute_grpo_outcome_advantage's epsilon
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "verl"
+EXAMPLE = "agemem-qwen2.5-7b-hotpotqa"
 
 
 class LocalHFServerManager(LLMServerClient):
@@ -108,21 +117,36 @@ class LocalHFServerManager(LLMServerClient):
         )
 
 
-def verl_config(prompt_length: int, response_length: int) -> Any:
-    """The part of verl's trainer config an agent loop reads."""
-    return OmegaConf.create(
-        {
-            "actor_rollout_ref": {
-                "rollout": {
-                    "name": "vllm",
-                    "prompt_length": prompt_length,
-                    "response_length": response_length,
-                    "full_determinism": False,
-                }
-            },
-            "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
-        }
-    )
+def example_config(response_length: int) -> Any:
+    """The example trainer config (configs/verl/), composed by hydra as verl's entry point
+    composes it, with this run's turn length."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return compose(
+            config_name=EXAMPLE, overrides=[f"data.max_response_length={response_length}"]
+        )
+
+
+def agent_loop_entries(config: Any) -> dict[str, Any]:
+    """The agent loops of the config's `agent_loop_config_path`, as verl's agent-loop worker
+    loads them into its registry."""
+    path = resolve_config_path(config.actor_rollout_ref.rollout.agent.agent_loop_config_path)
+    return {entry.name: entry for entry in OmegaConf.load(path)}
+
+
+def check_example(config: Any, entries: dict[str, Any]) -> list[str]:
+    """The example config as verl reads it: the rollout section validates as verl's
+    `RolloutConfig`, GRPO on the V1 trainer (one row per turn), the agent loops' targets are the
+    classes the registry holds."""
+    problems = []
+    rollout_config = omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
+    if rollout_config.n != 8 or rollout_config.agent.default_agent_loop != "agemem":
+        problems.append("the example's rollout is not K=8 episodes of the agemem loop")
+    if config.algorithm.adv_estimator != "grpo" or not config.trainer.use_v1:
+        problems.append("the example does not run GRPO on verl's V1 trainer")
+    for name, entry in entries.items():
+        if entry._target_ != _agent_loop_registry[name]["_target_"]:
+            problems.append(f"agent loop {name}: {entry._target_} is not the registered class")
+    return problems
 
 
 def sampling_params(temperature: float) -> dict[str, Any]:
@@ -272,13 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     ours_s = time.perf_counter() - start
 
     # 2. verl: the registered agent loop, one session per seed, from the row `prepare` writes
-    config = verl_config(prompt_length=8192, response_length=args.max_new_tokens)
-    entry = {
-        **_agent_loop_registry[args.agent],
-        "env": args.env,
-        "reward": args.reward,
-        "reward_key": key,
-    }
+    config = example_config(response_length=args.max_new_tokens)
+    entries = agent_loop_entries(config)
+    # the example's loop, on this run's env and reward (the example's: paper, agemem)
+    entry = OmegaConf.merge(entries[args.agent], {"env": args.env, "reward": args.reward})
     (row,) = integration.task_rows([task], agent_name=args.agent, seed=args.seed)
     sessions, servers = [], []
     for session, seed in enumerate(seeds):
@@ -315,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     verl_s = time.perf_counter() - start - ours_s
 
     # 3. the comparison
-    problems: list[str] = []
+    problems = check_example(config, entries)
     base = set(inspect.signature(LLMServerClient.generate).parameters)
     if not base <= set(inspect.signature(LocalHFServerManager.generate).parameters):
         problems.append("the stand-in's generate does not take verl's generate parameters")
@@ -337,15 +358,22 @@ def main(argv: list[str] | None = None) -> int:
             for r in server.requests
         ):
             problems.append(f"session {session}: verl's sampling params were not passed on")
+    # GRPO: (r - mean) / (std + eps) per task group, std with K-1, in both; eps is agemem's 1e-4
+    # and verl's 1e-6 (it matters when a group's rewards are close), so verl's advantages are
+    # checked against agemem's `step_samples` at verl's eps.
     ours_adv = [s.advantage for s in samples]
+    expected = [s.advantage for s in step_samples(ours, reward_key=key, eps=VERL_GRPO_EPS)]
+    if len(sessions) == 1:
+        # A group of one: agemem gives advantage 0 (no comparison), verl's GRPO takes mean 0 and
+        # std 1 there, so its advantage is the raw reward. Checked as such.
+        expected = [float(ours[0].reward[key]) / (1 + VERL_GRPO_EPS)] * len(ours_adv)
     verl_adv = verl_advantages(sessions)
-    # eps: agemem 1e-4, verl 1e-6 in (r - mean) / (std + eps), std with K-1 in both
-    adv_close = len(ours_adv) == len(verl_adv) and all(
-        math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-4)
-        for a, b in zip(ours_adv, verl_adv, strict=True)
+    adv_close = len(expected) == len(verl_adv) and all(
+        math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+        for a, b in zip(expected, verl_adv, strict=True)
     )
     if not adv_close:
-        problems.append(f"advantages differ: agemem {ours_adv} verl {verl_adv}")
+        problems.append(f"advantages differ: agemem {expected} verl {verl_adv}")
     failures_caught = self_check(ours[0], per_episode[0], sessions[0], key)
     if not all(failures_caught.values()):
         problems.append(f"the comparison misses a difference: {failures_caught}")
@@ -361,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated_tokens": [sum(len(r.response_ids) for r in rows) for rows in sessions],
         "rewards": [episode.reward[key] for episode in ours],
         "advantages_agemem": sorted(set(round(a, 6) for a in ours_adv)),
+        "advantages_agemem_at_verl_eps": sorted(set(round(a, 6) for a in expected)),
         "advantages_verl": sorted(set(round(a, 6) for a in verl_adv)),
         "self_check_catches": failures_caught,
         "compared": [
@@ -372,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             "rewards and reward parts on every row",
             "AgentLoopOutput.as_dict fields (prompts, responses, response_mask, rm_scores)",
             "prompt ids and sampling params at the server manager",
-            "GRPO advantages (verl's multi-trajectory GRPO vs agemem's step_samples)",
+            "GRPO advantages (verl's multi-trajectory GRPO vs agemem's step_samples at eps 1e-6)",
+            "the example config as verl composes it (RolloutConfig, GRPO on V1, loop targets)",
         ],
         "agemem_rollout_s": round(ours_s, 1),
         "verl_agent_loop_s": round(verl_s, 1),
