@@ -450,7 +450,13 @@ def test_missing_resources_and_tasks_are_named():
     broken = Task("t-ana", "synthetic", [], [], ANA.questions, metadata={"facts": [{"x": 1}]})
     with pytest.raises(RewardError, match="metadata\\['facts'\\]"):
         compute_reward(ep, broken)
-    assert set(PRESETS) == {"agemem", "task-only", "synthetic"}
+    assert set(PRESETS) == {"agemem", "task-only", "synthetic", "atommem"}
+
+
+def test_atommem_reward_is_the_exact_match_with_no_penalty():
+    assert compute_reward(episode(ANA, answers=["rome"]), ANA, "atommem")["total"] == 1.0
+    assert compute_reward(episode(ANA, answers=["in rome"]), ANA, "atommem")["total"] == 0.0
+    assert compute_reward(episode(ANA, answers=[None]), ANA, "atommem")["total"] == 0.0
 
 
 # ---- real episodes ----------------------------------------------------------------------------

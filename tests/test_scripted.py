@@ -14,7 +14,10 @@ from agemem.policy.base import Policy
 from agemem.policy.scripted import NoMemoryPolicy, StoreEverythingPolicy
 from agemem.policy.tiny import tiny_token_counter
 from agemem.tasks import load_tasks
+from agemem.tasks.hotpotqa import display_title
+from agemem.tasks.hotpotqa_long import chunk_text, long_context
 from agemem.tasks.synthetic import ATTRIBUTES
+from agemem.tokens import ApproxTokenCounter
 
 SYNTHETIC = PRESETS["synthetic"]
 
@@ -135,3 +138,56 @@ def test_no_memory_never_touches_memory_and_answers_from_the_context(embedder):
     for task, episode in zip(tasks, episodes, strict=True):
         assert episode.facts.calls == [] and episode.facts.final_memories == []
         assert episode.facts.answers[0] in [*task.distractors, "I don't know."]
+
+
+# ---- AtomMem -------------------------------------------------------------------------------
+
+
+def atommem_pool(group_size: int = 3):
+    """One long-context HotpotQA task small enough to read in a few chunks."""
+    return load_tasks(
+        "hotpotqa-long", limit=1, n_docs=12, group_size=group_size, question_paragraphs="supporting"
+    )
+
+
+ATOM_SMALL = PRESETS["atommem"].with_(chunk_tokens=150, chunk_overlap=20, atommem_top_k=5)
+
+
+def test_atommem_oracle_stores_the_titled_evidence_and_keeps_a_scratchpad_line_per_question(
+    embedder,
+):
+    tasks = atommem_pool()
+    (task,) = tasks
+    (episode,) = run_episodes(
+        Oracle(rates=PERFECT), tasks, ATOM_SMALL, progress=False, embedder=embedder
+    )
+    facts = episode.facts
+    assert facts.chunks_read == facts.chunks_total > 2 and all(episode.correct())
+    stored = [m.content for m in facts.final_memories]
+    # every supporting sentence a chunk holds whole, under its document's title, nothing else
+    chunks = chunk_text(long_context(task), 150, 20, ApproxTokenCounter().count_text)
+    whole = {s for s in task.supporting_facts if any(s in c for c in chunks)}
+    assert len(whole) >= len(set(task.supporting_facts)) - 2
+    assert sorted(s.split(": ", 1)[1] for s in stored) == sorted(whole)
+    titles = {m.content.split("\n", 1)[0] for m in task.contextual}
+    assert all(s.split(": ", 1)[0] in titles for s in stored)
+    assert not facts.deletes and facts.tool_counts()["read"] == facts.chunks_total
+    stored_titles = {s.split(": ", 1)[0] for s in stored}
+    lines = facts.scratchpad.splitlines()
+    assert len(lines) == len(task.questions)
+    for i, (line, question) in enumerate(zip(lines, task.questions, strict=True), 1):
+        found = set(line.removeprefix(f"Q{i}: ").split("; "))
+        assert found == stored_titles & {display_title(t) for t in question.evidence}
+        assert found, "each question's evidence is found in at least one document"
+
+
+def test_atommem_oracle_deletes_a_stored_decoy_when_a_later_step_shows_it(embedder):
+    tasks = atommem_pool(group_size=4)
+    oracle = Oracle(rates=OracleRates(atommem_decoy=1.0), seed=1)
+    (episode,) = run_episodes(oracle, tasks, ATOM_SMALL, progress=False, embedder=embedder)
+    evidence = set(tasks[0].supporting_facts)
+    decoys = [a.content for a in episode.facts.adds if a.content.split(": ", 1)[1] not in evidence]
+    assert decoys and ("atommem decoy" in {d[1] for d in oracle.decisions})
+    assert episode.facts.deletes, "a decoy shown by a later step is deleted"
+    assert {d.old_content for d in episode.facts.deletes} <= set(decoys)
+    assert episode.facts.failed_counts() == {} and all(episode.correct())

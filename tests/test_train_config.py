@@ -150,3 +150,21 @@ def test_a_mix_draws_each_source_by_its_weight_and_keeps_the_test_splits_apart()
         load_split("mix", {"sources": parts}, "train", 4)
     with pytest.raises(TaskError, match="weight"):
         load_split("mix", {"parts": [{"source": "hotpotqa", "weight": 0}]}, "train", 4)
+
+
+def test_smollm2_atommem_trains_on_the_env_its_benchmark_runs_and_never_on_its_test_split():
+    """The AtomMem preset's env is the one `agemem eval --benchmark hotpotqa-long` builds (its
+    budget, chunks and top-k), and its training pools hold no test question."""
+    from agemem.eval.benchmarks import get_benchmark
+    from agemem.eval.methods.agent import atommem_config
+
+    config = load_config("smollm2-atommem")
+    spec = get_benchmark("hotpotqa-long")
+    for stage in (config.sft, config.grpo):
+        trained = env_config(stage.env.preset, stage.env.overrides)
+        assert trained == atommem_config(spec.t_max, top_k=5)  # eval's default --top-k
+        assert stage.reward.preset == "atommem" and stage.tasks.source == "hotpotqa-long"
+    train = load_split("hotpotqa-long", config.sft.tasks.options, "train", 40)
+    test = load_tasks("hotpotqa-long", split="test", limit=40, n_docs=200)
+    asked = {q for t in test for q in t.metadata["question_ids"]}
+    assert asked and not asked & {q for t in train for q in t.metadata["question_ids"]}

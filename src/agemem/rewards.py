@@ -179,6 +179,12 @@ PRESETS: dict[str, RewardConfig] = {
         name="synthetic", w_task=1.0, w_context=0.0, w_memory=0.0, task_metric="em",
         format_penalty=-0.1, stale_penalty=-0.25,
     ),
+    # AtomMem's reward: the exact match of the boxed answers, averaged over the episode's
+    # questions; an unanswered question scores 0 (AtomMem has no penalty).
+    "atommem": RewardConfig(
+        name="atommem", w_task=1.0, w_context=0.0, w_memory=0.0, task_metric="em",
+        no_answer=0.0, rounds_penalty=0.0, overflow_penalty=0.0,
+    ),
 }  # fmt: skip
 
 

@@ -16,8 +16,13 @@ Behaviour, by task family:
   (`store_evidence`) and, with `store_other`, a message that is not evidence (HotpotQA: the bare
   sentence under its title; others: the message as the agent reads it); stage 2 filters each
   note with `stage2_filter`; stage 3 retrieves with the question, then answers the gold answer.
-- AtomMem episodes: stores the supporting sentences found in each chunk, keeps a note of what it
-  looks for in the scratchpad, and answers the gold answer, boxed.
+- AtomMem episodes: on each chunk it deletes the shown entries that hold no evidence (they
+  turned out irrelevant), creates an entry "<title>: <sentence>" for each supporting sentence
+  in the chunk and, with `atommem_decoy`, one for another sentence of an evidence document
+  (the kind of plausible store a reader makes before it knows better; a later step that shows
+  it deletes it), rewrites the scratchpad as one line per question with the evidence
+  documents found so far, and sets the query to the first question still missing evidence;
+  it answers the gold answer, boxed.
 
 `decisions` logs each random choice as (task id, what, choice), e.g.
 ("synthetic-default-3", "correction ana/city", "update"), so rates can be checked. Every draw
@@ -35,7 +40,7 @@ from agemem.env.record import View
 from agemem.policy.base import ToolSpec, Turn
 from agemem.policy.scripted import call, emit
 from agemem.summarize import split_sentences
-from agemem.tasks.base import ContextMessage, Task, incoming_text
+from agemem.tasks.base import ContextMessage, Question, Task, incoming_text
 from agemem.tasks.hotpotqa import display_title
 from agemem.tasks.synthetic import ATTRIBUTES, CHIT_CHAT, Attribute
 
@@ -61,6 +66,9 @@ class OracleRates:
     non-evidence messages teach the mechanics on every kind of message and leave the precision
     of what to store to RL's memory reward), and stage-2 notes are filtered with
     `stage2_filter_other` (0.75).
+    AtomMem (ours): on a chunk with evidence, one other sentence of an evidence document is
+    stored with `atommem_decoy` (0.2), so that SFT shows Delete on entries that turned out
+    irrelevant.
     """
 
     correction_duplicate: float = 0.55
@@ -72,6 +80,7 @@ class OracleRates:
     store_evidence: float = 1.0
     store_other: float = 0.25
     stage2_filter_other: float = 0.75
+    atommem_decoy: float = 0.2
 
     def __post_init__(self) -> None:
         shares = (self.correction_duplicate, self.correction_update, self.correction_delete_add)
@@ -87,7 +96,7 @@ class OracleRates:
 PERFECT = OracleRates(
     correction_duplicate=0.0, correction_update=1.0, correction_delete_add=0.0,
     store_chitchat=0.0, stage2_filter=1.0, stage2_summary=0.0,
-    store_evidence=1.0, store_other=0.0, stage2_filter_other=1.0,
+    store_evidence=1.0, store_other=0.0, stage2_filter_other=1.0, atommem_decoy=0.0,
 )  # fmt: skip
 
 
@@ -240,14 +249,32 @@ class Oracle:
             return Turn(
                 text=f"<think>from memory</think><final_answer>\\boxed{{{gold}}}</final_answer>"
             )
-        found = [s for s in task.supporting_facts if s in view.chunk_text]
-        ops = "".join(f"<add_memory>{s}</add_memory>" for s in found)
-        query = " ".join(q.text for q in task.questions)
-        note = f"{len(found)} supporting sentences in this chunk." if found else "Nothing here."
+        evidence = set(task.supporting_facts)
+        ops = [
+            f"<delete_memory>Memory {index}</delete_memory>"
+            for index, content in view.related
+            if not any(fact in content for fact in evidence)
+        ]
+        found = [(title, s) for title, s in _titled_evidence(task) if s in view.chunk_text]
+        entries = [f"{title}: {s}" for title, s in found]
+        decoys = [
+            f"{title}: {s}"
+            for title in dict.fromkeys(title for title, _ in found)
+            for s in _document_sentences(task, title)
+            if s not in evidence and s in view.chunk_text
+        ]
+        if decoys and self._chance(task, "atommem decoy", self.rates.atommem_decoy, "yes", "no"):
+            entries.append(self._rng.choice(decoys))
+        ops += [f"<add_memory>{e}</add_memory>" for e in entries]
+        titles = {title for title, _ in found}
+        pad = _scratchpad_titles(task, view.scratchpad or "", titles)
+        missing = [q for q, got in zip(task.questions, pad, strict=True) if _shown(q) - got]
+        query = (missing or task.questions)[0].text
+        note = f"evidence from {', '.join(sorted(titles))}." if titles else "no evidence here."
         return Turn(
-            text=f"<think>{note}</think>{ops}<update_query>{query}</update_query>"
-            f"<update_memory>Looking for: {query} Last chunk: {note}"
-            "</update_memory>"
+            text=f"<think>Chunk {(view.chunk or 0) + 1}: {note}</think>{''.join(ops)}"
+            f"<update_query>{query}</update_query>"
+            f"<update_memory>{_render_scratchpad(task, pad)}</update_memory>"
         )
 
 
@@ -271,6 +298,49 @@ def _incoming(view: View) -> ContextMessage:
 
 def _evidence(task: Task) -> set[str]:
     return {e for q in task.questions for e in q.evidence}
+
+
+def _titled_evidence(task: Task) -> list[tuple[str, str]]:
+    """(document title as shown, sentence) for each supporting sentence of an AtomMem task."""
+    titled = []
+    for s in dict.fromkeys(task.supporting_facts):
+        holder = next((m for m in task.contextual if s in m.content), None)
+        if holder is not None:
+            titled.append((holder.content.split("\n", 1)[0], s))
+    return titled
+
+
+def _document_sentences(task: Task, title: str) -> list[str]:
+    """The sentences of the document shown under `title` (the first line is the title)."""
+    for m in task.contextual:
+        head, _, body = m.content.partition("\n")
+        if head == title:
+            return split_sentences(body)
+    return []
+
+
+_NONE_YET = "nothing yet"
+
+
+def _scratchpad_titles(task: Task, scratchpad: str, new: set[str]) -> list[set[str]]:
+    """Per question, the evidence documents found so far: those the oracle's own scratchpad
+    lines ("Q<i>: title; title") list, plus the question's evidence among `new`."""
+    before: dict[str, set[str]] = {}
+    for line in scratchpad.splitlines():
+        label, _, rest = line.partition(": ")
+        if rest and rest != _NONE_YET:
+            before[label] = set(rest.split("; "))
+    return [before.get(f"Q{i}", set()) | (new & _shown(q)) for i, q in enumerate(task.questions, 1)]
+
+
+def _shown(question: Question) -> set[str]:
+    return {display_title(t) for t in question.evidence}
+
+
+def _render_scratchpad(task: Task, found: list[set[str]]) -> str:
+    return "\n".join(
+        f"Q{i}: {'; '.join(sorted(titles)) or _NONE_YET}" for i, titles in enumerate(found, 1)
+    )
 
 
 def _synthetic_facts(task: Task) -> list[tuple[Attribute, str, list[str]]]:

@@ -51,7 +51,9 @@ class View:
     model sees, content); `note`: the stage-2 distractor on show; `question`: the question being
     worked on (stage 3, AtomMem answering); `retrieve_calls` / `retrieved`: how many of the
     agent's Retrieve_memory calls ran for it so far and what they returned; `chunk` /
-    `chunk_text`: the AtomMem chunk being read; `method`: the episode kind.
+    `chunk_text`: the AtomMem chunk being read, with `related` holding that step's numbered
+    memories ("1", content) and `scratchpad` the scratchpad as it stands; `method`: the
+    episode kind.
     """
 
     messages: list[Message]
@@ -66,6 +68,7 @@ class View:
     retrieve_calls: int = 0
     retrieved: list[RetrievedMemory] = field(default_factory=list)
     chunk_text: str | None = None
+    scratchpad: str | None = None
     method: str = "agemem"
 
 

@@ -534,6 +534,75 @@ def _smollm2_hotpotqa() -> PipelineConfig:
     return PipelineConfig(sft=sft, grpo=grpo)
 
 
+# AtomMem's loop as `agemem eval --benchmark hotpotqa-long` runs it (ours, for SmolLM2's 8k
+# window): a 4,096-token budget, so chunks of 2,048 tokens (AtomMem: 4,096) with AtomMem's
+# 100-token overlap, and the top-5 memories the evaluation shows every method (AtomMem: 6).
+ATOMMEM_ENV = EnvSettings(
+    preset="atommem",
+    overrides={"t_max": 4096, "chunk_tokens": 2048, "chunk_overlap": 100, "atommem_top_k": 5},
+)
+
+
+def _smollm2_atommem() -> PipelineConfig:
+    """SmolLM2-135M learns AtomMem's CRUD memory and scratchpad on long-context HotpotQA: SFT on
+    the oracle's trajectories, then GRPO on AtomMem's reward (exact match of the boxed answers).
+
+    Data (ours where AtomMem is silent): the HotpotQA train split grouped as AtomMem groups it
+    (1-10 questions, all ten paragraphs of each), pools of 100 documents (AtomMem trains and
+    evaluates at 200; 100 halves a CPU episode, about 14 chunks of ~1,500 prompt tokens, and a
+    chunk reads the same at any pool size), the env of `ATOMMEM_ENV`. The oracle
+    (`agemem.env.oracle`) stores each supporting sentence as "<title>: <sentence>", stores one
+    other sentence of an evidence document on a fifth of its evidence chunks and deletes it
+    when it is shown again, keeps one scratchpad line per question, and answers boxed; its
+    trajectories are kept at reward >= 0.5 (AtomMem's filter). SFT: LoRA r16 on every linear
+    layer, lr 2e-4 with cosine decay, 30 steps of 16 turns (a step forwards ~24,000 tokens:
+    ~100 s on 2 idle cores), answer turns drawn 4 times per pass, bf16 autocast. Generation: up to 384 new tokens per turn (the oracle's turns on 12
+    training pools: mean 104 SmolLM2 tokens, 95th percentile 334, max 400).
+    GRPO (AtomMem's where it is stated): the trajectory's reward on every turn, advantage
+    r - mean without the std division, clip 0.2/0.28, KL 0.001; lr 1e-5 (AtomMem's full-model
+    1e-6 times the ~10 LoRA needs, as `paper`); K=4 rollouts of 2 tasks a step (AtomMem: 8;
+    a CPU step), rollouts through llama.cpp.
+    """
+    lora = LoraSettings(r=16, alpha=32)
+    reward = RewardSettings(preset="atommem")
+    tasks = TaskSettings(source="hotpotqa-long", options={"n_docs": 100})
+    run = {"precision": "bf16-autocast", "mmap_threshold_mb": 32}
+    sft = SFTConfig(
+        run=RunSettings(out_dir="runs/smollm2-atommem/sft", save_every=10, **run),
+        model=ModelSettings(name="smollm2-135m", lora=lora, max_new_tokens=384),
+        tasks=tasks,
+        env=ATOMMEM_ENV,
+        reward=reward,
+        n_tasks=160,
+        min_reward=0.5,
+        steps=30,
+        batch_size=16,
+        micro_batch_size=8,
+        micro_batch_tokens=4096,
+        answer_weight=4,
+        optim=OptimSettings(lr=2e-4, warmup_steps=5, schedule="cosine"),
+        eval=EvalSettings(n_tasks=0),
+    )
+    grpo = GRPOConfig(
+        run=RunSettings(out_dir="runs/smollm2-atommem/grpo", save_every=2, **run),
+        model=ModelSettings(name="runs/smollm2-atommem/sft/final", lora=lora, max_new_tokens=384),
+        tasks=tasks,
+        env=ATOMMEM_ENV,
+        reward=reward,
+        steps=20,
+        tasks_per_step=2,
+        k=4,
+        beta=0.001,
+        advantage_scale="none",
+        micro_batch_size=8,
+        micro_batch_tokens=4096,
+        rollout="llama.cpp",
+        optim=OptimSettings(lr=1e-5),
+        eval=EvalSettings(n_tasks=0),
+    )
+    return PipelineConfig(sft=sft, grpo=grpo)
+
+
 def _paper() -> PipelineConfig:
     """AgeMem's setting on GPUs: Qwen2.5-7B-Instruct, HotpotQA, the paper's env and reward,
     K=8, beta 0.1, ~100 steps, responses of up to 2,048 tokens (AgeMem), on 8 GPUs of 80 GB.
@@ -600,6 +669,7 @@ PRESETS = {
     "quickstart": _quickstart,
     "smollm2-135m": _smollm2,
     "smollm2-hotpotqa": _smollm2_hotpotqa,
+    "smollm2-atommem": _smollm2_atommem,
     "paper": _paper,
 }
 
