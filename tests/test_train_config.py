@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agemem.tasks import TaskError, load_tasks
 from agemem.train.config import (
     PRESETS,
     ConfigError,
@@ -17,7 +18,6 @@ from agemem.train.config import (
     apply_overrides,
     load_config,
 )
-from agemem.tasks import TaskError, load_tasks
 from agemem.train.curriculum import (
     Phase,
     env_config,

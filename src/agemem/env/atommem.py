@@ -221,7 +221,6 @@ class AtomMemEnv(EpisodeEnv):
             {"role": "system", "content": ATOMMEM_SYSTEM_PROMPT},
             {"role": "user", "content": prompt},
         ]
-        shown = [self._store.get(i).content for i in self._state.shown]
         view = View(
             messages,
             self._counter.count_messages(messages),
@@ -229,7 +228,7 @@ class AtomMemEnv(EpisodeEnv):
             question=self._answering,
             chunk=self._chunk if self._answering is None else None,
             task=task,
-            related=[(str(i), content) for i, content in enumerate(shown, 1)],
+            related=[(str(i), content) for i, content in enumerate(step_view.shown, 1)],
             chunk_text=self._chunks[self._chunk] if self._answering is None else None,
             scratchpad=self._state.scratchpad,
             method="atommem",

@@ -48,6 +48,7 @@ class StepView:
     scratchpad: str
     query: str
     memories: str  # "Memory 1: ...\nMemory 2: ..." or NO_MEMORY
+    shown: tuple[str, ...] = ()  # the contents of Memory 1..k
 
 
 def render_memories(items: list[MemoryItem]) -> str:
@@ -70,7 +71,9 @@ def begin_step(state: AtomMemState) -> StepView:
         else []
     )
     state.shown = [item.id for item in items]
-    return StepView(state.scratchpad, state.query, render_memories(items))
+    return StepView(
+        state.scratchpad, state.query, render_memories(items), tuple(i.content for i in items)
+    )
 
 
 # --- operations -----------------------------------------------------------------------------

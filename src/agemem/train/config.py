@@ -559,8 +559,9 @@ def _smollm2_atommem() -> PipelineConfig:
     ~95 s on 2 idle cores), answer turns drawn 4 times per pass, bf16 autocast. Measured: after
     30 steps (loss 0.78) the model did not yet follow the protocol, greedy on training prompts
     (no `<think>`, tags mixed up); `smollm2-hotpotqa`'s SFT was at 0.58 at step 30 and 0.17 at
-    step 50, so 120 steps give the same model the room it needed there. Generation: up to 384 new tokens per turn (the oracle's turns on 12
-    training pools: mean 104 SmolLM2 tokens, 95th percentile 334, max 400).
+    step 50, so 120 steps give the same model the room it needed there.
+    Generation: up to 416 new tokens per turn (the oracle's turns on 12 training pools: mean
+    100 SmolLM2 tokens, 95th percentile 321, max 403: benchmarks/atommem_oracle.py).
     GRPO (AtomMem's where it is stated): the trajectory's reward on every turn, advantage
     r - mean without the std division, clip 0.2/0.28, KL 0.001; lr 1e-5 (AtomMem's full-model
     1e-6 times the ~10 LoRA needs, as `paper`); K=4 rollouts of 2 tasks a step (AtomMem: 8;
@@ -572,7 +573,7 @@ def _smollm2_atommem() -> PipelineConfig:
     run = {"precision": "bf16-autocast", "mmap_threshold_mb": 32}
     sft = SFTConfig(
         run=RunSettings(out_dir="runs/smollm2-atommem/sft", save_every=10, **run),
-        model=ModelSettings(name="smollm2-135m", lora=lora, max_new_tokens=384),
+        model=ModelSettings(name="smollm2-135m", lora=lora, max_new_tokens=416),
         tasks=tasks,
         env=ATOMMEM_ENV,
         reward=reward,
@@ -588,7 +589,7 @@ def _smollm2_atommem() -> PipelineConfig:
     )
     grpo = GRPOConfig(
         run=RunSettings(out_dir="runs/smollm2-atommem/grpo", save_every=2, **run),
-        model=ModelSettings(name="runs/smollm2-atommem/sft/final", lora=lora, max_new_tokens=384),
+        model=ModelSettings(name="runs/smollm2-atommem/sft/final", lora=lora, max_new_tokens=416),
         tasks=tasks,
         env=ATOMMEM_ENV,
         reward=reward,
