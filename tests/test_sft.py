@@ -160,9 +160,7 @@ def test_a_resumed_sft_run_takes_the_very_next_steps(tmp_path, embedder):
     (resumed_dir / "checkpoints").mkdir(parents=True)
     step3 = tmp_path / "whole" / "checkpoints" / "step-000003"
     shutil.copytree(step3, resumed_dir / "checkpoints" / step3.name)
-    resumed = run_sft(
-        small_sft_config(resumed_dir, resume="true", **changes), embedder=embedder
-    )
+    resumed = run_sft(small_sft_config(resumed_dir, resume="true", **changes), embedder=embedder)
     assert resumed.steps == 6 and not resumed.interrupted
     losses = [list(read_metrics(d / "metrics.jsonl")) for d in (tmp_path / "whole", resumed_dir)]
     assert [r["loss"] for r in losses[1]] == pytest.approx([r["loss"] for r in losses[0][3:]])
