@@ -117,17 +117,44 @@ def report_command(
         Path | None, typer.Option(help="Write report.md, results.json and plots here.")
     ] = None,
     plots: Annotated[bool, typer.Option(help="Draw PNG plots (needs matplotlib).")] = True,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="A run directory (e.g. rag's) to compare every run of its benchmark with, "
+            "question by question (paired.json under --out)."
+        ),
+    ] = None,
 ) -> None:
     """Merge runs into one table (methods x benchmarks), with plots."""
-    from agemem.eval.report import ReportError, markdown_table, merge_runs, write_plots
+    from dataclasses import asdict
+
+    from agemem.eval.report import (
+        ReportError,
+        markdown_table,
+        merge_runs,
+        paired_table,
+        write_plots,
+    )
 
     try:
         runs = merge_runs(dirs)
         text = markdown_table(runs)
+        comparisons: list[dict] = []
+        if against is not None:
+            from agemem.eval.paired import pair_runs  # scipy, and torch through the metrics
+
+            base, rows = pair_runs(dirs, against)
+            text += "\n\n" + paired_table(base, rows)
+            comparisons = [
+                {"run": run["dir"], "against": str(against), "f1": asdict(f1), "em": asdict(em)}
+                for run, f1, em in rows
+            ]
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "report.md").write_text(text + "\n", encoding="utf-8")
             (out / "results.json").write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
+            if comparisons:
+                (out / "paired.json").write_text(json.dumps(comparisons, indent=1) + "\n")
             written = write_plots(runs, out) if plots else []
     except (ReportError, OSError) as err:
         _fail(err)

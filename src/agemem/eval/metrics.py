@@ -145,18 +145,30 @@ def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def question_scores(episode: Episode) -> list[dict[str, float | None]]:
+    """Each question's `em`, `f1` and `judge` (None when no judge graded the run), in order."""
+    facts = episode.facts
+    judged = "judge" in episode.reward
+    return [
+        {
+            "em": float(answer is not None and exact_match(answer, gold.answers)),
+            "f1": token_f1(answer, gold.answers) if answer is not None else 0.0,
+            "judge": episode.reward.get(JUDGE_KEY.format(i), 0.0) if judged else None,
+        }
+        for i, (answer, gold) in enumerate(zip(facts.answers, facts.questions, strict=True))
+    ]
+
+
 def _question_rows(episode: Episode, task: Task) -> list[dict[str, Any]]:
     facts = episode.facts
     answering = _answering_steps(episode)
-    judged = "judge" in episode.reward
     rows = []
+    scores = question_scores(episode)
     for i, (answer, gold) in enumerate(zip(facts.answers, facts.questions, strict=True)):
         seconds = facts.seconds[i] if i < len(facts.seconds) else None
         rows.append(
             {
-                "em": float(answer is not None and exact_match(answer, gold.answers)),
-                "f1": token_f1(answer, gold.answers) if answer is not None else 0.0,
-                "judge": episode.reward.get(JUDGE_KEY.format(i), 0.0) if judged else None,
+                **scores[i],
                 "answered": float(answer is not None),
                 "tokens": _prompt_tokens(facts.tokens_at_answer[i], answering.get(i)),
                 "seconds": seconds,

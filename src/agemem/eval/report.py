@@ -262,6 +262,34 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def paired_table(against: dict[str, Any], rows: list[tuple[dict[str, Any], Any, Any]]) -> str:
+    """Each run paired with `against` by question (`agemem.eval.paired`): `rows` holds (run,
+    its F1 result, its EM result); differences in points with their 95% bootstrap intervals."""
+
+    def diff(r: Any) -> str:
+        return f"{100 * r.diff:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+
+    body = [
+        [
+            _label(run),
+            str(f1.n),
+            f"{_pct(f1.mean_a)} / {_pct(f1.mean_b)}",
+            diff(f1),
+            diff(em),
+            f"{f1.wins} / {f1.losses} / {f1.ties}",
+            f"{f1.p_sign:.3f}",
+        ]
+        for run, f1, em in rows
+    ]
+    header = ["method", "questions", "F1 (it / against)", "F1 difference [95% CI]"]
+    header += ["EM difference [95% CI]", "better / worse / equal (F1)", "sign test p"]
+    return (
+        f"Paired by question against {_label(against)} on {against['benchmark']}: differences "
+        "in points, 95% bootstrap intervals, two-sided sign test on the questions that differ.\n\n"
+        + _table(header, body)
+    )
+
+
 def write_plots(runs: list[dict[str, Any]], out: str | Path) -> list[Path]:
     """`score_vs_tokens.png` and `tool_calls.png` under `out`; needs matplotlib."""
     try:
