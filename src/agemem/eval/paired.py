@@ -72,8 +72,7 @@ def paired(
     """`a` against `b` on the questions both hold (module docstring)."""
     from scipy.stats import binomtest, bootstrap
 
-    keys = [k for k in a if k in b and a[k].get(metric) is not None]
-    keys = [k for k in keys if b[k].get(metric) is not None]
+    keys = [k for k in a if k in b and None not in (a[k].get(metric), b[k].get(metric))]
     if not keys:
         raise PairedError(f"no question has a {metric!r} score in both runs")
     x = np.array([a[k][metric] for k in keys], dtype=float)
