@@ -71,12 +71,12 @@ def memory_script(turn, context, world):
     if turn == 2:
         memory_id = re.search(r"\[(mem_[0-9a-f]+)\]", last).group(1)
         return calls(("Update_memory", {"memory_id": memory_id, "content": "Go to the red ball."}))
-    if turn == 3:
+    if turn == 4:  # the first observation is history now (the action of turn 3 moved on)
         first_observation = next(m for m in context if m["content"].startswith("Observation:"))
         return calls(("Filter_context", {"criteria": first_observation["content"]}))
-    if turn == 4:
+    if turn == 5:
         return act("dance")
-    if turn == 6:
+    if turn == 7:
         return calls(("Summary_context", {"span": "all"}))
     return act(world.expert_action())
 
@@ -100,10 +100,15 @@ def test_memory_tools_work_inside_the_episode(embedder, tmp_path):
     assert facts.retrieved_ids == [facts.adds[0].id]
     assert [m.content for m in facts.final_memories] == ["Go to the red ball."]
     steps = episode.steps
-    assert "Removed 1 messages" in steps[3].observations[0].content
-    assert not any(m["content"].startswith("Observation: You see") for m in steps[4].messages)
-    assert steps[4].observations[0].error == "rejected"  # "dance" is no BabyAI action
-    assert steps[7].messages[2]["content"].startswith("[Summary of earlier context]")
+    first, current = steps[0].messages[-1]["content"], steps[4].messages[-1]["content"]
+    assert first.startswith("Observation:") and current.startswith("Observation:")
+    assert "Removed 1 messages" in steps[4].observations[0].content
+    seen = [m["content"] for m in steps[5].messages]
+    assert first not in seen and current in seen  # the observation acted on is protected
+    assert steps[5].observations[0].error == "rejected"  # "dance" is no BabyAI action
+    summarized = [m["content"] for m in steps[8].messages]
+    assert summarized[2].startswith("[Summary of earlier context]")
+    assert steps[7].messages[-1]["content"] in summarized  # ... from Summary_context too
     assert all(s.stage == 3 for s in steps) and len(steps) == facts.rounds
 
     path = tmp_path / "babyai.jsonl"

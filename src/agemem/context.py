@@ -30,14 +30,13 @@ from pydantic import BaseModel
 
 from agemem.memory.embed import Embedder, library_embedder
 from agemem.policy.base import Message
-from agemem.summarize import ExtractiveSummarizer, Summarizer
+from agemem.summarize import SUMMARY_PREFIX, ExtractiveSummarizer, Summarizer
 from agemem.tokens import ApproxTokenCounter, TokenCounter, message_text
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_T_MAX = 8192  # AgeMem's context budget
 DEFAULT_THETA = 0.6  # AgeMem's filter threshold; results are insensitive to it in [0.4, 0.8]
 SUMMARY_ROLE = "user"
-SUMMARY_PREFIX = "[Summary of earlier context]\n"
 
 
 @dataclass(frozen=True)
@@ -157,6 +156,26 @@ class Context:
         if not isinstance(protected, bool):
             raise ValueError(f"protected must be True or False; got {protected!r}")
         self._commit([*self._entries, _Entry(message=_checked(message), protected=protected)])
+
+    def unprotect_last(self) -> None:
+        """Clear the protected flag of the latest protected message: the current query, or a
+        world's current observation, once a newer one takes its place (call it only after
+        appending something protected, or the system prompt is the one released).
+
+        >>> ctx = Context(t_max=12)
+        >>> ctx.append({"role": "user", "content": "one two three"}, protected=True)
+        >>> ctx.unprotect_last()
+        >>> ctx.append({"role": "user", "content": "four five six"}, protected=True)
+        >>> ctx.append({"role": "user", "content": "seven eight nine"})
+        >>> [m["content"] for m in ctx.drop_oldest()]
+        ['one two three']
+        """
+        for i in range(len(self._entries) - 1, -1, -1):
+            if self._entries[i].protected:
+                entries = list(self._entries)
+                entries[i] = _Entry(message=entries[i].message, protected=False)
+                self._commit(entries)
+                return
 
     def mark(self) -> ContextMark:
         """The context as it is now, for `rewind` (entries are replaced, never changed)."""

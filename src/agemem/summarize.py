@@ -84,13 +84,22 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
+SUMMARY_PREFIX = "[Summary of earlier context]\n"  # opens the message `Context.summary` writes
+
+
 class ExtractiveSummarizer:
     """Offline fallback: keeps the span's most central sentences, verbatim, in original order.
 
     With an embedder, a sentence's score is its mean cosine similarity to all sentences of the span
     (the dot product with the mean vector), so sentences on the span's main thread win over
     asides. Without one, it keeps the first sentence of each message, most recent messages first
-    when there are more than `max_sentences`. Each kept sentence is written as `role: sentence`.
+    when there are more than `max_sentences`. Each kept sentence is written as `role: sentence`;
+    an earlier summary's lines are kept as they are (they are written so already).
+
+    >>> earlier = {"role": "user", "content": SUMMARY_PREFIX + "user: It rains."}
+    >>> print(ExtractiveSummarizer().summarize([earlier, {"role": "user", "content": "Go."}]))
+    user: It rains.
+    user: Go.
     """
 
     def __init__(self, embedder: Embedder | None = None, max_sentences: int = 8) -> None:
@@ -99,18 +108,22 @@ class ExtractiveSummarizer:
         self.max_sentences = _positive("max_sentences", max_sentences)
 
     def summarize(self, messages: Sequence[Message]) -> str:
-        sentences = [
-            (i, m["role"], s)
-            for i, m in enumerate(messages)
-            for s in split_sentences(message_text(m))
-        ]
+        sentences: list[tuple[int, str, str]] = []
+        for i, message in enumerate(messages):
+            text = message_text(message)
+            if text.startswith(SUMMARY_PREFIX):
+                lines = text[len(SUMMARY_PREFIX) :].splitlines()
+                sentences += [(i, "", line.strip()) for line in lines if line.strip()]
+            else:
+                sentences += [(i, message["role"], s) for s in split_sentences(text)]
         if not sentences:
             return ""
         if self.embedder is None:
             keep = self._leads(sentences)
         else:
             keep = self._central(self.embedder.embed([s for _, _, s in sentences]))
-        return "\n".join(f"{role}: {s}" for _, role, s in (sentences[k] for k in sorted(keep)))
+        kept = (sentences[k] for k in sorted(keep))
+        return "\n".join(f"{role}: {s}" if role else s for _, role, s in kept)
 
     def _central(self, vectors: np.ndarray) -> list[int]:
         scores = vectors @ vectors.mean(axis=0)

@@ -9,8 +9,20 @@ domains. The lists are ours (AgentBoard's exact task files are not available off
 - `twc`: TWC games of the test fold with 1-3 items to put away, seeds 0-19 (60 tasks).
 - `alfworld`: the `valid_unseen` games under `$ALFWORLD_DATA` (when present, see `alfworld`).
 
+`train_tasks` lists the worlds that expert episodes and training read (ours), disjoint from the
+lists above by construction (a test checks the ids):
+- `babyai`: the same 12 levels, seeds from 1000.
+- `scienceworld`: the 30 tasks, the variations of ScienceWorld's train split from 3 on.
+- `pddl`: gripper train 0 and easygripper train 0-2, the problems outside the evaluation list
+  that the expert solves in minutes (its search found no first action within 60 s on gripper
+  test 5, gripper train 1, 5 and 9, and ferry train 0). pddlgym ships 10 blocks problems and
+  all 10 are evaluation tasks, so blocks and ferry are transfer tests.
+- `twc`: the train fold, 1-3 items, seeds from 0.
+
 `MAX_TURNS` caps model turns per episode, memory turns included (ours; the papers give none):
-enough for the expert's path with room for mistakes and memory management.
+enough for the expert's path with room for mistakes and memory management (ScienceWorld 60: its
+expert paths run to ~40 actions, and with the memory tools at `T_max` 2,048 the expert summarizes
+about every fifth action).
 """
 
 from __future__ import annotations
@@ -50,7 +62,9 @@ PDDL_PROBLEMS = (
     ("ferry", True, 4),
 )
 TWC_SEEDS = 20
-MAX_TURNS = {"babyai": 40, "scienceworld": 40, "pddl": 30, "twc": 30, "alfworld": 40}
+TRAIN_SEED = 1000  # first BabyAI seed of the training worlds
+PDDL_TRAIN = (("gripper", False, range(1)), ("easygripper", False, range(3)))
+MAX_TURNS = {"babyai": 40, "scienceworld": 60, "pddl": 30, "twc": 30, "alfworld": 40}
 # Worlds run at once (one batched policy call per turn); ScienceWorld runs a JVM per world.
 BATCH = {"babyai": 8, "scienceworld": 4, "pddl": 8, "twc": 8, "alfworld": 4}
 BENCHMARKS = tuple(MAX_TURNS)
@@ -105,6 +119,48 @@ TASKS: dict[str, Callable[[], list[WorldFactory]]] = {
     "twc": twc_tasks,
     "alfworld": alfworld_tasks,
 }
+
+
+def train_tasks(benchmark: str, n: int) -> list[WorldFactory]:
+    """The first `n` training worlds of `benchmark` (fewer where the benchmark has fewer: PDDL
+    has 4), interleaved like the evaluation lists; none is an evaluation task."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0; got {n}")
+    if benchmark == "babyai":
+        from agemem.agentic.babyai import BabyAIWorld
+
+        rounds = -(-n // len(BABYAI_LEVELS))
+        seeds = range(TRAIN_SEED, TRAIN_SEED + rounds)
+        return [partial(BabyAIWorld, level, s) for s in seeds for level in BABYAI_LEVELS][:n]
+    if benchmark == "scienceworld":
+        from agemem.agentic.scienceworld import ScienceWorldWorld, train_variations
+
+        split = train_variations()
+        groups = [
+            [
+                partial(ScienceWorldWorld, task, v)
+                for v in variations
+                if v >= SCIENCEWORLD_VARIATIONS
+            ]
+            for task, variations in split.items()
+        ]
+        return _interleave(*groups)[:n]
+    if benchmark == "pddl":
+        from agemem.agentic.pddl import PDDLWorld
+
+        groups = [
+            [partial(PDDLWorld, domain, p, test=test) for p in problems]
+            for domain, test, problems in PDDL_TRAIN
+        ]
+        return _interleave(*groups)[:n]
+    if benchmark == "twc":
+        from agemem.agentic.twc import TWCWorld
+
+        seeds = range(-(-n // 3))
+        return [partial(TWCWorld, s, items, fold="train") for s in seeds for items in (1, 2, 3)][:n]
+    raise ValueError(
+        f"no training worlds for {benchmark!r}; choose one of babyai, scienceworld, pddl, twc"
+    )
 
 
 def task_count(benchmark: str, limit: int | None = None) -> int:

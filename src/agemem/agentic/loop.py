@@ -16,6 +16,9 @@ The four methods of the benchmark table run this same loop:
 - `agemem-norl` and `agemem`: the six memory tools; nothing is cut, an over-budget context is
   recorded as overflow (as in `MemoryEnv`), and Summary/Filter are the agent's way to stay within
   `t_max`. The two differ only in the policy the caller passes (base model or RL-trained).
+  The current observation is protected, as a QA episode's question is (ours: the worlds'
+  counterpart of the query): Summary_context and Filter_context never remove the observation the
+  agent acts on; it becomes history when the next one arrives.
 
 Episodes are single-stage; their steps carry stage 3 (AgeMem's integrated stage: act, retrieve,
 manage the context). The record reads like a QA episode for `agemem show` and the reports: the
@@ -33,13 +36,13 @@ from typing import Literal
 from agemem.agentic.world import TextWorld, WorldState, valid_list
 from agemem.context import DEFAULT_T_MAX, Context
 from agemem.env.record import EnvError, Recorder, View, memory_snapshot
-from agemem.env.render import stage1_message, turn_messages
+from agemem.env.render import compact_protocol, stage1_message, turn_messages
 from agemem.episode import Episode, EpisodeFacts, GoldQuestion
 from agemem.memory.embed import Embedder
 from agemem.memory.sqlite import SQLiteStore
 from agemem.memory.store import MemoryStore, seeded_memory_ids
 from agemem.policy.base import Message, Policy, Turn
-from agemem.summarize import Summarizer
+from agemem.summarize import ExtractiveSummarizer, Summarizer
 from agemem.tokens import TokenCounter
 from agemem.tools.agemem import AGEMEM_TOOLS, AgentMemoryState, agemem_system_prompt
 from agemem.tools.parse import ParsedTurn, ToolCall, parse_turn
@@ -51,6 +54,11 @@ TOOL_METHODS = ("agemem-norl", "agemem")
 STAGE = 3  # AgeMem's integrated stage; these episodes have only this one
 GOLD = "success"
 _WRITES = {"Add_memory", "Update_memory", "Delete_memory"}
+# Summary_context's default here (ours): the first sentence of each of the 4 latest messages.
+# An interaction's latest steps matter most, and the most central sentences of a span of
+# observations are its longest, most repeated ones (measured on BabyAI: the 8 central sentences
+# of the paper-default summarizer outgrew the span they replaced).
+SUMMARY_SENTENCES = 4
 _NO_TOOLS = ToolSet[AgentMemoryState]([])
 _NO_TOOLS_NOTE = "No memory tools in this run; nothing was done. Act with <answer>ACTION</answer>."
 
@@ -68,11 +76,13 @@ At every step, first reason inside <think>...</think>, then write your next acti
 _RAG_NOTE = "Observations come with related memories of your earlier steps."
 
 
-def system_prompt(method: Method, max_turns: int) -> str:
-    """The protocol (and, with tools, AgeMem's tool documentation) plus how actions work."""
+def system_prompt(method: Method, max_turns: int, compact: bool = False) -> str:
+    """The protocol (and, with tools, AgeMem's tool documentation, or with `compact` only the
+    tools' signatures) plus how actions work."""
     guide = _ENV_GUIDE.format(max_turns=max_turns)
     if method in TOOL_METHODS:
-        return f"{agemem_system_prompt(AGEMEM_TOOLS)}\n\n{guide}\n{_MEMORY_GUIDE}"
+        tools = compact_protocol() if compact else agemem_system_prompt(AGEMEM_TOOLS)
+        return f"{tools}\n\n{guide}\n{_MEMORY_GUIDE}"
     rag = f"\n{_RAG_NOTE}" if method == "rag" else ""
     return f"{_PLAIN_PROTOCOL}\n\n{guide}{rag}"
 
@@ -81,12 +91,16 @@ def system_prompt(method: Method, max_turns: int) -> str:
 class LoopSettings:
     """One benchmark run's rules. `max_turns` caps model turns, memory turns included (ours: set
     per benchmark in `agemem.agentic.benchmarks`); `top_k` is what `rag` shows per step (ours: 3,
-    Retrieve_memory's default)."""
+    Retrieve_memory's default). `compact`: the tool methods' system prompt gives the tools'
+    signatures only (~220 SmolLM2 tokens instead of ~530, the form the QA presets train small
+    models on; ours: at the worlds' `T_max` of 1,024 the full documentation takes half the
+    budget, and an agent then has to manage its context after every action)."""
 
     method: Method
     t_max: int = DEFAULT_T_MAX
     max_turns: int = 30
     top_k: int = 3
+    compact: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -121,6 +135,7 @@ class AgentEpisode:
         self._store: MemoryStore = SQLiteStore(  # "reject": near-duplicate steps stored once
             ":memory:", embedder, ids=seeded_memory_ids(0), dedupe="reject"
         )
+        summarizer = summarizer or ExtractiveSummarizer(max_sentences=SUMMARY_SENTENCES)
         self._context = Context(settings.t_max, token_counter, embedder, summarizer)
         self._state = AgentMemoryState(self._store, self._context)
         self._recorder: Recorder | None = None
@@ -130,9 +145,17 @@ class AgentEpisode:
     def facts(self) -> EpisodeFacts:
         return self._recorder_or_fail().facts
 
+    @property
+    def headroom(self) -> int:
+        """Tokens the context has left before `t_max` (negative when over it)."""
+        return self._context.headroom
+
     def start(self) -> list[Message]:
         first, settings = self.world.reset(), self.settings
-        system = {"role": "system", "content": system_prompt(settings.method, settings.max_turns)}
+        system = {
+            "role": "system",
+            "content": system_prompt(settings.method, settings.max_turns, settings.compact),
+        }
         self._context.append(system, protected=True)
         goal = {"role": "user", "content": f"Your goal: {first.goal}"}
         self._context.append(goal, protected=True)
@@ -201,7 +224,9 @@ class AgentEpisode:
             text = stage1_message(text, [(m.id, m.content) for m in related])
             if action is not None:
                 self._store.add(f"{action} -> {state.observation}", memory_type="episodic")
-        self._context.append({"role": "user", "content": text})
+        if action is not None:
+            self._context.unprotect_last()  # the previous observation is history now
+        self._context.append({"role": "user", "content": text}, protected=True)
 
     def _memory_turn(self, parsed: ParsedTurn) -> list[ToolResult]:
         """Observations for a turn without an action: format errors, or the memory tools."""

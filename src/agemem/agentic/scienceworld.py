@@ -58,6 +58,21 @@ def task_names() -> list[str]:
         close_java(env)
 
 
+def train_variations() -> dict[str, list[int]]:
+    """Each task's variations in ScienceWorld's own train split (starts a simulator for a
+    moment)."""
+    check_available()
+    env = ScienceWorldEnv("")
+    try:
+        split = {}
+        for task in env.get_task_names():
+            env.load(task, 0)
+            split[task] = sorted(env.get_variations_train())
+        return split
+    finally:
+        close_java(env)
+
+
 class ScienceWorldWorld(TextWorld):
     """One ScienceWorld task variation, e.g. `ScienceWorldWorld("boil", variation=0)`.
     Each world runs its own simulator process (about 2 s to start)."""

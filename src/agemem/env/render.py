@@ -34,10 +34,12 @@ Stage 3: a message starting with "{question}" asks about what you stored. Use Re
 manage the context if needed, then answer."""
 
 
-_COMPACT = """\
+_COMPACT_PROTOCOL = """\
 Reply <think>...</think> then <tool_call>[{{"name": ..., "arguments": {{...}}}}]</tool_call> or \
-<answer>...</answer>. Tools: {tools}. Stage 1: store facts; {pass_tags} lets a message pass. \
-Stage 2: drop irrelevant notes. Stage 3: retrieve, then answer."""
+<answer>...</answer>. Tools: {tools}."""
+_COMPACT_STAGES = """\
+ Stage 1: store facts; {pass_tags} lets a message pass. Stage 2: drop irrelevant notes. \
+Stage 3: retrieve, then answer."""
 
 
 def system_prompt(native_tools: bool = False, compact: bool = False) -> str:
@@ -48,12 +50,16 @@ def system_prompt(native_tools: bool = False, compact: bool = False) -> str:
     examples rather than from instructions.
     """
     if compact:
-        return _COMPACT.format(
-            tools="; ".join(t.signature() for t in AGEMEM_TOOLS), pass_tags=PASS_TAGS
-        )
+        return compact_protocol() + _COMPACT_STAGES.format(pass_tags=PASS_TAGS)
     pass_hint = "by replying without a tool call" if native_tools else f"with {PASS_TAGS}"
     guide = _STAGE_GUIDE.format(pass_hint=pass_hint, question=QUESTION_PREFIX.strip())
     return f"{agemem_system_prompt(AGEMEM_TOOLS, native_tools=native_tools)}\n\n{guide}"
+
+
+def compact_protocol() -> str:
+    """The reply tags and the six tools' signatures in one paragraph: the compact prompt's
+    head, shared with the worlds' compact prompt (`agemem.agentic.loop`)."""
+    return _COMPACT_PROTOCOL.format(tools="; ".join(t.signature() for t in AGEMEM_TOOLS))
 
 
 def turn_messages(turn: Turn, results: list[ToolResult]) -> list[Message]:

@@ -607,6 +607,49 @@ def _smollm2_atommem() -> PipelineConfig:
     return PipelineConfig(sft=sft, grpo=grpo)
 
 
+def _smollm2_worlds() -> PipelineConfig:
+    """SmolLM2-135M learns to act in the four offline worlds (BabyAI, ScienceWorld, PDDL, the
+    ALFWorld-like TWC) with AgeMem's memory tools: SFT on the scripted experts' episodes
+    (`agemem.agentic.expert`) on training worlds no evaluation list holds, under the
+    evaluation's rules (`T_max` 2,048, the compact tool prompt, each world's turn cap).
+
+    Ours: 160 worlds (40 a world; PDDL has 4), only the successful episodes kept (reward key
+    `success`, min 1.0: AtomMem's filter at its strictest, an expert either solves a world or
+    left its gold path); LoRA r16/alpha 32, lr 2e-4 cosine, 16 turns a step, as
+    `smollm2-atommem`; 192 new tokens a turn (the expert's longest turn, a note plus a summary
+    call, is ~135 SmolLM2 tokens). GRPO on the worlds is not built yet: `agemem train` on this
+    preset stops with that message after naming the SFT command.
+    """
+    lora = LoraSettings(r=16, alpha=32)
+    worlds = TaskSettings(
+        source="worlds",
+        options={"benchmarks": ["babyai", "twc", "pddl", "scienceworld"], "method": "agemem"},
+    )
+    run = {"precision": "bf16-autocast", "mmap_threshold_mb": 32}
+    sft = SFTConfig(
+        run=RunSettings(out_dir="runs/smollm2-worlds/sft", save_every=10, **run),
+        model=ModelSettings(name="smollm2-135m", lora=lora, max_new_tokens=192),
+        tasks=worlds,
+        reward=RewardSettings(key="success"),
+        n_tasks=160,
+        min_reward=1.0,
+        steps=120,
+        batch_size=16,
+        micro_batch_size=8,
+        micro_batch_tokens=4096,
+        optim=OptimSettings(lr=2e-4, warmup_steps=5, schedule="cosine"),
+        eval=EvalSettings(n_tasks=0),
+    )
+    grpo = GRPOConfig(
+        run=RunSettings(out_dir="runs/smollm2-worlds/grpo", save_every=2, **run),
+        model=ModelSettings(name="runs/smollm2-worlds/sft/final", lora=lora, max_new_tokens=192),
+        tasks=worlds,
+        reward=RewardSettings(key="success"),
+        eval=EvalSettings(n_tasks=0),
+    )
+    return PipelineConfig(sft=sft, grpo=grpo)
+
+
 def _paper() -> PipelineConfig:
     """AgeMem's setting on GPUs: Qwen2.5-7B-Instruct, HotpotQA, the paper's env and reward,
     K=8, beta 0.1, ~100 steps, responses of up to 2,048 tokens (AgeMem), on 8 GPUs of 80 GB.
@@ -674,6 +717,7 @@ PRESETS = {
     "smollm2-135m": _smollm2,
     "smollm2-hotpotqa": _smollm2_hotpotqa,
     "smollm2-atommem": _smollm2_atommem,
+    "smollm2-worlds": _smollm2_worlds,
     "paper": _paper,
 }
 

@@ -469,6 +469,11 @@ def _describe(metrics: dict[str, Any]) -> str:
 
 
 def _check(config: GRPOConfig, accelerator: Accelerator) -> None:
+    if config.tasks.source == "worlds":
+        raise ConfigError(
+            "GRPO on the worlds is not built yet: train their SFT stage with `agemem sft`, "
+            "and evaluate it with `agemem eval --benchmark babyai --method agemem --policy DIR`"
+        )
     if config.model.name == "tiny":
         raise ConfigError(
             "GRPO needs a model that knows the protocol: run SFT first and set model.name to "

@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from agemem.env import EnvConfig, alias_vocabulary, run_episodes, system_prompt
 from agemem.env.oracle import Oracle
 from agemem.episode import Episode, load_episodes, save_episodes
-from agemem.memory.embed import Embedder
+from agemem.memory.embed import Embedder, library_embedder
 from agemem.policy.hf import HFPolicy
 from agemem.progress import LoggedProgress
 from agemem.rewards import RewardConfig, reward_fn
@@ -63,6 +63,7 @@ from agemem.train.metrics import MetricsWriter, truncate_after
 
 log = logging.getLogger(__name__)
 PILOT_TASKS = 32  # oracle episodes read for the tiny vocabulary (observations, outputs)
+WORLDS = "worlds"  # the task source of SFT on the worlds' expert episodes (`agemem.agentic`)
 
 
 @dataclass
@@ -196,6 +197,11 @@ def run_sft(config: SFTConfig, *, embedder: Embedder | None = None) -> SFTResult
     """Train as `config` says; writes `metrics.jsonl`, `final/` (the merged model + tokenizer)
     and, with `save_every`, resumable checkpoints `checkpoints/step-*` under
     `config.run.out_dir` (`resume` takes one up again)."""
+    if config.tasks.source == WORLDS and config.eval.n_tasks and config.eval.tasks is None:
+        raise ValueError(
+            "SFT on the worlds has no held-out evaluation of its own: set sft.eval.n_tasks=0 and "
+            "evaluate with `agemem eval --benchmark babyai --method agemem --policy DIR`"
+        )
     accelerator = setup(config.run)
     out = Path(config.run.out_dir)
     env = env_config(config.env.preset, config.env.overrides)
@@ -280,8 +286,15 @@ def _prepare(
 ) -> tuple[torch.nn.Module, Any, list[PackedSample], list[int], dict[str, float]]:
     """The model to train, its tokenizer, the rows, the pool a pass over them shuffles (row
     indices, rows with an answer `answer_weight` times) and a summary of the data."""
-    tasks = load_split(config.tasks.source, config.tasks.options, "train", config.n_tasks)
+    worlds = config.tasks.source == WORLDS
     tiny = config.model.name == "tiny" and resume_from is None
+    if worlds and tiny and not config.episodes:
+        raise ValueError("the tiny model cannot read the worlds: train a pretrained model on them")
+    tasks = (
+        []
+        if worlds
+        else load_split(config.tasks.source, config.tasks.options, "train", config.n_tasks)
+    )
     corpus = tiny_corpus(tasks, env, reward, embedder) if tiny else []
     # The aliases of the first two id spaces (mem_1 .. mem_99 from the default 9) are words of the
     # tiny vocabulary, so a grown space never gives unknown tokens for up to 99 entries.
@@ -290,7 +303,7 @@ def _prepare(
     if config.episodes:
         episodes = load_episodes(config.episodes)
     else:
-        episodes = _cached_oracle_episodes(config, tasks, env, reward, tokenizer, embedder)
+        episodes = _cached_expert_episodes(config, tasks, env, reward, tokenizer, embedder)
     kept = keep_episodes(episodes, config.min_reward, config.reward.key)
     if not kept:
         raise ValueError(
@@ -320,7 +333,7 @@ def _prepare(
 ORACLE_FILE = "oracle-episodes.jsonl"  # under run.out_dir, beside `<name>.key.json`
 
 
-def _cached_oracle_episodes(
+def _cached_expert_episodes(
     config: SFTConfig,
     tasks: Sequence[Task],
     env: EnvConfig,
@@ -328,7 +341,8 @@ def _cached_oracle_episodes(
     tokenizer: Any,
     embedder: Embedder | None,
 ) -> list[Episode]:
-    """The oracle's episodes, saved in the run directory and read back by a later run with the
+    """The oracle's episodes (or, for the `worlds` source, the worlds' scripted experts':
+    `agemem.agentic.expert`), saved in the run directory and read back by a later run with the
     same data settings (a restart or resume; 1,200 SmolLM2 episodes took ~30 minutes to make on
     2 busy cores). The key is what the episodes depend on: tasks, env, reward, seed, model."""
     path = Path(config.run.out_dir) / ORACLE_FILE
@@ -344,19 +358,46 @@ def _cached_oracle_episodes(
     if path.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
         log.info("reusing the oracle's episodes in %s", path)
         return load_episodes(path)
-    episodes = oracle_episodes(
-        tasks,
-        env,
-        reward,
-        tokenizer=tokenizer,
-        seed=config.run.seed,
-        embedder=embedder,
-        progress=config.run.progress,
-    )
+    if config.tasks.source == WORLDS:
+        episodes = _world_episodes(config, tokenizer, embedder)
+    else:
+        episodes = oracle_episodes(
+            tasks,
+            env,
+            reward,
+            tokenizer=tokenizer,
+            seed=config.run.seed,
+            embedder=embedder,
+            progress=config.run.progress,
+        )
     if config.run.out_dir:
         save_episodes(episodes, path)
         key_file.write_text(json.dumps(key, indent=1), encoding="utf-8")
     return episodes
+
+
+def _world_episodes(config: SFTConfig, tokenizer: Any, embedder: Embedder | None) -> list[Episode]:
+    """The worlds' expert episodes for `config.tasks.options`: `benchmarks` (a list of world
+    names) and `method` (default "agemem": the memory tools on)."""
+    from agemem.agentic.expert import training_episodes
+    from agemem.env.embed_cache import cached
+
+    options = dict(config.tasks.options)
+    benchmarks = options.pop("benchmarks", None)
+    method = options.pop("method", "agemem")
+    if not isinstance(benchmarks, list) or options:
+        raise ValueError(
+            'the worlds source takes options benchmarks (a list such as ["babyai", "twc"]) '
+            f"and method; got {config.tasks.options}"
+        )
+    return training_episodes(
+        benchmarks,
+        config.n_tasks,
+        method,
+        embedder=cached(embedder or library_embedder()),
+        token_counter=HFTokenCounter(tokenizer),
+        progress=config.run.progress,
+    )
 
 
 def sft_step(
