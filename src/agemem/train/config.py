@@ -543,6 +543,21 @@ ATOMMEM_ENV = EnvSettings(
 )
 
 
+def _small_sft() -> dict[str, Any]:
+    """The SFT settings the CPU presets on long episodes share (`smollm2-atommem`,
+    `smollm2-worlds`): 160 tasks, 120 steps of 16 turns in micro-batches of 8 turns and at most
+    4,096 tokens, LoRA's lr 2e-4 with a cosine schedule, no held-out evaluation inside the run."""
+    return {
+        "n_tasks": 160,
+        "steps": 120,
+        "batch_size": 16,
+        "micro_batch_size": 8,
+        "micro_batch_tokens": 4096,
+        "optim": OptimSettings(lr=2e-4, warmup_steps=5, schedule="cosine"),
+        "eval": EvalSettings(n_tasks=0),
+    }
+
+
 def _smollm2_atommem() -> PipelineConfig:
     """SmolLM2-135M learns AtomMem's CRUD memory and scratchpad on long-context HotpotQA: SFT on
     the oracle's trajectories, then GRPO on AtomMem's reward (exact match of the boxed answers).
@@ -577,15 +592,9 @@ def _smollm2_atommem() -> PipelineConfig:
         tasks=tasks,
         env=ATOMMEM_ENV,
         reward=reward,
-        n_tasks=160,
         min_reward=0.5,
-        steps=120,
-        batch_size=16,
-        micro_batch_size=8,
-        micro_batch_tokens=4096,
         answer_weight=4,
-        optim=OptimSettings(lr=2e-4, warmup_steps=5, schedule="cosine"),
-        eval=EvalSettings(n_tasks=0),
+        **_small_sft(),
     )
     grpo = GRPOConfig(
         run=RunSettings(out_dir="runs/smollm2-atommem/grpo", save_every=2, **run),
@@ -631,14 +640,8 @@ def _smollm2_worlds() -> PipelineConfig:
         model=ModelSettings(name="smollm2-135m", lora=lora, max_new_tokens=192),
         tasks=worlds,
         reward=RewardSettings(key="success"),
-        n_tasks=160,
         min_reward=1.0,
-        steps=120,
-        batch_size=16,
-        micro_batch_size=8,
-        micro_batch_tokens=4096,
-        optim=OptimSettings(lr=2e-4, warmup_steps=5, schedule="cosine"),
-        eval=EvalSettings(n_tasks=0),
+        **_small_sft(),
     )
     grpo = GRPOConfig(
         run=RunSettings(out_dir="runs/smollm2-worlds/grpo", save_every=2, **run),
