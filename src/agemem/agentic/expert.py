@@ -6,13 +6,12 @@ expert (`TextWorld.expert_action`) and the episode's context size, and writes ea
 model would have to (`emit`). With the memory tools (`agemem-norl`, `agemem`), ours:
 - the first turn stores the goal and what the first observation shows (`Add_memory`);
 - when the next action round might not fit (the headroom is below the largest round so far
-  plus `margin` tokens), one turn
-  stores the progress since the last note (each action with the first sentence of what it
-  showed) and summarizes every earlier round (`Summary_context`, span "all": the current
-  observation is protected, so the one to act on stays);
-- the turn after a summary, once two notes exist and two rounds still fit, retrieves the notes
-  of earlier steps (`Retrieve_memory` with the goal): the summary keeps the most central
-  sentences, the notes keep the path;
+  plus `margin` tokens), one turn stores the progress since the last note (each action with the
+  first words of what it showed) and summarizes every earlier round (`Summary_context`, span
+  "all": the current observation is protected, so the one to act on stays);
+- the turn after a summary, once two progress notes exist and two rounds still fit, retrieves
+  stored notes (`Retrieve_memory` with the goal): the summary keeps only the latest messages'
+  first sentences, the notes keep the path;
 - every other turn is the expert's action in `<answer>`.
 Without the tools every turn is the action. An expert with no action (off its gold path) plays
 the first valid action; such an episode fails and the reward filter drops it.
