@@ -3,7 +3,7 @@
     .venv/bin/python examples/episodes/generate.py
 
 Every episode is a real run: real store, embedder, context and tools. The oracle writes the
-trajectories (docs/LEARNABILITY.md's imperfect rates on synthetic tasks), plus one synthetic
+trajectories (`OracleRates`' deliberately imperfect defaults on synthetic tasks), plus one synthetic
 episode by the untrained `tiny` model, which shows what a policy looks like before SFT.
 LoCoMo's first conversation is cut to its first 12 turns and three of the questions they
 answer, to keep the file small. View any of them with `agemem show examples/episodes/<file>`.
