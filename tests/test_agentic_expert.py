@@ -6,6 +6,7 @@ ScienceWorld and PDDL for the task lists), the real embedder and SmolLM2's token
 from __future__ import annotations
 
 import inspect
+import re
 from functools import partial
 
 import pytest
@@ -52,9 +53,9 @@ def test_training_worlds_are_never_evaluation_worlds(benchmark):
 
 
 def test_the_expert_manages_a_long_episode_within_t_max(embedder, smollm2_counter):
-    """PutNextLocal (seed 1001) takes the expert 20 actions; at the worlds' T_max it has to store its
-    progress and summarize, retrieves its notes, and reaches the goal without a malformed turn
-    or an overflow."""
+    """PutNextLocal (seed 1001) takes the expert 20 actions; at the worlds' T_max it has to store
+    its progress and summarize, retrieves its notes, and reaches the goal without a malformed
+    turn or an overflow."""
     settings = LoopSettings("agemem", t_max=WORLD_T_MAX, max_turns=40)
     world = BabyAIWorld("PutNextLocal", 1001)
     try:
@@ -69,6 +70,13 @@ def test_the_expert_manages_a_long_episode_within_t_max(embedder, smollm2_counte
     assert counts.get("Retrieve_memory", 0) >= 1
     assert not any(step.actions.issues for step in episode.steps)  # no format error
     assert len(facts.final_memories) == counts["Add_memory"]
+    for step in episode.steps:  # an observation ends with the context's size, as shown
+        last = step.messages[-1]["content"]
+        if last.startswith("Observation:"):
+            shown = int(
+                re.search(r"Context: ([\d,]+) of 2,048 tokens\.$", last)[1].replace(",", "")
+            )
+            assert 0 < step.tokens - shown <= 24  # all but the line itself (~18 tokens)
     for step in episode.steps:  # the observation acted on is always in view
         assert step.messages[-1]["content"].startswith("Observation:") or any(
             m["content"].startswith("Observation:") for m in step.messages[2:]

@@ -18,7 +18,9 @@ The four methods of the benchmark table run this same loop:
   `t_max`. The two differ only in the policy the caller passes (base model or RL-trained).
   The current observation is protected, as a QA episode's question is (ours: the worlds'
   counterpart of the query): Summary_context and Filter_context never remove the observation the
-  agent acts on; it becomes history when the next one arrives.
+  agent acts on; it becomes history when the next one arrives. With the tools, each observation
+  ends with the context's size in tokens (`budget_line`, ours): the agent cannot manage a budget
+  it cannot see.
 
 Episodes are single-stage; their steps carry stage 3 (AgeMem's integrated stage: act, retrieve,
 manage the context). The record reads like a QA episode for `agemem show` and the reports: the
@@ -74,6 +76,16 @@ _PLAIN_PROTOCOL = """\
 At every step, first reason inside <think>...</think>, then write your next action as \
 <answer>ACTION</answer>, and nothing outside these tags."""
 _RAG_NOTE = "Observations come with related memories of your earlier steps."
+
+
+def budget_line(tokens: int, t_max: int) -> str:
+    """The line that ends each observation of the tool methods: how full the context is, so a
+    policy can see when to summarize or filter (ours; the context counts itself without it).
+
+    >>> budget_line(1530, 2048)
+    'Context: 1,530 of 2,048 tokens.'
+    """
+    return f"Context: {tokens:,} of {t_max:,} tokens."
 
 
 def system_prompt(method: Method, max_turns: int, compact: bool = False) -> str:
@@ -214,10 +226,14 @@ class AgentEpisode:
     def _observe(self, state: WorldState, action: str | None) -> None:
         """Append the observation with the valid actions (with every observation: a list shown
         once could leave the context through the window, Filter or Summary), with related
-        memories for `rag`; for `rag`, also store the step."""
+        memories for `rag`; for `rag`, also store the step. With the tools, the observation ends
+        with the context's size (`budget_line`)."""
         text = f"Observation: {state.observation}"
         if state.valid:  # a refused action's observation already lists them
             text += f"\n{valid_list(state.admissible)}"
+        if self._tools:
+            shown = [*self._context.messages, {"role": "user", "content": text}]
+            text += f"\n{budget_line(self._counter.count_messages(shown), self.settings.t_max)}"
         if self.settings.method == "rag":
             query = state.observation
             related = self._store.search(query, top_k=self.settings.top_k, mode="dense")
