@@ -627,7 +627,7 @@ def _smollm2_worlds() -> PipelineConfig:
     left its gold path); LoRA r16/alpha 32, lr 2e-4 cosine, 16 turns a step, as
     `smollm2-atommem`; 192 new tokens a turn (the expert's longest turn, a note plus a summary
     call, is ~135 SmolLM2 tokens). GRPO on the worlds is not built yet: `agemem train` on this
-    preset stops with that message after naming the SFT command.
+    preset stops at once with that message, which names the SFT and evaluation commands.
     """
     lora = LoraSettings(r=16, alpha=32)
     worlds = TaskSettings(
