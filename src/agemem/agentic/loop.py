@@ -104,9 +104,9 @@ class LoopSettings:
     """One benchmark run's rules. `max_turns` caps model turns, memory turns included (ours: set
     per benchmark in `agemem.agentic.benchmarks`); `top_k` is what `rag` shows per step (ours: 3,
     Retrieve_memory's default). `compact`: the tool methods' system prompt gives the tools'
-    signatures only (~220 SmolLM2 tokens instead of ~530, the form the QA presets train small
-    models on; ours: at the worlds' `T_max` of 1,024 the full documentation takes half the
-    budget, and an agent then has to manage its context after every action)."""
+    signatures only (~250 SmolLM2 tokens with the world guide instead of ~530, the form the QA
+    presets train small models on; ours: at a `T_max` of 1,024 the full documentation took half
+    the budget, and the scripted expert had to manage its context after every action)."""
 
     method: Method
     t_max: int = DEFAULT_T_MAX
