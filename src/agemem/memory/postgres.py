@@ -26,14 +26,19 @@ so filters never lose matches. The keyword side is Postgres full-text search ran
 words matching more than `SearchConfig.max_term_matches` entries are left out as in SQLite. The
 two rankings are fused by the same weighted RRF (`agemem.memory.search`).
 
-Concurrency: one connection per store object (its threads take turns); every write holds a
-transaction-level advisory lock of the store's schema, so writers of one store queue as they do
-on SQLite's file and duplicate checks see every earlier write; reads see one snapshot.
+Concurrency: each transaction runs on a connection of its own, taken from the store's
+`Connections` (at most `connections` open, 4 by default, opened as concurrent calls need them
+and kept open for the next), so the threads of one process (the server's) search at the same
+time; every write holds a transaction-level advisory lock of the store's schema, so writers of
+one store queue as they do on SQLite's file and duplicate checks see every earlier write; reads
+see one snapshot. (psycopg_pool is not used: while the server is down, its `getconn` waits out
+its timeout for a background reconnection, where a call here must fail at once.)
 
 A lost connection (the server restarted, crashed, or dropped it) fails the call under way with
-`StoreUnavailable`; the next call connects again, and fails the same way, at once, while the
-server cannot be reached (a connection found dead before a call has sent anything is replaced
-without failing it). A transaction cut off this way was not committed; one that returned was.
+`StoreUnavailable` and is closed; the next call connects again, and fails the same way, at once,
+while the server cannot be reached (a connection found dead before a call has sent anything is
+replaced without failing it). A transaction cut off this way was not committed; one that
+returned was.
 """
 
 from __future__ import annotations
@@ -260,9 +265,71 @@ def _pgvector() -> Any:
     return Vector
 
 
+class Connections:
+    """At most `size` open connections, each lent to one transaction at a time: an idle one
+    when there is one (replaced if it died while idle), else a new one while fewer than `size`
+    are open, else the next one given back. `connect` opens and prepares one, or raises
+    (`StoreUnavailable` when the server cannot be reached: at once, never after a wait)."""
+
+    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"connections: give a whole number of at least 1, not {size!r}")
+        self._connect, self.size = connect, size
+        self._idle: list[Any] = []
+        self._open = 0  # idle, lent, and being opened
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def take(self) -> Any:
+        with self._ready:
+            while not self._closed and not self._idle and self._open >= self.size:
+                self._ready.wait()
+            if self._closed:
+                raise StoreError("the store is closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.broken:
+                    return conn
+                conn.close()  # died while idle: its place is reopened below
+                self._open -= 1
+            self._open += 1
+        try:
+            return self._connect()
+        except BaseException:
+            self._dropped()
+            raise
+
+    def give_back(self, conn: Any) -> None:
+        """A connection back after its transaction; a broken one (or any, once closed) is
+        closed and its place freed."""
+        if conn.broken or conn.closed or self._closed:
+            conn.close()
+            self._dropped()
+            return
+        with self._ready:
+            self._idle.append(conn)
+            self._ready.notify()
+
+    def _dropped(self) -> None:
+        with self._ready:
+            self._open -= 1
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Close the idle connections now and each lent one when it is given back."""
+        with self._ready:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._ready.notify_all()
+        for conn in idle:
+            conn.close()
+
+
 class PostgresStore(SQLStoreBase):
     """Long-term memory in one schema of a Postgres database with pgvector (see the module
-    docstring). The options are `SQLiteStore`'s; `schema` overrides the URL's."""
+    docstring). The options are `SQLiteStore`'s; `schema` overrides the URL's; `connections`
+    caps the connections the store opens (one per concurrent transaction)."""
 
     def __init__(
         self,
@@ -275,24 +342,27 @@ class PostgresStore(SQLStoreBase):
         dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD,
         ids: Callable[[], str] = new_memory_id,
         connect_timeout_s: float = 10.0,
+        connections: int = 4,
     ) -> None:
         self._configure(search, dedupe, dedupe_threshold, ids)
         conninfo, url_schema = split_url(url)
         self.schema = check_schema(schema) if schema is not None else url_schema
         self.path = with_schema(url, self.schema)
-        self._lock = threading.RLock()
         self._conninfo, self._connect_timeout = conninfo, max(1, int(connect_timeout_s))
         self._vector = _pgvector()
-        self._conn = self._connect()
-        self._search_path: Any = None  # the SET search_path of `_setup`, rerun on reconnecting
+        self._search_path: Any = None  # the SET search_path of `_setup`, run on every connection
         self._lock_key = f"agemem:{self.schema}"
+        self._lent = threading.local()  # .conn: the connection of this thread's transaction
+        self._connections = Connections(self._connect, connections)
         try:
             self._setup()
-            self.embedder = embedder or self._recorded_embedder() or library_embedder()
+            with self._transaction(write=False):
+                recorded = self._recorded_embedder()
+            self.embedder = embedder or recorded or library_embedder()
             with self._transaction(write=True):
                 self._create_tables()
         except BaseException:
-            self._conn.close()
+            self._connections.close()
             raise
 
     def __repr__(self) -> str:
@@ -305,9 +375,10 @@ class PostgresStore(SQLStoreBase):
     # ---- connection and schema ---------------------------------------------------------------
 
     def _connect(self) -> Any:
+        """A new connection, its search_path set to the store's schema (once `_setup` chose it)."""
         psycopg = _psycopg()
         try:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
             )
         except psycopg.OperationalError as err:
@@ -315,32 +386,43 @@ class PostgresStore(SQLStoreBase):
                 f"cannot connect to {redacted(self._conninfo)}: {str(err).strip()}; check the "
                 "URL and that the server is running"
             ) from None
-
-    def _reconnect(self) -> None:
-        """A new connection in place of a broken one, with the store's search_path."""
-        conn = self._connect()
         try:
-            conn.execute(self._search_path)
+            if self._search_path is not None:
+                conn.execute(self._search_path)
+        except psycopg.OperationalError as err:
+            conn.close()
+            raise StoreUnavailable(
+                f"{self.where}: lost the connection to the database server while opening it "
+                f"({str(err).strip() or type(err).__name__})"
+            ) from None
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
+
+    @property
+    def _conn(self) -> Any:
+        """The connection of the current thread's transaction."""
+        conn = getattr(self._lent, "conn", None)
+        if conn is None:
+            raise RuntimeError("PostgresStore: SQL outside a transaction")
+        return conn
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._conn.execute(sql, params)
 
     def _setup(self) -> None:
         """The `vector` extension (created when missing and allowed), the store's schema, and a
-        search_path that resolves every name to it first."""
+        search_path that resolves every name to it first (set on every connection)."""
         from psycopg import errors, sql
 
-        with self._transaction(write=True, key="agemem:setup"):
+        with self._transaction(write=True, key="agemem:setup") as conn:
             found = self._execute(
                 "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'"
             ).fetchone()
             if found is None:
                 try:
-                    with self._conn.transaction():
+                    with conn.transaction():
                         self._execute("CREATE EXTENSION IF NOT EXISTS vector")
                 except errors.InsufficientPrivilege:
                     raise StoreError(
@@ -357,7 +439,7 @@ class PostgresStore(SQLStoreBase):
             schema = sql.Identifier(self.schema)
             self._execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             path = sql.SQL("SET search_path TO {}, {}").format(schema, sql.Identifier(found[0]))
-        self._execute(path)
+            self._execute(path)  # this connection's; SET in a transaction lasts past its commit
         self._search_path = path
 
     def _recorded_embedder(self) -> Embedder | None:
@@ -384,39 +466,60 @@ class PostgresStore(SQLStoreBase):
 
     @contextmanager
     def _transaction(self, *, write: bool, key: str | None = None) -> Iterator[Any]:
-        """One transaction (a savepoint inside `transaction()`); writers of one store hold its
-        advisory lock, so they queue; a read sees one snapshot."""
+        """One transaction on a connection of its own (a savepoint of the thread's transaction
+        inside `transaction()`); writers of one store hold its advisory lock, so they queue; a
+        read sees one snapshot."""
         from psycopg import OperationalError
 
-        with self._lock:
-            if self._conn.broken and self._search_path is not None:
-                self._reconnect()  # the last call lost the connection: StoreUnavailable if down
-            outer = self._conn.info.transaction_status == 0  # idle: not inside one
-            try:
-                with ExitStack() as stack:
-                    try:
-                        stack.enter_context(self._conn.transaction())
-                    except OperationalError:
-                        if not (outer and self._conn.broken and self._search_path is not None):
-                            raise
-                        # lost while idle (the server restarted since): nothing was done yet
-                        self._reconnect()
-                        stack.enter_context(self._conn.transaction())
-                    if outer and not write:
-                        self._execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    if write:
-                        self._execute(
-                            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                            (key or self._lock_key,),
-                        )
-                    yield self._conn
-            except OperationalError as err:
-                if not self._conn.broken:
-                    raise
-                raise StoreUnavailable(
-                    f"{self.where}: lost the connection to the database server "
-                    f"({str(err).strip() or type(err).__name__}); the call was not completed"
-                ) from None
+        conn = getattr(self._lent, "conn", None)
+        if conn is not None:  # nested in this thread's transaction
+            with self._unavailable_on_loss(), conn.transaction():
+                if write:
+                    self._advisory_lock(key)
+                yield conn
+            return
+        conn = self._connections.take()
+        self._lent.conn = conn
+        try:
+            with self._unavailable_on_loss(), ExitStack() as stack:
+                try:
+                    stack.enter_context(conn.transaction())
+                except OperationalError:
+                    if not conn.broken:
+                        raise
+                    # lost while idle (the server restarted since): nothing was done yet
+                    conn.close()
+                    conn = self._lent.conn = self._connect()
+                    stack.enter_context(conn.transaction())
+                if not write:
+                    self._execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                else:
+                    self._advisory_lock(key)
+                yield conn
+        finally:
+            self._lent.conn = None
+            self._connections.give_back(conn)
+
+    def _advisory_lock(self, key: str | None) -> None:
+        self._execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key or self._lock_key,)
+        )
+
+    @contextmanager
+    def _unavailable_on_loss(self) -> Iterator[None]:
+        """The thread's connection lost under way becomes `StoreUnavailable` (other errors
+        pass)."""
+        from psycopg import OperationalError
+
+        try:
+            yield
+        except OperationalError as err:
+            if not self._conn.broken:
+                raise
+            raise StoreUnavailable(
+                f"{self.where}: lost the connection to the database server "
+                f"({str(err).strip() or type(err).__name__}); the call was not completed"
+            ) from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -426,8 +529,7 @@ class PostgresStore(SQLStoreBase):
             yield
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._connections.close()
 
     # ---- rows --------------------------------------------------------------------------------
 
