@@ -21,8 +21,6 @@ from agemem.agentic.world import WorldUnavailable  # noqa: E402
 from agemem.eval.benchmarks import WORLD_T_MAX  # noqa: E402
 from agemem.policy.models import resolve_preset  # noqa: E402
 from agemem.tokens import HFTokenCounter  # noqa: E402
-from agemem.train.config import ConfigError, load_config  # noqa: E402
-from agemem.train.grpo import run_grpo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +103,3 @@ def test_training_episodes_follow_the_evaluation_rules(embedder, smollm2_counter
     assert [ep.task_id.split("/")[0] for ep in episodes] == ["babyai"] * 2 + ["twc"] * 2
     assert all(ep.facts.t_max == 2048 for ep in episodes)  # `agemem eval`'s worlds budget
     assert all(ep.reward["success"] == 1.0 for ep in episodes)
-
-
-def test_grpo_on_the_worlds_says_it_is_not_built():
-    with pytest.raises(ConfigError, match="GRPO on the worlds is not built yet"):
-        run_grpo(load_config("smollm2-worlds").grpo)

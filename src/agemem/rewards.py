@@ -51,6 +51,13 @@ Penalties (added as they are, all <= 0)
   whose final memory holds a stale value or lacks the latest (ours: 0 in "agemem", -0.25 in
   "synthetic").
 
+On an interactive world (`world_reward`, GRPO on BabyAI, ScienceWorld, PDDL, TWC) the same
+composite reads the world's record: R_task is the world's progress rate at the end (1 on
+success); R_context is compression at the last turn and preventive management (a world has no
+question whose entities must survive); R_memory is 0, since a world has no supporting facts to
+score the store against; the penalties are the same (rounds: the episode used every turn of the
+world's cap).
+
 Retrieved entries are read from the episode record (`EpisodeFacts.retrieved`: the contents the
 agent's own Retrieve_memory calls returned), never from the rendered observations.
 """
@@ -280,6 +287,41 @@ def _reward(
         + config.w_context * parts["context"]
         + config.w_memory * parts["memory"]
         + parts["penalty"]
+    )
+    return parts
+
+
+def world_reward(episode: Episode, config: RewardConfig | str = "agemem") -> Reward:
+    """Every part of an interactive world's episode's reward and `total` (module docstring);
+    the episode's `reward` must hold the world's `progress` (`AgentEpisode.episode` sets it).
+
+    Keys: `task` (= `task_progress`), `task_success`, `context` (+ `context_compression`,
+    `context_preventive`), `memory` (0), the four penalties, `penalty`, `total`."""
+    config = RewardConfig.preset(config) if isinstance(config, str) else config
+    if "progress" not in episode.reward:
+        raise RewardError(
+            f"episode {episode.task_id!r} has no world progress in its reward "
+            f"({sorted(episode.reward)}): score episodes of agemem.agentic worlds"
+        )
+    facts = episode.facts
+    progress = float(episode.reward["progress"])
+    last = episode.steps[-1].tokens if episode.steps else facts.system_tokens
+    room = max(facts.t_max - facts.system_tokens, 1)
+    context = {
+        "context_compression": max(0.0, 1 - (last - facts.system_tokens) / room),
+        "context_preventive": _preventive(facts),
+    }
+    parts: Reward = {
+        "task": progress,
+        "task_progress": progress,
+        "task_success": float(episode.reward.get("success", 0.0)),
+        "context": _mean(list(context.values())),
+        **context,
+        "memory": 0.0,
+        **_penalties(facts, 0, config),
+    }
+    parts["total"] = (
+        config.w_task * parts["task"] + config.w_context * parts["context"] + parts["penalty"]
     )
     return parts
 

@@ -53,6 +53,7 @@ from agemem.tools.registry import ToolResult, ToolSet
 Method = Literal["no-memory", "rag", "agemem-norl", "agemem"]
 METHODS: tuple[Method, ...] = ("no-memory", "rag", "agemem-norl", "agemem")
 TOOL_METHODS = ("agemem-norl", "agemem")
+ENV_ACTION = "env"  # the observation name of a world action in an episode's steps
 STAGE = 3  # AgeMem's integrated stage; these episodes have only this one
 GOLD = "success"
 _WRITES = {"Add_memory", "Update_memory", "Delete_memory"}
@@ -194,7 +195,8 @@ class AgentEpisode:
         if parsed.ok and parsed.answer is not None:
             state = self.world.step(parsed.answer)
             error = None if state.valid else "rejected"
-            self._recorder.step(turn, parsed, [ToolResult("env", "", state.observation, error)])
+            action = ToolResult(ENV_ACTION, "", state.observation, error)
+            self._recorder.step(turn, parsed, [action])
             self._context.append({"role": "assistant", "content": turn.text})
             self._observe(state, action=parsed.answer)
         else:

@@ -626,8 +626,14 @@ def _smollm2_worlds() -> PipelineConfig:
     `success`, min 1.0: AtomMem's filter at its strictest, an expert either solves a world or
     left its gold path); LoRA r16/alpha 32, lr 2e-4 cosine, 16 turns a step, as
     `smollm2-atommem`; 192 new tokens a turn (the expert's longest turn, a note plus a summary
-    call, is ~135 SmolLM2 tokens). GRPO on the worlds is not built yet: `agemem train` on this
-    preset stops at once with that message, which names the SFT and evaluation commands.
+    call, is ~135 SmolLM2 tokens).
+
+    GRPO (`agemem.train.worlds`): from the SFT model, AgeMem's composite reward on the world's
+    progress (`agemem.rewards.world_reward`: progress, context, the penalties; no memory part,
+    a world has no supporting facts), KL 0.1 to the SFT model, 4 worlds x 4 rollouts a step
+    drawn from 40 training worlds per benchmark, llama.cpp rollouts, lr 5e-5: the
+    `smollm2-hotpotqa` GRPO settings. No held-out evaluation inside the run: `agemem eval
+    --benchmark NAME --method agemem --policy DIR` evaluates a checkpoint.
     """
     lora = LoraSettings(r=16, alpha=32)
     worlds = TaskSettings(
@@ -647,8 +653,16 @@ def _smollm2_worlds() -> PipelineConfig:
         run=RunSettings(out_dir="runs/smollm2-worlds/grpo", save_every=2, **run),
         model=ModelSettings(name="runs/smollm2-worlds/sft/final", lora=lora, max_new_tokens=192),
         tasks=worlds,
-        reward=RewardSettings(key="success"),
-        eval=EvalSettings(n_tasks=0),
+        reward=RewardSettings(preset="agemem"),
+        steps=20,
+        tasks_per_step=4,
+        k=4,
+        beta=0.1,
+        micro_batch_size=8,
+        micro_batch_tokens=4096,
+        rollout="llama.cpp",
+        optim=OptimSettings(lr=5e-5),
+        eval=EvalSettings(n_tasks=0, before=False),
     )
     return PipelineConfig(sft=sft, grpo=grpo)
 

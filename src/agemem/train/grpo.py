@@ -48,8 +48,9 @@ from accelerate.utils import gather_object
 from peft import PeftModel
 
 from agemem.env import EnvConfig, run_episodes
+from agemem.env.embed_cache import cached
 from agemem.episode import Episode
-from agemem.memory.embed import Embedder
+from agemem.memory.embed import Embedder, library_embedder
 from agemem.policy.base import Policy
 from agemem.policy.hf import HFPolicy
 from agemem.policy.models import PRESETS as MODEL_PRESETS
@@ -60,6 +61,7 @@ from agemem.progress import LoggedProgress
 from agemem.rewards import RewardConfig, reward_fn
 from agemem.summarize import LLMSummarizer, Summarizer
 from agemem.tasks import Task
+from agemem.tokens import HFTokenCounter
 from agemem.train.batch import Batch, Sample, TrainSample, collate, pack_turns, step_samples
 from agemem.train.checkpoint import (
     checkpoint_dir,
@@ -88,6 +90,14 @@ from agemem.train.loop import (
     weighted_mean,
 )
 from agemem.train.metrics import MetricsWriter, truncate_after
+from agemem.train.worlds import (
+    WORLD_BATCH,
+    WORLDS,
+    WorldTasks,
+    step_worlds,
+    world_rollout,
+    world_stats,
+)
 
 
 @dataclass
@@ -111,6 +121,8 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
     reward = RewardConfig.preset(config.reward.preset).with_(**config.reward.overrides)
     resume_from = resume_point(config.resume, config.run.out_dir)
 
+    if config.tasks.source == WORLDS and embedder is None:
+        embedder = cached(library_embedder())  # every world episode's store and context
     model, tokenizer = load_resumable(config.model, resume_from)
     reference = _reference(config, model, resume_from)
     optimizer, scheduler = make_optimizer(model, config.optim, config.steps * config.ppo_epochs)
@@ -143,6 +155,7 @@ def run_grpo(config: GRPOConfig, *, embedder: Embedder | None = None) -> GRPORes
         server,
         judge,
         summarizer,
+        WorldTasks.from_options(config.tasks.options) if config.tasks.source == WORLDS else None,
     )
     stopped = False
     closing = contextlib.closing(server) if server else contextlib.nullcontext()
@@ -194,40 +207,66 @@ class _Run:
     server: WeightSyncPolicy | None  # rollout="llama.cpp"/"vllm": the rollouts' server
     judge: Policy | None = None  # the reward's LLM judge (`config.judge`)
     summarizer: Summarizer | None = None  # Summary_context's (`config.summarizer`)
+    worlds: WorldTasks | None = None  # tasks.source="worlds": which worlds (`train.worlds`)
 
 
 def _train_step(run: _Run, step: int) -> dict[str, Any]:
     config, accelerator, model = run.config, run.accelerator, run.model
     start = time.perf_counter()
-    # 1. this step's tasks, in the phase's shape; this process's share
     phase_index, phase = phase_at(config.curriculum, step)
-    env = env_config(config.env.preset, config.env.overrides, phase)
-    tasks = load_split(
-        config.tasks.source,
-        task_options(config.tasks.options, phase),
-        "train",
-        config.tasks_per_step,
-        seed=step_seed(config.run.seed, step),
-    )
-    mine = tasks[accelerator.process_index :: accelerator.num_processes]
+    rollout_seed = step_seed(config.run.seed, step, 1 + accelerator.process_index)
+    if run.worlds is not None:
+        # 1-2. this step's worlds (this process's share), k sampled episodes of each
+        worlds = step_worlds(run.worlds, config.tasks_per_step, step_seed(config.run.seed, step))
+        policy = sampling_policy(
+            accelerator.unwrap_model(model),
+            run.tokenizer,
+            run.server,
+            config.temperature,
+            generation_length(config.model),
+            rollout_seed,
+        )
+        episodes = world_rollout(
+            policy,
+            run.worlds,
+            worlds[accelerator.process_index :: accelerator.num_processes],
+            run.reward,
+            k=config.k,
+            embedder=run.embedder,
+            token_counter=HFTokenCounter(run.tokenizer),
+            max_batch=config.generate_batch or WORLD_BATCH,
+        )
+        stats = world_stats(episodes)
+    else:
+        # 1. this step's tasks, in the phase's shape; this process's share
+        env = env_config(config.env.preset, config.env.overrides, phase)
+        tasks = load_split(
+            config.tasks.source,
+            task_options(config.tasks.options, phase),
+            "train",
+            config.tasks_per_step,
+            seed=step_seed(config.run.seed, step),
+        )
+        mine = tasks[accelerator.process_index :: accelerator.num_processes]
 
-    # 2. k rollouts per task with the current policy
-    episodes = rollout(
-        accelerator.unwrap_model(model),
-        run.tokenizer,
-        mine,
-        env,
-        run.reward,
-        k=config.k,
-        temperature=config.temperature,
-        max_new_tokens=generation_length(config.model),
-        seed=step_seed(config.run.seed, step, 1 + accelerator.process_index),
-        embedder=run.embedder,
-        server=run.server,
-        max_batch=config.generate_batch,
-        judge=run.judge,
-        summarizer=run.summarizer,
-    )
+        # 2. k rollouts per task with the current policy
+        episodes = rollout(
+            accelerator.unwrap_model(model),
+            run.tokenizer,
+            mine,
+            env,
+            run.reward,
+            k=config.k,
+            temperature=config.temperature,
+            max_new_tokens=generation_length(config.model),
+            seed=rollout_seed,
+            embedder=run.embedder,
+            server=run.server,
+            max_batch=config.generate_batch,
+            judge=run.judge,
+            summarizer=run.summarizer,
+        )
+        stats = episode_stats(episodes, mine)
     if run.server:
         run.server.release()  # its memory back for the update; the next sync restarts it
     rollout_s = time.perf_counter() - start
@@ -245,7 +284,7 @@ def _train_step(run: _Run, step: int) -> dict[str, Any]:
     update = grpo_update(run, samples)
 
     # 5. what happened, over all processes
-    rollouts = _gathered_stats(accelerator, episodes, mine, samples, config.reward.key)
+    rollouts = _gathered_stats(accelerator, episodes, stats, samples, config.reward.key)
     update_s = time.perf_counter() - start - rollout_s
     generated = sum(s.n_generated for s in samples)
     return {
@@ -288,15 +327,9 @@ def rollout(
     streamed to it (`run_episodes(in_flight=...)`: at most `max_batch` and the server's
     concurrency at once). `judge` grades the answers for the reward, `summarizer` serves
     Summary_context (None: the env's default)."""
+    policy = sampling_policy(model, tokenizer, server, temperature, max_new_tokens, seed)
     in_flight = None
-    if server is None:
-        policy: HFPolicy | WeightSyncPolicy = HFPolicy(
-            model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
-        )
-    else:
-        server.sync_weights(model)
-        server.reseed(seed)
-        policy = server
+    if server is not None:
         in_flight = min(server.concurrency, max_batch or server.concurrency)
     return run_episodes(
         policy,
@@ -311,6 +344,25 @@ def rollout(
         max_batch=max_batch,
         in_flight=in_flight,
     )
+
+
+def sampling_policy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    server: WeightSyncPolicy | None,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+) -> HFPolicy | WeightSyncPolicy:
+    """What samples a step's rollouts: an `HFPolicy` over `model`, or `server` handed
+    `model`'s weights and reseeded."""
+    if server is None:
+        return HFPolicy(
+            model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        )
+    server.sync_weights(model)
+    server.reseed(seed)
+    return server
 
 
 def grpo_update(run: _Run, samples: Sequence[TrainSample]) -> dict[str, float]:
@@ -425,18 +477,18 @@ def _reference_logprobs(run: _Run, batch: Batch) -> torch.Tensor:
 def _gathered_stats(
     accelerator: Accelerator,
     episodes: Sequence[Episode],
-    tasks: Sequence[Task],
+    stats: dict[str, float],
     samples: Sequence[TrainSample],
     key: str,
 ) -> dict[str, float]:
-    """Rollout statistics over every process's episodes."""
+    """Rollout statistics over every process's episodes (`stats`: this process's means)."""
     rewards = [ep.reward[key] for ep in episodes]
     groups: dict[str, list[float]] = {}
     for ep, r in zip(episodes, rewards, strict=True):
         groups.setdefault(ep.group_id, []).append(r)
     local = {
         "n": float(len(episodes)),
-        "stats": episode_stats(episodes, tasks),
+        "stats": stats,
         "rewards": rewards,
         "flat_groups": float(sum(len(set(g)) == 1 for g in groups.values())),
         "groups": float(len(groups)),
@@ -469,11 +521,16 @@ def _describe(metrics: dict[str, Any]) -> str:
 
 
 def _check(config: GRPOConfig, accelerator: Accelerator) -> None:
-    if config.tasks.source == "worlds":
-        raise ConfigError(
-            "GRPO on the worlds is not built yet: train their SFT stage with `agemem sft`, "
-            "and evaluate it with `agemem eval --benchmark babyai --method agemem --policy DIR`"
-        )
+    if config.tasks.source == WORLDS:
+        try:
+            WorldTasks.from_options(config.tasks.options)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if config.eval.n_tasks:
+            raise ConfigError(
+                "GRPO on the worlds evaluates with `agemem eval --benchmark babyai --method "
+                "agemem --policy DIR` after the run: set eval.n_tasks=0"
+            )
     if config.model.name == "tiny":
         raise ConfigError(
             "GRPO needs a model that knows the protocol: run SFT first and set model.name to "

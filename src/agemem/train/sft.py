@@ -60,10 +60,10 @@ from agemem.train.loop import (
     setup,
 )
 from agemem.train.metrics import MetricsWriter, truncate_after
+from agemem.train.worlds import WORLDS, WorldTasks
 
 log = logging.getLogger(__name__)
 PILOT_TASKS = 32  # oracle episodes read for the tiny vocabulary (observations, outputs)
-WORLDS = "worlds"  # the task source of SFT on the worlds' expert episodes (`agemem.agentic`)
 
 
 @dataclass
@@ -382,18 +382,11 @@ def _world_episodes(config: SFTConfig, tokenizer: Any, embedder: Embedder | None
     from agemem.agentic.expert import training_episodes
     from agemem.env.embed_cache import cached
 
-    options = dict(config.tasks.options)
-    benchmarks = options.pop("benchmarks", None)
-    method = options.pop("method", "agemem")
-    if not isinstance(benchmarks, list) or options:
-        raise ValueError(
-            'the worlds source takes options benchmarks (a list such as ["babyai", "twc"]) '
-            f"and method; got {config.tasks.options}"
-        )
+    spec = WorldTasks.from_options(config.tasks.options, grpo=False)
     return training_episodes(
-        benchmarks,
+        spec.benchmarks,
         config.n_tasks,
-        method,
+        spec.method,
         embedder=cached(embedder or library_embedder()),
         token_counter=HFTokenCounter(tokenizer),
         progress=config.run.progress,
