@@ -14,6 +14,7 @@ from agemem.agentic.babyai import BabyAIWorld  # noqa: E402
 from agemem.agentic.benchmarks import TASKS  # noqa: E402
 from agemem.agentic.expert import expert_episode  # noqa: E402
 from agemem.agentic.loop import LoopSettings, run_worlds  # noqa: E402
+from agemem.eval.metrics import run_metrics  # noqa: E402
 from agemem.policy.base import Turn  # noqa: E402
 from agemem.rewards import RewardConfig, RewardError, world_reward  # noqa: E402
 from agemem.tokens import ApproxTokenCounter  # noqa: E402
@@ -76,6 +77,8 @@ def test_a_world_run_out_of_turns_takes_the_rounds_penalty_and_stats_count_rejec
     assert stats["invalid_actions"] == 0.5  # "dance" rejected, "turn left" taken
     assert stats["format_errors"] == 1.0 and stats["turns"] == 3.0
     assert stats["reward/total"] == parts["total"]
+    metrics = run_metrics([episode], [])  # what `agemem eval` reports for a world run
+    assert metrics["invalid_action_rate"] == 0.5 and metrics["actions_per_episode"] == 2.0
 
 
 def test_world_reward_needs_a_world_episode(embedder):

@@ -324,6 +324,12 @@ class AgentEpisode:
         recorder.final_memories(snapshot, str)
 
 
+def action_counts(episode: Episode) -> tuple[int, int]:
+    """(actions the world rejected, actions taken) in a world episode's record."""
+    actions = [o for step in episode.steps for o in step.observations if o.name == ENV_ACTION]
+    return sum(o.error is not None for o in actions), len(actions)
+
+
 def run_worlds(
     worlds: Sequence[Callable[[], TextWorld]],
     policy: Policy,

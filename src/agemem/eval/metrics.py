@@ -22,7 +22,9 @@ of the final memories that state a supporting fact (token F1 >= 0.5,
 `memory_recall`: the share of supporting facts some final memory states. From
 `agemem.train.evaluate.episode_stats`: `success` (every question right, no overflow),
 `overflow`, `format_errors`, `turns`. Interactive episodes (no tasks: `tasks` is empty):
-`success` and `progress` from their rewards (AgentBoard's), `turns` per episode, and
+`success` and `progress` from their rewards (AgentBoard's), `turns` per episode,
+`actions_per_episode` (turns that were world actions, not memory calls or malformed turns) and
+`invalid_action_rate` (the share of those actions the world rejected), and
 `prompt_tokens_mean`, the mean prompt the model acted from per turn (their counterpart of
 tokens per question), with `model_tokens_per_episode` for the bill.
 """
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from agemem.agentic.loop import action_counts
 from agemem.episode import Episode, StepSample, exact_match
 from agemem.eval.methods import STORELESS
 from agemem.policy.base import Policy
@@ -95,8 +98,12 @@ def run_metrics(episodes: Sequence[Episode], tasks: Sequence[Task]) -> dict[str,
 
 def _interactive_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     steps = [s for e in episodes for s in e.steps]
+    counts = [action_counts(e) for e in episodes]
+    rejected, actions = sum(r for r, _ in counts), sum(n for _, n in counts)
     return {
         "turns": len(steps) / len(episodes),
+        "actions_per_episode": actions / len(episodes),
+        "invalid_action_rate": rejected / actions if actions else 0.0,
         "prompt_tokens_mean": fmean(s.tokens for s in steps) if steps else 0.0,
         "model_tokens_per_episode": sum(s.tokens for s in steps) / len(episodes),
     }

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agemem.agentic.benchmarks import MAX_TURNS, WorldFactory, train_tasks
-from agemem.agentic.loop import ENV_ACTION, METHODS, LoopSettings, Method, run_worlds
+from agemem.agentic.loop import METHODS, LoopSettings, Method, action_counts, run_worlds
 from agemem.episode import Episode
 from agemem.memory.embed import Embedder
 from agemem.policy.base import Policy
@@ -132,16 +132,14 @@ def world_stats(episodes: Sequence[Episode]) -> dict[str, float]:
     rows = []
     for ep in episodes:
         facts, counts = ep.facts, ep.facts.tool_counts()
-        actions = [o for step in ep.steps for o in step.observations if o.name == ENV_ACTION]
+        rejected, actions = action_counts(ep)
         rows.append(
             {
                 "success": ep.reward.get("success", 0.0),
                 "progress": ep.reward.get("progress", 0.0),
                 "turns": float(len(ep.steps)),
                 "format_errors": float(facts.format_errors),
-                "invalid_actions": sum(o.error is not None for o in actions) / len(actions)
-                if actions
-                else 0.0,
+                "invalid_actions": rejected / actions if actions else 0.0,
                 **{f"tools/{name}": float(counts.get(name, 0)) for name in TOOLS},
                 **{f"reward/{key}": value for key, value in ep.reward.items()},
             }
