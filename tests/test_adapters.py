@@ -88,3 +88,31 @@ def test_a_lora_checkpoint_loads_as_its_base_with_the_adapter_merged(tmp_path):
     (tmp_path / "model" / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelNotAvailable, match="base model .* is not here"):
         load_model(tmp_path / "model")
+
+
+def test_a_policy_directory_over_a_shipped_policy_loads_as_the_whole_stack(tmp_path):
+    """GRPO from the shipped SFT policy: the adapter records that policy as its base, so its
+    checkpoint loads with the SFT weights under it; exported over the SFT preset
+    (`adapters.json` base `smollm2-135m-agemem-sft`), `load_model(DIR)` (`agemem eval --policy
+    DIR`) gives the same model as the shipped SFT + GRPO preset."""
+    sft, tokenizer = load_model("smollm2-135m-agemem-sft")
+    merged = trained_adapter(sft, 4, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "smollm2-135m-agemem-sft"
+    tokenizer.save_pretrained(tmp_path / "run")
+    ids = torch.tensor([tokenizer.encode("Where did Annie Morton grow up?")])
+    with torch.no_grad():
+        assert torch.allclose(
+            load_model(tmp_path / "run")[0](ids).logits, merged(ids).logits, atol=1e-4
+        )
+
+    shipped = models.TRAINED_DIR / "smollm2-135m-agemem" / "grpo"
+    out = export_policy(
+        [("grpo", shipped)], tmp_path / "seed", base="smollm2-135m-agemem-sft", command="x"
+    )
+    stacked, _ = load_model(out)
+    reference, _ = load_model("smollm2-135m-agemem")
+    for (name, want), have in zip(
+        reference.state_dict().items(), stacked.state_dict().values(), strict=True
+    ):
+        assert torch.equal(want, have), name

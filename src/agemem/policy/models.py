@@ -264,19 +264,39 @@ def _load_policy(
     preset: ModelPreset, device: str, dtype: str | None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A shipped policy: its base preset with its adapters merged in."""
-    from agemem.policy.adapters import PolicyFilesError, PolicyManifest, apply_adapters
+    from agemem.policy.adapters import PolicyFilesError, PolicyManifest
 
     directory = TRAINED_DIR / preset.source
     try:
-        manifest = PolicyManifest.read(directory)
+        PolicyManifest.read(directory)
     except PolicyFilesError:
         raise ModelNotAvailable(
             f"preset {preset.name!r} is not shipped in this copy ({directory} is missing); "
             "train it with `agemem sft --preset smollm2-hotpotqa` then `agemem train --preset "
             "smollm2-hotpotqa`, and export it with `agemem export-policy`"
         ) from None
-    model, tokenizer = load_model(manifest.base, device=device, dtype=dtype or preset.dtype)
-    model = apply_adapters(model, directory, only=preset.adapters)
+    return _load_policy_dir(
+        directory, device, dtype or preset.dtype, only=preset.adapters, name=preset.name
+    )
+
+
+def _load_policy_dir(
+    directory: Path,
+    device: str,
+    dtype: str | None,
+    only: tuple[str, ...] | None = None,
+    name: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A policy directory (`agemem.policy.adapters`): its base (a model preset, a shipped
+    policy's included) with its adapters merged in, all or those in `only`. The model is
+    named `name` (default: the directory), so an adapter trained on it records that as its
+    base, not the base preset's files without these adapters."""
+    from agemem.policy.adapters import PolicyManifest, apply_adapters
+
+    manifest = PolicyManifest.read(directory)
+    model, tokenizer = load_model(manifest.base, device=device, dtype=dtype)
+    model = apply_adapters(model, directory, only=only)
+    model.name_or_path = model.config.name_or_path = name or str(directory)
     return model.to(device).eval(), tokenizer
 
 
@@ -319,6 +339,8 @@ def load_model(
         path, dtype = resolve_preset(name), dtype or preset.dtype
     elif (Path(name) / "adapter_config.json").is_file():
         return _load_adapter_dir(Path(name), device, dtype)
+    elif (Path(name) / "adapters.json").is_file():
+        return _load_policy_dir(Path(name), device, dtype)
     elif Path(name).is_dir():
         path = Path(name)
     else:
