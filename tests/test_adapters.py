@@ -107,9 +107,16 @@ def test_a_policy_directory_over_a_shipped_policy_loads_as_the_whole_stack(tmp_p
         )
 
     shipped = models.TRAINED_DIR / "smollm2-135m-agemem" / "grpo"
-    out = export_policy(
-        [("grpo", shipped)], tmp_path / "seed", base="smollm2-135m-agemem-sft", command="x"
+    out = tmp_path / "seed"
+    export = ["export-policy", "--grpo", str(shipped), "--base", "smollm2-135m-agemem-sft"]
+    missing_out = CliRunner().invoke(app, [*export, "--grpo-only"])
+    assert missing_out.exit_code == 2 and "--grpo-only needs --grpo DIR and --out DIR" in (
+        missing_out.output
     )
+    result = CliRunner().invoke(app, [*export, "--grpo-only", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["base"] == "smollm2-135m-agemem-sft" and manifest["adapters"] == ["grpo"]
     stacked, _ = load_model(out)
     reference, _ = load_model("smollm2-135m-agemem")
     for (name, want), have in zip(

@@ -450,6 +450,13 @@ def export_policy_command(
         typer.Option("--grpo", help="The GRPO run's adapter (trained on the merged SFT model)."),
     ] = Path("runs/smollm2-hotpotqa/grpo/final-adapter"),
     sft_only: Annotated[bool, typer.Option(help="Ship the SFT adapter alone.")] = False,
+    grpo_only: Annotated[
+        bool,
+        typer.Option(
+            help="Ship the GRPO adapter alone, over --base: a GRPO run started from a shipped "
+            "policy (--base smollm2-135m-agemem-sft)."
+        ),
+    ] = False,
     base: Annotated[str, typer.Option(help="The model preset the adapters apply to.")] = (
         "smollm2-135m"
     ),
@@ -459,11 +466,20 @@ def export_policy_command(
     from agemem.policy.adapters import PolicyFilesError, export_policy
     from agemem.policy.models import TRAINED_DIR
 
-    adapters = [("sft", sft_adapter)]
+    if sft_only and grpo_only:
+        typer.echo("error: --sft-only and --grpo-only exclude each other", err=True)
+        raise typer.Exit(2)
+    if grpo_only and (grpo_adapter is None or out is None):
+        typer.echo("error: --grpo-only needs --grpo DIR and --out DIR", err=True)
+        raise typer.Exit(2)
+    adapters = [] if grpo_only else [("sft", sft_adapter)]
     if not sft_only and grpo_adapter is not None:
         adapters.append(("grpo", grpo_adapter))
     target = out or TRAINED_DIR / "smollm2-135m-agemem"
-    command = REPRODUCE_SFT if len(adapters) == 1 else REPRODUCE
+    if grpo_only:
+        command = f"agemem train (from {base}) && agemem export-policy --grpo-only --base {base}"
+    else:
+        command = REPRODUCE_SFT if len(adapters) == 1 else REPRODUCE
     try:
         written = export_policy(adapters, target, base=base, command=command)
     except PolicyFilesError as err:
