@@ -15,6 +15,7 @@ from agemem.agentic.benchmarks import TASKS  # noqa: E402
 from agemem.agentic.expert import expert_episode  # noqa: E402
 from agemem.agentic.loop import LoopSettings, run_worlds  # noqa: E402
 from agemem.eval.metrics import run_metrics  # noqa: E402
+from agemem.eval.report import world_table  # noqa: E402
 from agemem.policy.base import Turn  # noqa: E402
 from agemem.rewards import RewardConfig, RewardError, world_reward  # noqa: E402
 from agemem.tokens import ApproxTokenCounter  # noqa: E402
@@ -79,6 +80,10 @@ def test_a_world_run_out_of_turns_takes_the_rounds_penalty_and_stats_count_rejec
     assert stats["reward/total"] == parts["total"]
     metrics = run_metrics([episode], [])  # what `agemem eval` reports for a world run
     assert metrics["invalid_action_rate"] == 0.5 and metrics["actions_per_episode"] == 2.0
+    table = world_table([{"benchmark": "babyai", "method": "agemem", "n": 1, "metrics": metrics}])
+    header, _, row = table.splitlines()
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    assert cells["invalid actions"] == "50.0" and cells["format errors"] == "33.3"
 
 
 def test_world_reward_needs_a_world_episode(embedder):

@@ -6,7 +6,8 @@
   `judge / EM / F1` when a judge graded the run; interactive cells are `success / progress`;
 - a detail table per QA run: questions, memory quality, evidence recall, prompt tokens per
   question (the answering prompt, and all model calls), latency p50/p95; and one per
-  interactive run: episodes, success, progress, turns, prompt tokens per turn and per episode;
+  interactive run: episodes, success, progress, turns, world actions, the share of them the
+  world rejected, the share of malformed turns, prompt tokens per turn and per episode;
 - tool calls per episode by operation (AgeMem's Table 3 layout);
 - LoCoMo-style per-category scores where runs have categories.
 `write_plots` draws score vs prompt tokens per question and the tool-call mix per method
@@ -157,8 +158,9 @@ def _interactive(benchmark: str) -> bool:
 
 def world_table(runs: list[dict[str, Any]]) -> str:
     header = [
-        "benchmark", "method", "episodes", "success", "progress", "turns", "prompt tokens/turn",
-        "model tokens/episode", "failed calls",
+        "benchmark", "method", "episodes", "success", "progress", "turns", "actions",
+        "invalid actions", "format errors", "prompt tokens/turn", "model tokens/episode",
+        "failed calls",
     ]  # fmt: skip
     rows = []
     for run in runs:
@@ -171,6 +173,9 @@ def world_table(runs: list[dict[str, Any]]) -> str:
                 _pct(m.get("success")),
                 _pct(m.get("progress")),
                 _num(m.get("turns"), 1),
+                _num(m.get("actions_per_episode"), 1),
+                _pct(m.get("invalid_action_rate")),
+                _pct(m.get("format_error_rate")),
                 _num(m.get("prompt_tokens_mean")),
                 _num(m.get("model_tokens_per_episode")),
                 _num(m.get("failed_calls"), 2),
