@@ -36,18 +36,19 @@ def agemem(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return done
 
 
-def create_key(store: Path, tenant: str) -> str:
-    """A new key for `tenant`: the last line `agemem keys create` prints."""
-    return agemem("keys", "create", "--tenant", tenant, "--store", str(store)).stdout.splitlines()[
-        -1
-    ]
+def create_key(store: Path | str, tenant: str, *extra: str) -> str:
+    """A new key for `tenant`: the last line `agemem keys create` prints (`extra`: more
+    options, such as `--keys PATH`)."""
+    created = agemem("keys", "create", "--tenant", tenant, "--store", str(store), *extra)
+    return created.stdout.splitlines()[-1]
 
 
 @dataclass
 class Server:
     url: str
-    store: Path
+    store: Path | str  # a directory, or a postgresql:// URL
     proc: subprocess.Popen
+    key_args: tuple[str, ...] = ()  # the `--keys PATH` it was started with, if any
 
     def client(self, key: str | None = None) -> httpx2.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -55,7 +56,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def agemem_server(store: Path, *extra: str, timeout: float = 180) -> Iterator[Server]:
+def agemem_server(store: Path | str, *extra: str, timeout: float = 180) -> Iterator[Server]:
     """`agemem serve --store STORE --port P EXTRA...`, up once `/health` answers. A server
     fault (500) is logged with its traceback: the test fails on any."""
     port = free_port()
@@ -65,7 +66,12 @@ def agemem_server(store: Path, *extra: str, timeout: float = 180) -> Iterator[Se
         proc,
         log,
     ):
-        yield Server(url, store, proc)
+        keys = (
+            tuple(extra[extra.index("--keys") : extra.index("--keys") + 2])
+            if "--keys" in extra
+            else ()
+        )
+        yield Server(url, store, proc, keys)
         log.seek(0)
         text = log.read().decode(errors="replace")
     assert "Traceback" not in text, text

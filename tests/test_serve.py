@@ -21,14 +21,43 @@ pytestmark = pytest.mark.slow
 SECRET = "Alice's locker code is 7421."  # what no other tenant or user may ever see
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Any:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def served(request, tmp_path_factory) -> Any:
     """One server, three tenants: acme (holds alice's secret), globex (the prober), gone (its
-    keys get revoked)."""
-    store = tmp_path_factory.mktemp("serve") / "store"
-    keys = {tenant: create_key(store, tenant) for tenant in ("acme", "globex", "gone")}
-    with agemem_server(store) as server:
+    keys get revoked). On SQLite files, and on a database of its own on the test session's
+    Postgres server (the keys in a file beside, as `--keys` puts them)."""
+    folder = tmp_path_factory.mktemp("serve")
+    store: Any = folder / "store"
+    extra: tuple[str, ...] = ()
+    if request.param == "postgres":
+        store = _fresh_database(request.getfixturevalue("postgres_url"))
+        extra = ("--keys", str(folder / "keys.db"))
+    keys = {tenant: create_key(store, tenant, *extra) for tenant in ("acme", "globex", "gone")}
+    with agemem_server(store, *extra) as server:
         yield server, keys
+
+
+def _fresh_database(url: str) -> str:
+    import uuid
+
+    import psycopg
+
+    name = f"serve_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _stored(server: Server, tenant: str) -> list[tuple[str, str]]:
+    """(id, content) of every entry in `tenant`'s store, read from the files or the database
+    directly, not through the server."""
+    if isinstance(server.store, str):
+        import psycopg
+
+        with psycopg.connect(server.store) as conn:
+            return conn.execute(f"SELECT id, content FROM tenant_{tenant}.memories").fetchall()
+    with sqlite3.connect(server.store / "tenants" / f"{tenant}.db") as db:
+        return db.execute("SELECT id, content FROM memories").fetchall()
 
 
 def _add(client: httpx2.Client, text: str, **scope: str) -> dict[str, Any]:
@@ -148,9 +177,10 @@ def test_missing_wrong_and_revoked_keys_get_401(served):
     acme_before = _snapshot(server, keys["acme"], user_id="alice")
     key_id = keys["acme"].split("_")[1]
     forged = f"agm_{key_id}_{'A' * 43}"  # a real key id with a wrong secret
-    other = create_key(server.store, "acme")
-    agemem("keys", "revoke", other.split("_")[1], "--store", str(server.store))
-    agemem("keys", "revoke", "--tenant", "gone", "--store", str(server.store))
+    other = create_key(server.store, "acme", *server.key_args)
+    store = ("--store", str(server.store), *server.key_args)
+    agemem("keys", "revoke", other.split("_")[1], *store)
+    agemem("keys", "revoke", "--tenant", "gone", *store)
     headers = {
         "no header": {},
         "empty bearer": {"Authorization": "Bearer"},
@@ -181,10 +211,7 @@ def test_missing_wrong_and_revoked_keys_get_401(served):
     assert {a[3] for a in answers} == {401}, [a for a in answers if a[3] != 401]
     assert all("key" in a[4]["detail"] for a in answers)
     assert _snapshot(server, keys["acme"], user_id="alice") == acme_before
-    with sqlite3.connect(server.store / "tenants" / "gone.db") as db:  # still there
-        assert db.execute("SELECT id, content FROM memories").fetchall() == [
-            (kept["id"], kept["memory"])
-        ]
+    assert _stored(server, "gone") == [(kept["id"], kept["memory"])]  # still there
 
 
 def test_bad_input_is_answered_4xx_and_changes_nothing(served):
