@@ -44,6 +44,18 @@ def _act(action: str) -> str:
     return f"<think>act</think><answer>{action}</answer>"
 
 
+def _play(policy: Actions, max_turns: int, embedder):
+    """One BabyAI training world (GoToRedBall, seed 1000) played by `policy`."""
+    (episode,) = run_worlds(
+        [lambda: BabyAIWorld("GoToRedBall", 1000)],
+        policy,
+        LoopSettings("agemem", t_max=2048, max_turns=max_turns),
+        embedder=embedder,
+        token_counter=COUNTER,
+    )
+    return episode
+
+
 def test_a_solved_world_scores_its_progress_and_context(embedder):
     settings = LoopSettings("agemem", t_max=2048, max_turns=40)
     world = BabyAIWorld("GoToRedBall", 1000)
@@ -61,14 +73,7 @@ def test_a_solved_world_scores_its_progress_and_context(embedder):
 
 
 def test_a_world_run_out_of_turns_takes_the_rounds_penalty_and_stats_count_rejections(embedder):
-    policy = Actions(_act("dance"), _act("turn left"), "no tags at all")
-    (episode,) = run_worlds(
-        [lambda: BabyAIWorld("GoToRedBall", 1000)],
-        policy,
-        LoopSettings("agemem", t_max=2048, max_turns=3),
-        embedder=embedder,
-        token_counter=COUNTER,
-    )
+    episode = _play(Actions(_act("dance"), _act("turn left"), "no tags at all"), 3, embedder)
     parts = world_reward(episode, AGEMEM)
     assert episode.facts.ended_by == "n_max"
     assert parts["task"] == 0.0 and parts["penalty_rounds"] == AGEMEM.rounds_penalty
@@ -87,14 +92,7 @@ def test_a_world_run_out_of_turns_takes_the_rounds_penalty_and_stats_count_rejec
 
 
 def test_world_reward_needs_a_world_episode(embedder):
-    policy = Actions(_act("turn left"))
-    (episode,) = run_worlds(
-        [lambda: BabyAIWorld("GoToRedBall", 1000)],
-        policy,
-        LoopSettings("agemem", t_max=2048, max_turns=1),
-        embedder=embedder,
-        token_counter=COUNTER,
-    )
+    episode = _play(Actions(_act("turn left")), 1, embedder)
     episode.reward = {}
     with pytest.raises(RewardError, match="no world progress"):
         world_reward(episode, AGEMEM)
