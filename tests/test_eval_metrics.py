@@ -183,4 +183,8 @@ def test_interactive_runs_report_agentboard_metrics_and_tokens_per_turn():
     run = {"benchmark": "babyai", "method": "no-memory", "model": "m", "n": 2, "metrics": m}
     text = markdown_table([run])
     assert "| no-memory (m) | 50.0 / 75.0 |" in text and "prompt tokens/q" not in text
-    assert "| babyai | no-memory (m) | 2 | 50.0 | 75.0 | 1.5 | 200 | 300 | 0.00 |" in text
+    # no world action in these records: 0 actions, none rejected, no malformed turn
+    assert (
+        "| babyai | no-memory (m) | 2 | 50.0 | 75.0 | 1.5 | 0.0 | 0.0 | 0.0 | 200 | 300 | 0.00 |"
+        in (text)
+    )
