@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from math import comb
 
@@ -85,6 +86,19 @@ def test_report_against_a_run_pairs_real_runs_by_question(tmp_path):
     assert row["f1"]["mean_a"] == pytest.approx(results["no-memory"]["metrics"]["f1"])
     assert row["f1"]["mean_b"] == pytest.approx(results["rag"]["metrics"]["f1"])
     assert row["em"]["mean_a"] == pytest.approx(results["no-memory"]["metrics"]["em"])
+    # two runs of one method (seeds of a recipe): their differences summarised in one line
+    assert "runs: F1 difference" not in result.output  # one run per method: no such line
+    shutil.copytree(dirs["no-memory"], tmp_path / "no-memory-again")
+    args = [
+        str(dirs["no-memory"]),
+        str(tmp_path / "no-memory-again"),
+        "--against",
+        str(dirs["rag"]),
+    ]
+    twice = CliRunner().invoke(app, args)
+    assert twice.exit_code == 0, twice.output
+    diff = 100 * (row["f1"]["mean_a"] - row["f1"]["mean_b"])
+    assert f"no-memory, 2 runs: F1 difference {diff:+.1f} on average (sd 0.0," in twice.output
     # a directory without episodes: one line, exit 1
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "results.json").write_text((dirs["rag"] / "results.json").read_text())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import mean, stdev
 from typing import Any
 
 from agemem.eval.benchmarks import BENCHMARKS
@@ -288,11 +289,37 @@ def paired_table(against: dict[str, Any], rows: list[tuple[dict[str, Any], Any, 
     ]
     header = ["method", "questions", "F1 (it / against)", "F1 difference [95% CI]"]
     header += ["EM difference [95% CI]", "better / worse / equal (F1)", "sign test p"]
-    return (
+    text = (
         f"Paired by question against {_label(against)} on {against['benchmark']}: differences "
         "in points, 95% bootstrap intervals, two-sided sign test on the questions that differ.\n\n"
         + _table(header, body)
     )
+    return text + "".join(f"\n\n{line}" for line in seed_summary(rows))
+
+
+def seed_summary(rows: list[tuple[dict[str, Any], Any, Any]]) -> list[str]:
+    """A line per method that several runs share (seeds of one recipe): the mean, sample
+    standard deviation and range of their paired differences, in points.
+
+    >>> from types import SimpleNamespace as R
+    >>> runs = [({"method": "agemem"}, R(diff=d, n=200), R(diff=d / 2)) for d in (0.07, 0.03, 0.05)]
+    >>> seed_summary(runs)
+    ['agemem, 3 runs: F1 difference +5.0 on average (sd 2.0, from +3.0 to +7.0); EM +2.5 (sd 1.0).']
+    """
+    by_method: dict[str, list[tuple[float, float]]] = {}
+    for run, f1, em in rows:
+        by_method.setdefault(run["method"], []).append((100 * f1.diff, 100 * em.diff))
+    lines = []
+    for method, diffs in by_method.items():
+        if len(diffs) < 2:
+            continue
+        f1s, ems = zip(*diffs, strict=True)
+        lines.append(
+            f"{method}, {len(diffs)} runs: F1 difference {mean(f1s):+.1f} on average "
+            f"(sd {stdev(f1s):.1f}, from {min(f1s):+.1f} to {max(f1s):+.1f}); "
+            f"EM {mean(ems):+.1f} (sd {stdev(ems):.1f})."
+        )
+    return lines
 
 
 def write_plots(runs: list[dict[str, Any]], out: str | Path) -> list[Path]:
