@@ -72,6 +72,14 @@ def test_agemem_plot_draws_the_sft_loss_and_names_a_bad_directory(sft_run, tmp_p
     assert not (tmp_path / "learning_curves.png").exists()  # no rollouts in an SFT run
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "none")])
     assert result.exit_code == 1 and "metrics.jsonl does not exist" in result.output
+    # a metrics file itself, under a label of its own
+    args = ["plot", str(out / "metrics.jsonl"), "--label", "warm start", "--out", str(tmp_path)]
+    png.unlink()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = CliRunner().invoke(app, [*args, "--label", "one too many"])
+    assert result.exit_code == 1 and "2 --label for 1 runs" in result.output
 
 
 def test_samples_mask_prompt_tokens_and_loss_is_completion_nll(sft_run, embedder):

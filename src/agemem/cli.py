@@ -405,30 +405,34 @@ def train(
 
 @app.command()
 def plot(
-    runs: Annotated[list[Path], typer.Argument(help="Training run directories (metrics.jsonl).")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(help="Training run directories (their metrics.jsonl), or metrics files."),
+    ],
     out: Annotated[Path, typer.Option(help="Where the PNG files go.")] = Path("."),
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="A legend label per run, in order (default: the paths as given)."),
+    ] = None,
 ) -> None:
     """Plot training runs: the SFT loss, GRPO's learning curves and tool-call mix."""
     from agemem.train.metrics import read_metrics
     from agemem.train.plots import plot_runs
 
+    if label and len(label) != len(runs):
+        _fail(f"{len(label)} --label for {len(runs)} runs: give one per run, in order")
     records = {}
-    for run in runs:
-        path = run / "metrics.jsonl"
+    for i, run in enumerate(runs):
+        path = run if run.is_file() else run / "metrics.jsonl"
         if not path.is_file():
-            typer.echo(
-                f"error: {path} does not exist (is {run} a training run directory?)", err=True
-            )
-            raise typer.Exit(1)
+            _fail(f"{path} does not exist (is {run} a training run directory?)")
         try:
-            records[str(run)] = list(read_metrics(path))
+            records[label[i] if label else str(run)] = list(read_metrics(path))
         except (ValueError, UnicodeDecodeError) as err:
-            typer.echo(f"error: {path} is not a metrics file: {err}", err=True)
-            raise typer.Exit(1) from None
+            _fail(f"{path} is not a metrics file: {err}")
     written = plot_runs(records, out)
     if not written:
-        typer.echo("error: no SFT loss or GRPO rollout records in these runs", err=True)
-        raise typer.Exit(1)
+        _fail("no SFT loss or GRPO rollout records in these runs")
     for path in written:
         typer.echo(f"wrote {path}")
 

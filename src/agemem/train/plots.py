@@ -37,21 +37,38 @@ def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[f
 Runs = dict[str, Sequence[dict[str, Any]]]  # label -> a run's metrics records
 
 
+STORE_RECALL, STORE_PRECISION = (
+    "rollout/reward/memory_storage_recall",
+    "rollout/reward/memory_storage_precision",
+)
+
+
 def plot_learning_curves(runs: Runs, path: str | Path) -> Path:
-    """Per GRPO step, for each run: rollout reward (left), rollout success and overflow (right),
-    with the held-out evaluations as points."""
+    """Per GRPO step, for each run: rollout reward (left), rollout success and overflow (middle),
+    with the held-out evaluations as points; and, where the memory reward scored the store
+    against the supporting facts, the store's recall and precision (right)."""
     plt = require_matplotlib()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    memory = any(STORE_RECALL in r for rows in runs.values() for r in rows)
+    fig, axes = plt.subplots(1, 3 if memory else 2, figsize=(16 if memory else 11, 4))
+    left, right = axes[0], axes[1]
     for i, (label, rows) in enumerate(runs.items()):
         color = f"C{i}"
         left.plot(*_series(rows, "rollout/reward_mean"), color=color, label=label)
         right.plot(*_series(rows, "rollout/success"), color=color, label=f"{label}: success")
         right.plot(*_series(rows, "rollout/overflow"), ":", color=color, label=f"{label}: overflow")
         steps, values = _series(rows, "eval/sampled/success")
-        right.plot(steps, values, "o", color=color, label=f"{label}: held-out success")
+        if steps:
+            right.plot(steps, values, "o", color=color, label=f"{label}: held-out success")
+        if memory:
+            axes[2].plot(*_series(rows, STORE_RECALL), color=color, label=f"{label}: recall")
+            axes[2].plot(
+                *_series(rows, STORE_PRECISION), "--", color=color, label=f"{label}: precision"
+            )
     left.set(xlabel="GRPO step", ylabel="rollout reward (mean)")
     right.set(xlabel="GRPO step", ylabel="share of episodes", ylim=(-0.02, 1.02))
-    for ax in (left, right):
+    if memory:
+        axes[2].set(xlabel="GRPO step", ylabel="store vs supporting facts", ylim=(-0.02, 1.02))
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, plt, path)
