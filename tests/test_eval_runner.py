@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from servers import free_port
 from typer.testing import CliRunner
 
 from agemem.env import policy_token_counter
@@ -319,6 +320,22 @@ def test_an_interactive_run_resumes_from_its_saved_batches(tmp_path):
             "cannot load model 'no-such-model'",
         ),
         (["--benchmark", "hotpotqa", "--method", "rag", "--backend", "gpu"], "unknown backend"),
+        (
+            [
+                "--benchmark",
+                "synthetic",
+                "--method",
+                "rag",
+                "--limit",
+                "1",
+                "--no-progress",
+                "--model",
+                "m",
+                "--base-url",
+                f"http://127.0.0.1:{free_port()}/v1",
+            ],
+            "start the server or fix base_url; finished questions are kept, rerun the command",
+        ),  # a model server that is down (or killed midway): one line, the run resumable
         (
             [
                 "--benchmark",

@@ -71,6 +71,7 @@ def eval_command(
 ) -> None:
     """Run one method on one benchmark into --out (resumable), then write results.json/.md."""
     from agemem.eval.runner import EvalSettings, Shard, default_policy, run_eval
+    from agemem.policy.openai import ServerError
 
     for name, value in (("limit", limit), ("t-max", t_max), ("batch-size", batch_size),
                         ("max-new-tokens", max_new_tokens), ("top-k", top_k)):  # fmt: skip
@@ -106,6 +107,8 @@ def eval_command(
         results = run_eval(settings, out, progress=progress, shard=part)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
+    except ServerError as err:  # e.g. the model server was killed: what ran is journaled
+        _fail(ServerError(f"{err}; finished questions are kept, rerun the command to resume"))
     written = out if part is None else part.directory(out)
     typer.echo((written / "results.md").read_text(encoding="utf-8"))
     typer.echo(f"wrote {written / 'results.json'} ({results['n']} tasks)")

@@ -11,6 +11,10 @@ Choices: the context is split evenly between the slots (`kv_unified` off), so ea
 exactly `n_ctx` tokens whatever the others hold; one HTTP thread per slot plus two, so every slot
 can be busy at once (llama.cpp's default of 8 HTTP threads would cap 16 slots at 8 requests); no
 warm-up decode and no memory fitting (CPU only: nothing to fit), which shortens a restart.
+The host-memory prompt cache (idle slots' KV, reused when a later prompt shares their prefix) is
+capped at `CACHE_RAM_MIB`: llama.cpp's default of 8 GiB per server let two evaluations and a
+trainer beside them exhaust 24 GB (the kernel killed a server). 1 GiB holds about 45,000 tokens
+of SmolLM2-135M's f16 KV (23 KB a token), several whole episodes.
 On Linux the child also stops when the process that started it dies (killed, not just closed):
 the kernel sends it SIGTERM (`PR_SET_PDEATHSIG`), so no server outlives its trainer or eval run.
 (The signal follows the starting thread: start the policy from a thread that lives as long.)
@@ -25,6 +29,7 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+CACHE_RAM_MIB = 1024
 
 
 def _stop_with_parent(parent: int) -> None:
@@ -56,6 +61,7 @@ def serve(settings: dict) -> None:
     params.n_threads_http = settings["n_parallel"] + 2
     params.cpuparams.n_threads = settings["threads"]
     params.cpuparams_batch.n_threads = settings["threads"]
+    params.cache_ram_mib = CACHE_RAM_MIB
     params.warmup = False
     params.fit_params = False
     server = xllamacpp.Server(params)
