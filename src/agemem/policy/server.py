@@ -178,7 +178,10 @@ class LlamaCppPolicy(WeightSyncPolicy):
     (ours): 16 slots of 4,096 tokens each (prompt + completion; 1.5 GB of KV cache for SmolLM2),
     as many threads as cores, and HFPolicy's sampling defaults (temperature 1.0, no truncation,
     256 new tokens, stop at `</tool_call>` / `</answer>`). Files and the server's log go to
-    `work_dir` (a temporary directory by default, removed by `close`).
+    `work_dir` (a temporary directory by default, removed by `close`). `timeout`: seconds one
+    completion may take, 1 hour: every slot shares the cores, so 16 prompts of 4,096 tokens on 2
+    busy cores took over 10 minutes each (LoCoMo full-context); a server that dies is noticed at
+    once (its socket closes), so the timeout only has to catch a hung one.
     """
 
     def __init__(
@@ -198,7 +201,7 @@ class LlamaCppPolicy(WeightSyncPolicy):
         weights: WeightType = "q8_0",
         lora: Literal["merged", "runtime"] = "merged",
         work_dir: str | Path | None = None,
-        timeout: float = 600.0,
+        timeout: float = 3600.0,
         start_timeout: float = 120.0,
     ) -> None:
         if n_parallel < 1 or context < 2:
