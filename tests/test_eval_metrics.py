@@ -186,5 +186,5 @@ def test_interactive_runs_report_agentboard_metrics_and_tokens_per_turn():
     # no world action in these records: 0 actions, none rejected, no malformed turn
     assert (
         "| babyai | no-memory (m) | 2 | 50.0 | 75.0 | 1.5 | 0.0 | 0.0 | 0.0 | 200 | 300 | 0.00 |"
-        in (text)
+        in text
     )

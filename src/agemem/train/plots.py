@@ -37,10 +37,8 @@ def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[f
 Runs = dict[str, Sequence[dict[str, Any]]]  # label -> a run's metrics records
 
 
-STORE_RECALL, STORE_PRECISION = (
-    "rollout/reward/memory_storage_recall",
-    "rollout/reward/memory_storage_precision",
-)
+STORE_RECALL = "rollout/reward/memory_storage_recall"  # logged by agemem.rewards
+STORE_PRECISION = "rollout/reward/memory_storage_precision"
 
 
 def plot_learning_curves(runs: Runs, path: str | Path) -> Path:
@@ -50,7 +48,7 @@ def plot_learning_curves(runs: Runs, path: str | Path) -> Path:
     plt = require_matplotlib()
     memory = any(STORE_RECALL in r for rows in runs.values() for r in rows)
     fig, axes = plt.subplots(1, 3 if memory else 2, figsize=(16 if memory else 11, 4))
-    left, right = axes[0], axes[1]
+    left, right, store = (*axes, None)[:3]
     for i, (label, rows) in enumerate(runs.items()):
         color = f"C{i}"
         left.plot(*_series(rows, "rollout/reward_mean"), color=color, label=label)
@@ -59,15 +57,15 @@ def plot_learning_curves(runs: Runs, path: str | Path) -> Path:
         steps, values = _series(rows, "eval/sampled/success")
         if steps:
             right.plot(steps, values, "o", color=color, label=f"{label}: held-out success")
-        if memory:
-            axes[2].plot(*_series(rows, STORE_RECALL), color=color, label=f"{label}: recall")
-            axes[2].plot(
+        if store is not None:
+            store.plot(*_series(rows, STORE_RECALL), color=color, label=f"{label}: recall")
+            store.plot(
                 *_series(rows, STORE_PRECISION), "--", color=color, label=f"{label}: precision"
             )
     left.set(xlabel="GRPO step", ylabel="rollout reward (mean)")
     right.set(xlabel="GRPO step", ylabel="share of episodes", ylim=(-0.02, 1.02))
-    if memory:
-        axes[2].set(xlabel="GRPO step", ylabel="store vs supporting facts", ylim=(-0.02, 1.02))
+    if store is not None:
+        store.set(xlabel="GRPO step", ylabel="store vs supporting facts", ylim=(-0.02, 1.02))
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
